@@ -1,0 +1,20 @@
+"""Shared plumbing for the ``python -m edgecsp.<verb>`` entry points."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from edgecsp.errors import EdgeCSPError
+
+
+def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run a CLI main: a user error is one line on stderr and exit code 2, never a traceback."""
+    try:
+        return int(main(argv) or 0)
+    except EdgeCSPError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,206 @@
+"""The one image preprocessing path: training, evaluation, calibration and every backend use it.
+
+Images are HxWx3 uint8 RGB arrays. `letterbox` resizes keeping the aspect ratio and pads to the
+network input size; `LetterboxInfo` maps boxes between original and letterboxed pixels. Boxes are
+xyxy in pixel-edge coordinates (pixel i spans [i, i+1)), so a box over a whole WxH image is
+[0, 0, W, H].
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from edgecsp.errors import EdgeCSPError
+
+PAD_VALUE = 114
+# Transparent pixels are composited onto the padding grey, so they look like "no content".
+_ALPHA_BACKGROUND = (PAD_VALUE, PAD_VALUE, PAD_VALUE)
+# EXIF orientations that swap width and height (rotations by 90/270 degrees).
+_EXIF_ORIENTATION_TAG = 0x0112
+_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
+# What Pillow raises on a corrupt EXIF block.
+_EXIF_ERRORS = (OSError, ValueError, TypeError, KeyError, SyntaxError)
+
+SizeLike = int | Sequence[int]
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class LetterboxInfo:
+    """How one image was letterboxed: letterbox = original * scale + pad."""
+
+    scale: float
+    pad_x: float
+    pad_y: float
+    orig_w: int
+    orig_h: int
+
+    def to_letterbox(self, boxes: np.ndarray) -> np.ndarray:
+        """Map xyxy boxes from original-image pixels to letterboxed pixels."""
+        b = _as_boxes(boxes)
+        offset = np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], dtype=np.float64)
+        return (b * self.scale + offset).astype(np.float32)
+
+    def to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """Map xyxy boxes from letterboxed pixels back to the original image, clipped to it."""
+        b = _as_boxes(boxes)
+        offset = np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], dtype=np.float64)
+        out = (b - offset) / self.scale
+        out[..., 0::2] = out[..., 0::2].clip(0.0, self.orig_w)
+        out[..., 1::2] = out[..., 1::2].clip(0.0, self.orig_h)
+        return out.astype(np.float32)
+
+
+def _as_boxes(boxes: np.ndarray) -> np.ndarray:
+    b = np.asarray(boxes, dtype=np.float64)
+    if b.shape[-1:] != (4,):
+        raise EdgeCSPError(f"boxes must have shape (N, 4) in xyxy order, got shape {b.shape}")
+    return b.copy()
+
+
+def _hw(size: SizeLike) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        h = w = int(size)
+    else:
+        try:
+            h, w = (int(s) for s in size)
+        except (TypeError, ValueError):
+            raise EdgeCSPError(f"input size must be an int or (height, width), got {size!r}") from None
+    if h <= 0 or w <= 0:
+        raise EdgeCSPError(f"input size must be positive, got {size!r}")
+    return h, w
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", type(image).__name__)
+        raise EdgeCSPError(f"expected an HxWx3 RGB image array, got {shape}; load files with load_image_rgb")
+    if image.dtype != np.uint8:
+        raise EdgeCSPError(f"expected a uint8 image, got dtype {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise EdgeCSPError("image is empty (zero width or height)")
+    return image
+
+
+def letterbox(image: np.ndarray, size: SizeLike, pad_value: int = PAD_VALUE) -> tuple[np.ndarray, LetterboxInfo]:
+    """Resize `image` (HxWx3 uint8 RGB) into `size` keeping its aspect ratio, padding centred.
+
+    The resize samples exactly the source region [0, new/scale), so box mapping by
+    `LetterboxInfo` is exact rather than off by the rounding of the resized size.
+    """
+    image = _check_image(image)
+    out_h, out_w = _hw(size)
+    src_h, src_w = image.shape[:2]
+    scale = min(out_h / src_h, out_w / src_w)
+    # floor (with slack for float error) so the sampled source region never exceeds the image
+    new_w = max(1, min(out_w, math.floor(src_w * scale + 1e-6)))
+    new_h = max(1, min(out_h, math.floor(src_h * scale + 1e-6)))
+    if (new_w, new_h) == (src_w, src_h):
+        resized = image
+    else:
+        box = (0.0, 0.0, min(src_w, new_w / scale), min(src_h, new_h / scale))
+        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR, box=box))
+    pad_x = (out_w - new_w) // 2
+    pad_y = (out_h - new_h) // 2
+    canvas = np.full((out_h, out_w, 3), pad_value, dtype=np.uint8)
+    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
+    return canvas, LetterboxInfo(float(scale), float(pad_x), float(pad_y), int(src_w), int(src_h))
+
+
+def to_tensor_batch(images: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack letterboxed HxWx3 uint8 RGB images into a float32 NCHW array in [0, 1].
+
+    Returns numpy so every backend can use it; training wraps it with torch.from_numpy.
+    """
+    if len(images) == 0:
+        raise EdgeCSPError("cannot build a batch from zero images")
+    shapes = {np.shape(im) for im in images}
+    if len(shapes) != 1:
+        raise EdgeCSPError(f"all images in a batch must be letterboxed to one size, got shapes {sorted(shapes)}")
+    batch = np.stack([_check_image(im) for im in images]).astype(np.float32)
+    batch *= 1.0 / 255.0
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+def preprocess(
+    images: np.ndarray | PathLike | Sequence[np.ndarray | PathLike], size: SizeLike
+) -> tuple[np.ndarray, list[LetterboxInfo]]:
+    """Load (if paths), letterbox and batch images: returns (NCHW float32 batch, infos)."""
+    if isinstance(images, (np.ndarray, str, os.PathLike)):
+        images = [images]
+    boxed, infos = [], []
+    for item in images:
+        arr = item if isinstance(item, np.ndarray) else load_image_rgb(item)
+        lb, info = letterbox(arr, size)
+        boxed.append(lb)
+        infos.append(info)
+    return to_tensor_batch(boxed), infos
+
+
+def _open(path: PathLike) -> Image.Image:
+    p = Path(path)
+    if not p.is_file():
+        raise EdgeCSPError(f"image file not found: {p}; check the path")
+    try:
+        img = Image.open(p)
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise EdgeCSPError(f"cannot read image {p} ({err}); is it a valid JPEG/PNG file?") from None
+    return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # 16-bit / float greyscale: stretch to 8 bit instead of Pillow's clipping conversion
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(arr.round().astype(np.uint8)).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        base = Image.new("RGBA", img.size, _ALPHA_BACKGROUND + (255,))
+        return Image.alpha_composite(base, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image_rgb(path: PathLike) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB, upright per its EXIF orientation.
+
+    Greyscale, palette, CMYK and 16-bit images are converted; transparency is composited onto
+    the padding grey (114).
+    """
+    img = _open(path)
+    try:
+        upright = ImageOps.exif_transpose(img)
+    except _EXIF_ERRORS:  # a broken EXIF block should not make an otherwise fine image unusable
+        upright = None
+    img = upright or img
+    return np.asarray(_to_rgb(img)).copy()
+
+
+def image_size(path: PathLike) -> tuple[int, int]:
+    """(width, height) of an image file as load_image_rgb returns it, read from the header only."""
+    p = Path(path)
+    if not p.is_file():
+        raise EdgeCSPError(f"image file not found: {p}; check the path")
+    try:
+        with Image.open(p) as img:
+            w, h = img.size
+            try:
+                orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+            except _EXIF_ERRORS:
+                orientation = 1
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise EdgeCSPError(f"cannot read image {p} ({err}); is it a valid JPEG/PNG file?") from None
+    return (h, w) if orientation in _TRANSPOSED_ORIENTATIONS else (w, h)

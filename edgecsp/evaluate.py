@@ -1,0 +1,56 @@
+"""python -m edgecsp.evaluate --model CKPT_OR_NAME --data DIR [--json]
+
+COCO AP, AP50, AP75 and per-class AP50 (pycocotools) of a checkpoint, a zoo detector or the
+built-in demo detector (``--model demo``, the default)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edgecsp import cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edgecsp.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="demo", help="checkpoint path, zoo detector name, or 'demo' (default)")
+    parser.add_argument("--data", type=Path, help="directory with annotations.json (or instances_*.json) and images/")
+    parser.add_argument("--annotations", type=Path, help="COCO annotations JSON (overrides --data's)")
+    parser.add_argument("--images", type=Path, help="image folder (overrides --data's)")
+    parser.add_argument("--input-size", type=int, help="override the model's input size")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args(argv)
+
+    from edgecsp.data.coco import resolve_dataset
+    from edgecsp.evaluation import evaluate, torch_predict_fn
+    from edgecsp.models.checkpoint import resolve_model
+
+    if args.data is None and args.annotations is None:
+        from edgecsp.paths import default_val_dir
+        args.data = default_val_dir()
+    dataset = resolve_dataset(args.data, args.annotations, args.images)
+    model, description = resolve_model(args.model, num_classes=dataset.num_classes)
+    size = args.input_size or model.config.input_size
+    metrics = evaluate(torch_predict_fn(model), dataset, size, args.batch, progress=not args.json)
+    metrics["model"] = args.model
+    metrics["input_size"] = size
+    print_metrics(metrics, args.json)
+    return 0
+
+
+def print_metrics(metrics: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(metrics))
+        return
+    print(f"AP {metrics['AP']:.4f}   AP50 {metrics['AP50']:.4f}   AP75 {metrics['AP75']:.4f}   "
+          f"({metrics.get('images', '?')} images, {metrics['detections']} detections)")
+    for name, ap50 in metrics["per_class"].items():
+        print(f"  {name:<12} AP50 {ap50:.4f}")
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,1 @@
+"""Models: CSP building blocks, backbones, necks, heads and detectors, built from configs."""

@@ -1,0 +1,23 @@
+"""Where edgecsp keeps generated data and caches (``EDGECSP_CACHE_DIR``, else ~/.cache/edgecsp)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# The default validation set: the shapes task's val split, fixed seed, generated on first use.
+DEFAULT_VAL_IMAGES = 200
+DEFAULT_VAL_SEED = 20261125
+
+
+def cache_dir() -> Path:
+    from edgecsp.data.shapes import default_cache_dir
+
+    root = Path(default_cache_dir())
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def default_val_dir() -> Path:
+    from edgecsp.data.shapes import ensure_shapes_val
+
+    return ensure_shapes_val(cache_dir(), n=DEFAULT_VAL_IMAGES, seed=DEFAULT_VAL_SEED)

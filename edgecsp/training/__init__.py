@@ -1,0 +1,1 @@
+"""Training: anchors, augmentation, YOLO loss, the training loop."""
