@@ -1,7 +1,7 @@
-"""python -m edgecsp.evaluate --model CKPT_OR_NAME --data DIR [--json]
+"""python -m edgecsp.evaluate (--model CKPT_OR_NAME | --artifact DIR) [--data DIR] [--json]
 
-COCO AP, AP50, AP75 and per-class AP50 (pycocotools) of a checkpoint, a zoo detector or the
-built-in demo detector (``--model demo``, the default)."""
+COCO AP, AP50, AP75 and per-class AP50 (pycocotools) of a checkpoint, a zoo detector, the
+built-in demo detector (``--model demo``, the default) or a compiled artifact (any backend)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ import sys
 from pathlib import Path
 
 from edgecsp import cli
+from edgecsp.errors import EdgeCSPError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgecsp.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="demo", help="checkpoint path, zoo detector name, or 'demo' (default)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", default="demo", help="checkpoint path, zoo detector name, or 'demo' (default)")
+    source.add_argument("--artifact", type=Path, help="compiled artifact directory or .tar.gz")
     parser.add_argument("--data", type=Path, help="directory with annotations.json (or instances_*.json) and images/")
     parser.add_argument("--annotations", type=Path, help="COCO annotations JSON (overrides --data's)")
     parser.add_argument("--images", type=Path, help="image folder (overrides --data's)")
@@ -33,10 +36,21 @@ def main(argv: list[str] | None = None) -> int:
         from edgecsp.paths import default_val_dir
         args.data = default_val_dir()
     dataset = resolve_dataset(args.data, args.annotations, args.images)
-    model, description = resolve_model(args.model, num_classes=dataset.num_classes)
-    size = args.input_size or model.config.input_size
-    metrics = evaluate(torch_predict_fn(model), dataset, size, args.batch, progress=not args.json)
-    metrics["model"] = args.model
+    if args.artifact is not None:
+        import edgecsp
+
+        predictor = edgecsp.load(args.artifact)
+        if args.input_size and args.input_size != predictor.input_size:
+            raise EdgeCSPError(f"the artifact was built for input {predictor.input_size}; drop --input-size")
+        size, predict = predictor.input_size, predictor.predict_batch
+        if predictor.class_names and len(predictor.class_names) != dataset.num_classes:
+            raise EdgeCSPError(f"the artifact has {len(predictor.class_names)} classes, {dataset.annotations_path} "
+                               f"has {dataset.num_classes}")
+    else:
+        model, _ = resolve_model(args.model, num_classes=dataset.num_classes)
+        size, predict = args.input_size or model.config.input_size, torch_predict_fn(model)
+    metrics = evaluate(predict, dataset, size, args.batch, progress=not args.json)
+    metrics["model"] = str(args.artifact) if args.artifact else args.model
     metrics["input_size"] = size
     print_metrics(metrics, args.json)
     return 0

@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
     parser.add_argument("--no-fit-anchors", action="store_true", help="keep the config's anchors")
+    parser.add_argument("--stop-after", type=int, help="end this run after epoch N (continue later with --resume)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT's .resume.safetensors")
     parser.add_argument("--out", type=Path, default=Path("runs/model.safetensors"))
     args = parser.parse_args(argv)
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     settings = TrainSettings(epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
-                             workers=args.workers, device=device)
+                             workers=args.workers, device=device, stop_after=args.stop_after)
     out = train(model, dataset, args.out, settings, name=args.model, resume=args.resume, fit=not args.no_fit_anchors)
     print(f"saved {out}")
     return 0

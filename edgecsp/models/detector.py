@@ -33,7 +33,7 @@ class DetectorConfig:
     strides: tuple[int, ...] = (8, 16, 32)
     num_classes: int = 80
     input_size: int = 416
-    scale_xy: float = 1.0
+    scale_xy: float | tuple[float, ...] = 1.0  # one value, or one per level (finest first)
     new_coords: bool = False
     description: str = ""
 
@@ -45,7 +45,7 @@ DETECTORS: dict[str, DetectorConfig] = {
     "cspresnext50-panet-spp": DetectorConfig(
         "cspresnext50", "panet-spp", description="paper's GPU detector (csresnext50-panet-spp.cfg)"),
     "cspresnext50-panet-spp-optimal": DetectorConfig(
-        "cspresnext50", "panet-spp", anchors=tuple(COCO_ANCHORS_V4), scale_xy=1.2, input_size=512,
+        "cspresnext50", "panet-spp", anchors=tuple(COCO_ANCHORS_V4), scale_xy=(1.2, 1.1, 1.05), input_size=512,
         description="42.4 AP test-dev model (csresnext50-panet-spp-original-optimal.cfg)"),
     "cspresnet50-panet-spp": DetectorConfig(
         "cspresnet50", "panet-spp", description="csresnet50-panet-spp.cfg"),

@@ -7,8 +7,12 @@ per-class probabilities.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
+
+from edgecsp.errors import EdgeCSPError
 
 
 class YoloLevel(nn.Module):
@@ -58,10 +62,15 @@ class YoloLevel(nn.Module):
 
 class YoloHead(nn.Module):
     def __init__(self, anchors: list[list[tuple[float, float]]], strides: list[int], num_classes: int,
-                 scale_xy: float = 1.0, new_coords: bool = False):
+                 scale_xy: float | Sequence[float] = 1.0, new_coords: bool = False):
         super().__init__()
+        # One scale_xy for all levels, or one per level (Darknet sets it per [yolo] layer).
+        scales = [float(scale_xy)] * len(strides) if isinstance(scale_xy, (int, float)) else list(scale_xy)
+        if len(scales) != len(strides):
+            raise EdgeCSPError(
+                f"{len(scales)} scale_xy values for {len(strides)} output levels; give one, or one per level")
         self.levels = nn.ModuleList(
-            YoloLevel(a, s, num_classes, scale_xy, new_coords) for a, s in zip(anchors, strides)
+            YoloLevel(a, s, num_classes, k, new_coords) for a, s, k in zip(anchors, strides, scales)
         )
 
     def forward(self, raws: list[torch.Tensor]) -> torch.Tensor:

@@ -37,6 +37,7 @@ class TrainSettings:
     threads: int = 0  # 0: torch's default
     workers: int = 0  # data loader processes (0: augment in the training process)
     device: str = "cpu"
+    stop_after: int | None = None  # end this run after that epoch (continue later with resume)
     extra: dict = field(default_factory=dict)
 
 
@@ -176,6 +177,9 @@ def train(model: Detector, dataset: CocoDataset, out: Path, settings: TrainSetti
         _save_state(state_path, model, ema, optimizer, epoch + 1, history)
         # The EMA weights so far, as a usable checkpoint: an interrupted run still leaves a model.
         save_checkpoint(out, ema.module, describe(ema.module, names, {"history": history, "partial": True}, name=name))
+        if settings.stop_after is not None and epoch + 1 >= settings.stop_after and epoch + 1 < settings.epochs:
+            tqdm.write(f"stopping after epoch {epoch + 1} as asked; continue with --resume")
+            return out
     minutes = (time.time() - t0) / 60
     training = {
         "data": str(dataset.annotations_path), "images": len(items), "settings": asdict(settings), "history": history,

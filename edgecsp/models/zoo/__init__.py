@@ -31,6 +31,13 @@ def backbone_spec(name: str) -> BackboneSpec:
     return factory()
 
 
+def default_input_size(name: str) -> int:
+    """The ImageNet input size the paper reports a backbone at: 224 for the MobileNet-v2, DenseNet
+    and PeleeNet families (their own papers' size), 256 for the rest (the Darknet cfgs')."""
+    backbone_spec(name)  # unknown names fail here, with the list of known ones
+    return 224 if name.removeprefix("csp").startswith(("mobilenet", "densenet", "peleenet")) else 256
+
+
 def build_backbone(
     name: str,
     *,
@@ -54,4 +61,4 @@ def build_backbone(
     return Backbone(spec, num_classes=num_classes)
 
 
-__all__ = ["BACKBONES", "backbone_spec", "build_backbone"]
+__all__ = ["BACKBONES", "backbone_spec", "build_backbone", "default_input_size"]

@@ -1,0 +1,75 @@
+"""The one small interface every engine family implements: build an artifact, open a runner.
+
+A backend module imports its library only inside its methods, so a missing backend fails only
+where it is used, with a line that says how to install it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+# A function from a preprocessed NCHW float32 batch to the decoded output contract (N, K, 5 + C).
+PredictFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class BuildRequest:
+    onnx_path: Path  # the FP32 export: decode in graph, input "images", output "predictions"
+    precision: str  # one of the backend's precisions
+    profile: Any  # edgecsp.targets.TargetProfile
+    out_dir: Path  # write engine files here (a staging directory; the pipeline moves it into place)
+    calibration: Any = None  # edgecsp.calibration.CalibrationSet for int8, else None
+    # For accuracy-aware quantization: AP50 (fraction) of a predict function on the validation set.
+    validate: Callable[[PredictFn], float] | None = None
+    max_ap50_drop: float = 0.01  # tolerance as a fraction (0.01 = 1 point)
+    options: dict = field(default_factory=dict)  # profile's [build] table
+
+
+@dataclass
+class BuildResult:
+    engine: str  # main engine file name, relative to out_dir (e.g. "model.xml", "model.onnx")
+    files: list[str]  # every file written, relative to out_dir
+    info: dict = field(default_factory=dict)  # backend facts for the manifest (quantization details...)
+
+
+class Runner(ABC):
+    """Runs an engine on preprocessed batches; returns the decoded contract (N, K, 5 + C)."""
+
+    input_shape: tuple[int, ...]
+
+    @abstractmethod
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        """Backend facts for reports: device name, threads, precision actually used..."""
+        return {}
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Backend(ABC):
+    name: str
+    precisions: tuple[str, ...]
+    install_hint: str  # e.g. "pip install 'edgecsp[openvino]'"
+
+    @abstractmethod
+    def version(self) -> str:
+        """The backend library's version; raises EdgeCSPError with install_hint when missing."""
+
+    @abstractmethod
+    def build(self, request: BuildRequest) -> BuildResult: ...
+
+    @abstractmethod
+    def open_runner(self, engine_path: Path, manifest: dict, **options: Any) -> Runner: ...

@@ -1,0 +1,48 @@
+"""python -m edgecsp.compile --target T [--model CKPT] [--precision P] [--calibration RECIPE] [--data VAL] [--out DIR]
+
+Export, calibrate, compile and verify a detector for a target device. The result is an
+artifact directory (and its .tar.gz) with the engine files and manifest.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edgecsp import cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edgecsp.targets import list_targets
+
+    parser = argparse.ArgumentParser(prog="python -m edgecsp.compile", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", required=True, help=f"profile name ({', '.join(list_targets())}) or a .toml path")
+    parser.add_argument("--model", default="demo", help="checkpoint, zoo detector name or 'demo' (default)")
+    parser.add_argument("--precision", help="fp32, fp16, bf16 or int8 (default: the target's)")
+    parser.add_argument("--calibration", help="calibration recipe name (calibration/*.toml) or path (default: default)")
+    parser.add_argument("--data", type=Path, help="validation set for the accuracy check (default: shapes val split)")
+    parser.add_argument("--out", type=Path, help="artifact directory (default: artifacts/<model>-<target>-<precision>)")
+    parser.add_argument("--batch", help="engine batch: N or 'dynamic' (default: the target's)")
+    parser.add_argument("--verify-images", type=int, help="verify on the first N validation images only")
+    parser.add_argument("--allow-accuracy-drop", action="store_true",
+                        help="keep the artifact even if its AP50 drop exceeds the target's tolerance")
+    parser.add_argument("--json", action="store_true", help="print the manifest as JSON at the end")
+    args = parser.parse_args(argv)
+
+    from edgecsp.pipeline import CompileOptions, compile_artifact
+
+    batch = None if args.batch is None else (args.batch if args.batch == "dynamic" else int(args.batch))
+    opts = CompileOptions(target=args.target, model=args.model, precision=args.precision, calibration=args.calibration,
+                          data=args.data, out=args.out, allow_accuracy_drop=args.allow_accuracy_drop, batch=batch,
+                          verify_images=args.verify_images)
+    progress = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    out, manifest = compile_artifact(opts, progress=progress)
+    if args.json:
+        print(json.dumps(manifest, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

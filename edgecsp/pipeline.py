@@ -1,0 +1,254 @@
+"""The compile pipeline: export -> calibrate -> build -> verify -> artifact.
+
+Every step reports progress; any failure raises EdgeCSPError and leaves no artifact behind
+(the artifact is assembled in a staging directory and renamed into place only when complete).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from edgecsp import __version__
+from edgecsp.errors import EdgeCSPError
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class CompileOptions:
+    target: str
+    model: str | None = "demo"
+    precision: str | None = None
+    calibration: str | None = None  # recipe name or path
+    data: Path | None = None  # validation set (default: the shapes val split, generated on demand)
+    out: Path | None = None
+    allow_accuracy_drop: bool = False
+    batch: int | str | None = None
+    nms: bool = False
+    verify_images: int | None = None  # None: the whole validation set
+
+
+def _model_hash(model) -> str:
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(asdict(model.config), sort_keys=True, default=str).encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def reference_metrics(model, model_hash: str, dataset, size: int, max_images: int | None) -> dict:
+    """FP32 PyTorch AP on the validation set, cached by model + data + size."""
+    from edgecsp.artifact import sha256_file
+    from edgecsp.evaluation import evaluate, torch_predict_fn
+    from edgecsp.paths import cache_dir
+
+    key = f"{model_hash}-{sha256_file(dataset.annotations_path)[:16]}-{size}-{max_images or 'all'}"
+    path = cache_dir() / "reference" / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    metrics = evaluate(torch_predict_fn(model), dataset, size, progress=False, max_images=max_images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics))
+    return metrics
+
+
+def compile_artifact(opts: CompileOptions, progress: Progress = print) -> tuple[Path, dict[str, Any]]:
+    from edgecsp.backends import BuildRequest, get_backend
+    from edgecsp.targets import load_target
+
+    t_start = time.time()
+    profile = load_target(opts.target)
+    precision = profile.check_precision(opts.precision)
+    backend = get_backend(profile.backend)
+    backend_version = backend.version()  # fails here, with the install hint, before any work
+    if precision not in backend.precisions:
+        raise EdgeCSPError(f"backend {backend.name} cannot build {precision}; it builds {', '.join(backend.precisions)}")
+
+    from edgecsp.data.coco import resolve_dataset
+    from edgecsp.models.checkpoint import resolve_model
+
+    model, description = resolve_model(opts.model)
+    size = profile.input_size or model.config.input_size
+    batch = opts.batch or profile.batch
+    model_hash = _model_hash(model)
+    model_name = description.get("name", opts.model)
+    out = Path(opts.out or Path("artifacts") / f"{Path(str(opts.model or 'demo')).stem}-{profile.name}-{precision}")
+    if opts.data is None:
+        from edgecsp.paths import default_val_dir
+
+        progress("preparing the default validation set (shapes task, generated once and cached)")
+        opts.data = default_val_dir()
+    dataset = resolve_dataset(opts.data)
+    if dataset.num_classes != model.config.num_classes:
+        raise EdgeCSPError(f"validation set {opts.data} has {dataset.num_classes} classes, "
+                           f"the model has {model.config.num_classes}; pass the model's own validation data with --data")
+
+    timings: dict[str, float] = {}
+    work = Path(tempfile.mkdtemp(prefix="edgecsp-compile-"))
+    staging = None
+    try:
+        # 1. export
+        t = time.time()
+        progress(f"[1/4] export {model_name} to ONNX (input {size}x{size}, batch {batch})")
+        from edgecsp.onnx_export import export_onnx
+
+        report = export_onnx(model, work / "model.onnx", batch=batch, input_size=size, nms=False)
+        timings["export_s"] = round(time.time() - t, 2)
+        progress(f"      parity vs PyTorch: max abs diff {report.max_abs_diff:.2e} ({timings['export_s']} s)")
+
+        # 2. calibrate (int8 only)
+        recipe = calib = None
+        if precision == "int8":
+            from edgecsp.calibration import calibration_set, load_recipe
+
+            t = time.time()
+            recipe = load_recipe(opts.calibration)
+            progress(f"[2/4] calibration data: recipe {recipe.name} ({recipe.method}, {recipe.num_images} images)")
+            calib = calibration_set(recipe, size)
+            timings["calibration_data_s"] = round(time.time() - t, 2)
+        else:
+            progress(f"[2/4] calibration: not needed for {precision}")
+
+        # 3. build (or reuse the cached quantized engine)
+        from edgecsp.evaluation import evaluate
+
+        staging = _staging(out)
+        t = time.time()
+        cache_key = _cache_key(model_hash, profile, precision, backend.name, backend_version, recipe, calib, size, batch)
+        cached = _cached_engine(cache_key)
+        if cached is not None:
+            progress(f"[3/4] {backend.name} {precision}: reusing the cached build {cache_key} (same model, data, recipe)")
+            for f in cached.iterdir():
+                if f.name != "result.json":
+                    shutil.copy2(f, staging / f.name)
+            result_meta = json.loads((cached / "result.json").read_text())
+        else:
+            progress(f"[3/4] build {backend.name} {precision} engine")
+
+            def validate(predict) -> float:
+                return evaluate(predict, dataset, size, progress=False, max_images=opts.verify_images)["AP50"]
+
+            request = BuildRequest(onnx_path=work / "model.onnx", precision=precision, profile=profile,
+                                   out_dir=staging, calibration=calib, validate=validate,
+                                   max_ap50_drop=profile.max_ap50_drop / 100,
+                                   options={**profile.build, "recipe": recipe})
+            result = backend.build(request)
+            result_meta = {"engine": result.engine, "files": result.files, "info": result.info}
+            _store_engine(cache_key, staging, result_meta)
+        timings["build_s"] = round(time.time() - t, 2)
+
+        # 4. verify
+        t = time.time()
+        progress(f"[4/4] verify accuracy on {len(dataset) if not opts.verify_images else opts.verify_images} "
+                 f"validation images against FP32 PyTorch")
+        reference = reference_metrics(model, model_hash, dataset, size, opts.verify_images)
+        draft = _manifest(model, description, model_hash, opts, profile, precision, backend.name, backend_version,
+                          result_meta, report, recipe, calib, size, batch)
+        runner = backend.open_runner(staging / result_meta["engine"], draft)
+        try:
+            from edgecsp.predictor import Predictor
+
+            predictor = Predictor(staging, draft, runner)
+            measured = evaluate(predictor.predict_batch, dataset, size, progress=False, max_images=opts.verify_images)
+        finally:
+            runner.close()
+        timings["verify_s"] = round(time.time() - t, 2)
+        drop = round((reference["AP50"] - measured["AP50"]) * 100, 3)
+        passed = drop <= profile.max_ap50_drop
+        draft["accuracy"] = {
+            "dataset": str(dataset.annotations_path), "images": measured.get("images"),
+            "reference": {k: reference[k] for k in ("AP", "AP50", "AP75")},
+            "artifact": {k: measured[k] for k in ("AP", "AP50", "AP75")},
+            "ap50_drop_points": drop, "tolerance_points": profile.max_ap50_drop, "passed": passed,
+        }
+        progress(f"      AP50 {measured['AP50']:.4f} vs reference {reference['AP50']:.4f} "
+                 f"(drop {drop:+.2f} points, tolerance {profile.max_ap50_drop}); AP {measured['AP']:.4f} vs {reference['AP']:.4f}")
+        if not passed and not opts.allow_accuracy_drop:
+            raise EdgeCSPError(
+                f"{precision} artifact loses {drop:.2f} AP50 points (tolerance {profile.max_ap50_drop}) on {opts.data}; "
+                "try --calibration percentile or another precision, or pass --allow-accuracy-drop to keep it")
+        timings["total_s"] = round(time.time() - t_start, 2)
+        draft["timings"] = timings
+        from edgecsp.artifact import finalize
+
+        final = finalize(staging, out, draft)
+        staging = None
+        progress(f"artifact: {final} (+ {final.name}.tar.gz), {timings['total_s']} s in all")
+        return final, json.loads((final / "manifest.json").read_text())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staging(out: Path) -> Path:
+    from edgecsp.artifact import staging_dir
+
+    return staging_dir(out)
+
+
+def _cache_key(model_hash, profile, precision, backend, version, recipe, calib, size, batch) -> str:
+    import hashlib
+
+    parts = [model_hash, backend, version, precision, str(size), str(batch), json.dumps(profile.build, sort_keys=True),
+             recipe.digest() if recipe else "-", calib.data_hash if calib else "-", __version__]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _cached_engine(key: str) -> Path | None:
+    from edgecsp.paths import cache_dir
+
+    path = cache_dir() / "engines" / key
+    return path if (path / "result.json").is_file() else None
+
+
+def _store_engine(key: str, staging: Path, meta: dict) -> None:
+    """Keep the quantized engine so the next compile with the same inputs skips calibration."""
+    from edgecsp.paths import cache_dir
+
+    if meta["info"].get("no_cache"):
+        return
+    dest = cache_dir() / "engines" / key
+    tmp = Path(tempfile.mkdtemp(prefix=".engine-", dir=cache_dir()))
+    for name in meta["files"]:
+        shutil.copy2(staging / name, tmp / name)
+    (tmp / "result.json").write_text(json.dumps(meta, default=str))
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(tmp), dest)
+
+
+def _manifest(model, description, model_hash, opts, profile, precision, backend_name, backend_version,
+              result_meta, report, recipe, calib, size, batch) -> dict[str, Any]:
+    c = model.config
+    k = sum((size // s) ** 2 for s in c.strides) * (len(c.anchors) // len(c.strides))
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "edgecsp_version": __version__,
+        "model": {"name": description.get("name"), "source": str(opts.model or "demo"), "hash": model_hash,
+                  "class_names": description["class_names"], "num_classes": c.num_classes,
+                  "input_size": [size, size], "anchors": [list(a) for a in c.anchors], "strides": list(c.strides),
+                  "config": asdict(c)},
+        "target": profile.as_dict(),
+        "backend": {"name": backend_name, "version": backend_version, "info": result_meta["info"]},
+        "precision": precision,
+        "engine": result_meta["engine"],
+        "inputs": [{"name": "images", "shape": [batch, 3, size, size], "dtype": "float32",
+                    "layout": "NCHW", "range": [0, 1]}],
+        "outputs": [{"name": "predictions", "shape": [batch, k, 5 + c.num_classes], "dtype": "float32",
+                     "contract": "x1,y1,x2,y2 (input pixels), objectness, class probabilities"}],
+        "preprocessing": description.get("preprocessing"),
+        "postprocessing": {"score": "objectness x class probability", "nms": "class-wise, numpy (edgecsp.postprocess)"},
+        "calibration": None if recipe is None else {"recipe": asdict(recipe), "recipe_hash": recipe.digest(),
+                                                     "data_hash": calib.data_hash, "images": len(calib.images)},
+        "export": {k: v for k, v in asdict(report).items() if k not in ("path",)} if hasattr(report, "__dataclass_fields__") else {},
+    }

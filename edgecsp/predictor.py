@@ -1,0 +1,72 @@
+"""``edgecsp.load(artifact)``: a predictor over any artifact, whatever its backend.
+
+It checks the artifact's checksums, opens the backend named in the manifest, and returns
+detections in original image coordinates through the same pre- and postprocessing as every
+other path in edgecsp.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgecsp.artifact import open_artifact
+from edgecsp.backends import Runner, get_backend
+from edgecsp.data.preprocess import load_image_rgb, letterbox, to_tensor_batch
+from edgecsp.postprocess import Detections, postprocess
+
+
+class Predictor:
+    def __init__(self, root: Path, manifest: dict[str, Any], runner: Runner):
+        self.root, self.manifest, self.runner = root, manifest, runner
+        self.input_size = int(manifest["model"]["input_size"][0])
+        self.class_names: list[str] = list(manifest["model"]["class_names"])
+        self.batch = int(manifest["inputs"][0]["shape"][0]) if isinstance(manifest["inputs"][0]["shape"][0], int) else 0
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed NCHW batch -> decoded (N, K, 5 + C); splits or pads to the engine's batch."""
+        if not self.batch or len(batch) == self.batch:
+            return self.runner.run(batch)
+        outs = []
+        for i in range(0, len(batch), self.batch):
+            chunk = batch[i:i + self.batch]
+            n = len(chunk)
+            if n < self.batch:  # a static-batch engine: pad the last chunk
+                chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(self.runner.run(chunk)[:n])
+        return np.concatenate(outs)
+
+    def __call__(self, images: Sequence[np.ndarray | str | Path] | np.ndarray | str | Path,
+                 score_threshold: float = 0.25, iou_threshold: float = 0.5) -> list[Detections]:
+        """RGB uint8 images (or paths) -> detections in each image's own pixel coordinates."""
+        if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3):
+            images = [images]
+        boxed, infos = [], []
+        for item in images:
+            image = load_image_rgb(item) if isinstance(item, (str, Path)) else item
+            lb, info = letterbox(image, self.input_size)
+            boxed.append(lb)
+            infos.append(info)
+        out = self.predict_batch(to_tensor_batch(boxed))
+        return [postprocess(rows, info, score_threshold, iou_threshold) for rows, info in zip(out, infos)]
+
+    predict = __call__
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load(artifact: str | Path, **runner_options: Any) -> Predictor:
+    root, manifest = open_artifact(artifact)
+    backend = get_backend(manifest["backend"]["name"])
+    backend.version()  # a missing backend library: one line with the install hint
+    runner = backend.open_runner(root / manifest["engine"], manifest, **runner_options)
+    return Predictor(root, manifest, runner)
