@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
     args = parser.parse_args(argv)
 
-    from edgecsp.data.preprocess import load_image_rgb, letterbox, to_tensor_batch
+    from edgecsp.data.preprocess import letterbox, load_image_rgb, to_tensor_batch
     from edgecsp.evaluation import torch_predict_fn
     from edgecsp.models.checkpoint import resolve_model
     from edgecsp.postprocess import postprocess

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from tqdm import tqdm

@@ -10,10 +10,11 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgecsp import __version__
 from edgecsp.errors import EdgeCSPError
@@ -232,7 +233,7 @@ def _manifest(model, description, model_hash, opts, profile, precision, backend_
     c = model.config
     k = sum((size // s) ** 2 for s in c.strides) * (len(c.anchors) // len(c.strides))
     return {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "edgecsp_version": __version__,
         "model": {"name": description.get("name"), "source": str(opts.model or "demo"), "hash": model_hash,
                   "class_names": description["class_names"], "num_classes": c.num_classes,

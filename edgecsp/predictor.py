@@ -7,14 +7,15 @@ other path in edgecsp.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from edgecsp.artifact import open_artifact
 from edgecsp.backends import Runner, get_backend
-from edgecsp.data.preprocess import load_image_rgb, letterbox, to_tensor_batch
+from edgecsp.data.preprocess import letterbox, load_image_rgb, to_tensor_batch
 from edgecsp.postprocess import Detections, postprocess
 
 
@@ -57,7 +58,7 @@ class Predictor:
     def close(self) -> None:
         self.runner.close()
 
-    def __enter__(self) -> "Predictor":
+    def __enter__(self) -> Predictor:
         return self
 
     def __exit__(self, *exc) -> None:

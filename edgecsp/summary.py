@@ -24,6 +24,8 @@ from torch import nn
 
 from edgecsp import cli
 from edgecsp.errors import EdgeCSPError
+from edgecsp.models.backbone import Backbone
+from edgecsp.models.detector import Detector
 
 # The paper's figures (csp-paper-numbers.md): params in millions, BFLOPs, at the model's default
 # input size. The reference README counts convolution kernels only ("conv"); for the families
@@ -41,6 +43,22 @@ PAPER: dict[str, tuple[float, float, str]] = {
     "cspdensenet201-elastic": (20.17, 7.13, "trainable"),
     "peleenet": (2.79, 1.017, "trainable"),
     "csppeleenet": (2.83, 0.888, "trainable"),
+}
+
+# The published cfg (../darknet-cfg of the reference) each zoo model reproduces layer for layer.
+SOURCES: dict[str, str] = {
+    "resnet50": "resnet50.cfg",
+    "cspresnet50": "csresnet50.cfg",
+    "resnext50": "resnext50.cfg",
+    "cspresnext50": "csresnext50.cfg",
+    "darknet53": "darknet53.cfg",
+    "cspdarknet53": "csdarknet53.cfg",
+    "mobilenetv2": "mobilenet-v2.cfg",
+    "cspmobilenetv2": "csmobilenet-v2.cfg",
+    "cspresnet50-panet-spp": "csresnet50-panet-spp.cfg",
+    "cspresnext50-panet-spp": "csresnext50-panet-spp.cfg",
+    "cspresnext50-panet-spp-optimal": "csresnext50-panet-spp-original-optimal.cfg",
+    "cspdarknet53-panet-spp": "csdarknet53-panet-spp.cfg",
 }
 
 IMAGENET_CLASSES = 1000
@@ -65,7 +83,7 @@ class _Plan:
 class _Predict(nn.Module):
     """Runs a detector's ``predict`` so the decoded output shape shows in the head row."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: Detector):
         super().__init__()
         self.model = model
 
@@ -131,6 +149,7 @@ def summarize(model: str, input_size: int | None = None, width: float | None = N
     summary = {
         "name": model,
         "kind": plan.kind,
+        "source": _source(model, plan.kind),
         "input_size": [h, w],
         "params": result["params"],
         "conv_params": result["conv_params"],
@@ -146,6 +165,12 @@ def summarize(model: str, input_size: int | None = None, width: float | None = N
     if paper is not None:
         summary["paper"] = paper
     return summary
+
+
+def _source(model: str, kind: str) -> str:
+    if kind == "cfg":
+        return Path(model).name
+    return SOURCES.get(model, "paper, no cfg published" if kind == "backbone" else "edgecsp design")
 
 
 def _paper(model: str, plan: _Plan) -> dict | None:
@@ -188,8 +213,9 @@ def _stage_label(parts: list[str]) -> str:
     return ".".join(parts[:2]) if parts[0] == "stages" and len(parts) > 1 else parts[0]
 
 
-def _backbone_rows(backbone: nn.Module, prefix: str = "") -> tuple[list[str], list[tuple[str, nn.Module, str]]]:
-    labels, hooks = [], []
+def _backbone_rows(backbone: Backbone) -> tuple[list[str], list[tuple[str, nn.Module, str]]]:
+    labels: list[str] = []
+    hooks: list[tuple[str, nn.Module, str]] = []
     if len(backbone.stem):  # PeleeNet's stem block is its stage 0, its stem list is empty
         labels.append("stem")
         hooks.append(("stem", backbone.stem, "out"))
@@ -206,6 +232,7 @@ def _backbone_plan(name: str, input_size: int | None, width: float, depth: float
     with torch.device("meta"):  # shapes only: no weights to initialise, no arithmetic
         model = build_backbone(name, width=width, depth=depth, num_classes=IMAGENET_CLASSES).eval()
     labels, hooks = _backbone_rows(model)
+    assert model.classifier is not None  # built with num_classes
     labels.append("classifier")
     hooks.append(("classifier", model.classifier, "out"))
     return _Plan("backbone", model, (size, size), 3, labels, lambda n: _stage_label(n.split(".")), hooks,
@@ -356,8 +383,8 @@ def _pct(new: float, old: float) -> str:
 
 def markdown_table(summaries: Sequence[dict]) -> str:
     """One row per model: input, params, conv params, BFLOPs, CIO, and the paper's figures where known."""
-    lines = ["| model | input | params | conv params | BFLOPs | CIO (M) | paper params | paper BFLOPs | "
-             "Δ params | Δ BFLOPs |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| model | input | params | conv params | BFLOPs | CIO (M) | paper params | paper BFLOPs | "
+              "Δ params | Δ BFLOPs | source |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         h, w = s["input_size"]
         cells = [f"`{Path(s['name']).name}`", f"{h}" if h == w else f"{h}x{w}", f"{s['params'] / 1e6:.2f}M",
@@ -369,6 +396,7 @@ def markdown_table(summaries: Sequence[dict]) -> str:
                       _pct(ours, p["params"]), _pct(s["bflops"], p["bflops"])]
         else:
             cells += ["–"] * 4
+        cells.append(s["source"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -66,7 +66,24 @@ def load_target(name_or_path: str | Path) -> TargetProfile:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise EdgeCSPError(f"target profile {path} is not valid TOML ({err})") from None
+    if "alias" in data:
+        return _alias(data["alias"], path)
     return _profile(data, path)
+
+
+def _alias(alias: dict, path: Path) -> TargetProfile:
+    """A profile that names another: ``[alias] default = "name"``, optionally with
+    ``detect = "module:function"`` returning the profile name for the machine it runs on (or None)."""
+    import importlib
+
+    name = None
+    if alias.get("detect"):
+        module, _, func = str(alias["detect"]).partition(":")
+        name = getattr(importlib.import_module(module), func)()
+    name = name or alias.get("default")
+    if not name or Path(str(name)).stem == path.stem:
+        raise EdgeCSPError(f"target profile {path}: [alias] needs a default = \"<another target>\"")
+    return load_target(name)
 
 
 def _profile(data: dict, path: Path) -> TargetProfile:

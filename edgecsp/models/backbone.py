@@ -29,7 +29,7 @@ class BackboneSpec:
     classifier: str = "conv"
     stem_after: dict = field(default_factory=dict)  # stage index -> tuple of Pool/ConvSpec inserted before it
 
-    def scaled(self, width: float = 1.0, depth: float = 1.0) -> "BackboneSpec":
+    def scaled(self, width: float = 1.0, depth: float = 1.0) -> BackboneSpec:
         return replace(
             self,
             stem=tuple(scale_conv(s, width) for s in self.stem),

@@ -6,7 +6,7 @@ returns ``(module, out_channels)``, so stage code never needs to know which bloc
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -218,4 +218,4 @@ def build_blocks(
     return nn.Sequential(*blocks), in_ch
 
 
-__all__ = ["BLOCKS", "build_blocks", "darknet_add", "ConvBNAct"]
+__all__ = ["BLOCKS", "ConvBNAct", "build_blocks", "darknet_add"]

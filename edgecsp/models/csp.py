@@ -131,7 +131,7 @@ def scale_stage(spec: StageSpec, width: float = 1.0, depth: float = 1.0) -> Stag
     """One line turns a big config into a small edge variant: channels x width, blocks x depth."""
     if width == 1.0 and depth == 1.0:
         return spec
-    convs = lambda specs: tuple(scale_conv(s, width) for s in specs)  # noqa: E731
+    convs = lambda specs: tuple(scale_conv(s, width) for s in specs)
     groups = spec.block_args.get("groups", 1)
 
     def scale_args(block_args: dict) -> dict:

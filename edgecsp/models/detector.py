@@ -37,7 +37,7 @@ class DetectorConfig:
     new_coords: bool = False
     description: str = ""
 
-    def with_overrides(self, **kw) -> "DetectorConfig":
+    def with_overrides(self, **kw) -> DetectorConfig:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 

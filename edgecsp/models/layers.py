@@ -131,7 +131,7 @@ class Maxout(nn.Module):
         self.groups = groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
+        c = x.shape[1]
         if c % self.groups:
             raise EdgeCSPError(f"Maxout over {self.groups} groups needs channels divisible by it, got {c}")
         # Groups are contiguous channel blocks, so the op is a max over chunks (ONNX-friendly).

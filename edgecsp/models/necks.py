@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgecsp.models.layers import SAM, SPP, ConvSpec, ConvBNAct, Maxout, conv_sequence
+from edgecsp.models.layers import SAM, SPP, ConvBNAct, ConvSpec, Maxout, conv_sequence
 
 
 def _pred(in_ch: int, outputs: int) -> ConvBNAct:
@@ -36,7 +36,7 @@ class PANetSPP(nn.Module):
         super().__init__()
         levels = len(in_channels)
         widths = [width // 2 ** (levels - 1 - i) for i in range(levels)]  # finest .. coarsest
-        c = lambda o, k=1, s=1: ConvSpec(o, k, s, act=act)  # noqa: E731
+        c = lambda o, k=1, s=1: ConvSpec(o, k, s, act=act)
         self.top_pre, ch = conv_sequence(in_channels[-1], [c(width), c(2 * width, 3), c(width)])
         self.spp = SPP(spp_sizes)
         self.top_post, ch = conv_sequence(ch * (len(spp_sizes) + 1), [c(width), c(2 * width, 3), c(width)])
@@ -91,7 +91,7 @@ class EFM(nn.Module):
                  spp: bool = False, sam: bool = True, maxout_groups: int = 2):
         super().__init__()
         levels = len(in_channels)
-        c = lambda o, k=1, s=1: ConvSpec(o, k, s, act=act)  # noqa: E731
+        c = lambda o, k=1, s=1: ConvSpec(o, k, s, act=act)
         self.spp = None
         coarse_in = in_channels[-1]
         if spp:

@@ -50,7 +50,7 @@ class YoloLoss(nn.Module):
         cls_loss = torch.zeros((), device=device)
         for li, (level, raw) in enumerate(zip(self.head.levels, raws)):
             p = level.split(raw)  # (N, A, H, W, 5+C)
-            n, a, h, w, _ = p.shape
+            h, w = p.shape[2], p.shape[3]
             obj_target = torch.zeros(p.shape[:4], device=device)
             idx, gt = self._assign(level, targets, h, w)
             if idx is not None:

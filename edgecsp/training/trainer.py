@@ -4,7 +4,6 @@ deterministic per seed and resumable from the last finished epoch."""
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -76,12 +75,9 @@ def load_training_images(dataset: CocoDataset, max_side: int) -> list[tuple[np.n
     return items
 
 
-def anchors_for(items, size: int, k: int, seed: int) -> list[tuple[float, float]]:
-    wh = []
-    for image, boxes, _ in items:
-        s = size / max(image.shape[:2])
-        wh.append((boxes[:, 2:] - boxes[:, :2]) * s)
-    return fit_anchors(np.concatenate(wh), k=k, seed=seed)
+def box_sizes(items, size: int) -> np.ndarray:
+    """Every box's (w, h) as it appears after letterboxing to ``size``."""
+    return np.concatenate([(b[:, 2:] - b[:, :2]) * size / max(im.shape[:2]) for im, b, _ in items])
 
 
 class AugmentedSet(torch.utils.data.Dataset):
@@ -129,8 +125,9 @@ def train(model: Detector, dataset: CocoDataset, out: Path, settings: TrainSetti
     size = model.config.input_size
     items = load_training_images(dataset, max_side=round(size * 1.3))
     if fit:
-        anchors = anchors_for(items, size, len(model.config.anchors), settings.seed)
-        fitness = anchor_fitness(np.concatenate([(b[:, 2:] - b[:, :2]) * size / max(im.shape[:2]) for im, b, _ in items]), anchors)
+        wh = box_sizes(items, size)
+        anchors = fit_anchors(wh, k=len(model.config.anchors), seed=settings.seed)
+        fitness = anchor_fitness(wh, anchors)
         tqdm.write(f"anchors fitted to the data (mean best IoU {fitness:.3f}): {anchors}")
         torch.manual_seed(settings.seed)
         model = type(model)(model.config.with_overrides(anchors=tuple(anchors)))
@@ -215,7 +212,3 @@ def _restore(path: Path, model, ema, optimizer) -> tuple[int, list]:
             opt_state["state"].setdefault(int(i), {})[name] = v
     optimizer.load_state_dict(opt_state)
     return int(meta["epoch"]), list(meta["history"])
-
-
-def write_history(path: Path, history: list) -> None:
-    path.write_text(json.dumps(history, indent=1))

@@ -1,0 +1,566 @@
+"""OpenVINO backend: the FP32 ONNX becomes an OpenVINO IR (model.xml + model.bin) for a device.
+
+Precisions:
+  fp32  FP32 weights, runtime precision f32.
+  fp16  FP16-compressed weights; runtime f16 only where the device has native FP16, else f32.
+  bf16  FP32 weights, runtime bf16; refused on devices without BF16.
+  int8  NNCF post-training quantization on the calibration images (preset MIXED: symmetric
+        weights, asymmetric activations); the detection head and decode stay in float when the
+        recipe says so. With ``accuracy_aware`` and validation data, the AP50 drop is measured
+        and, only when it exceeds the tolerance, NNCF's accuracy-control loop reverts the most
+        sensitive layers to float.
+
+The runtime precision is always set explicitly: OpenVINO's CPU plugin otherwise runs FP32 models
+in bf16 on CPUs that have it, which would make "fp32" mean different things on different hosts.
+
+openvino and nncf are imported inside functions only, so the rest of edgecsp works without them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecsp.backends.base import Backend, BuildRequest, BuildResult, PredictFn, Runner
+from edgecsp.errors import EdgeCSPError
+
+INSTALL_HINT = "pip install 'edgecsp[openvino]'"
+ENGINE = "model.xml"
+WEIGHTS = "model.bin"
+# Ops that carry no computation of their own: never worth an ignored-scope entry.
+_STRUCTURAL = {"Constant", "Parameter", "Result"}
+# How many validation images NNCF's accuracy control may keep (as uint8) to rank layers by
+# output error; its AP50 is always computed on the whole validation set.
+RANKING_IMAGES = 100
+
+
+def _import_openvino():
+    try:
+        import openvino
+    except ImportError as err:
+        raise EdgeCSPError(f"OpenVINO is not installed ({err}); install it with {INSTALL_HINT}") from None
+    return openvino
+
+
+def _import_nncf():
+    try:
+        import nncf
+    except ImportError as err:
+        raise EdgeCSPError(f"NNCF (needed for OpenVINO int8) is not installed ({err}); "
+                           f"install it with {INSTALL_HINT}") from None
+    return nncf
+
+
+def _ov_message(err: BaseException) -> str:
+    """OpenVINO errors are multi-line C++ traces; the last non-empty line says what happened."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(err).__name__)[:300]
+
+
+def _runtime_precision(precision: str, capabilities: list[str]) -> str:
+    """The INFERENCE_PRECISION_HINT for an artifact precision on a device with these capabilities."""
+    if precision == "bf16":
+        return "bf16"
+    if precision == "fp16":
+        # Without native FP16 the CPU plugin would pick bf16 for an f16 hint (less mantissa than
+        # fp16); f32 keeps fp16 weights' accuracy exactly.
+        return "f16" if "FP16" in capabilities else "f32"
+    # fp32, and int8's float parts (the head kept in float must really be f32).
+    return "f32"
+
+
+def _type_name(value: Any) -> str:
+    return value.to_string() if hasattr(value, "to_string") else str(value)
+
+
+def _static_batch(model_or_compiled: Any) -> int:
+    """The input's static batch size, or 0 when the batch dimension is dynamic."""
+    dim = model_or_compiled.input(0).get_partial_shape()[0]
+    return dim.get_length() if dim.is_static else 0
+
+
+def _batched_infer(infer: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, static_batch: int) -> np.ndarray:
+    """Run any N on an engine with a static batch: split, pad the last chunk, trim."""
+    if not static_batch or len(batch) == static_batch:
+        return infer(batch)
+    outs = []
+    for i in range(0, len(batch), static_batch):
+        chunk = batch[i:i + static_batch]
+        n = len(chunk)
+        if n < static_batch:
+            chunk = np.concatenate([chunk, np.zeros((static_batch - n, *chunk.shape[1:]), chunk.dtype)])
+        outs.append(infer(chunk)[:n])
+    return np.concatenate(outs)
+
+
+def _request_predict(compiled_model: Any) -> PredictFn:
+    request = compiled_model.create_infer_request()
+    static_batch = _static_batch(compiled_model)
+
+    def infer(chunk: np.ndarray) -> np.ndarray:
+        request.infer({0: np.ascontiguousarray(chunk, dtype=np.float32)})
+        return request.get_output_tensor(0).data.copy()  # the request reuses its output buffer
+
+    return lambda batch: _batched_infer(infer, batch, static_batch)
+
+
+# --------------------------------------------------------------------------------------------
+# Graph facts on the OpenVINO side
+
+
+def head_op_names(ov_model: Any, onnx_path: Path) -> list[str]:
+    """OpenVINO op names of the ONNX head/decode nodes (edgecsp.onnx_graph.head_nodes).
+
+    ov.convert_model keeps ONNX node names but splits some nodes: a Conv with bias becomes
+    "<name>/WithoutBiases" (Convolution) + "<name>" (Add), and the last node is renamed after the
+    graph output. Match on the name, the "<name>/" prefix, and the ONNX output tensor names.
+    """
+    import onnx
+
+    from edgecsp.onnx_graph import head_nodes
+
+    onnx_model = onnx.load(str(onnx_path), load_external_data=False)
+    head = set(head_nodes(onnx_model))
+    head_tensors = {out for node in onnx_model.graph.node if node.name in head for out in node.output}
+    names = []
+    for op in ov_model.get_ops():
+        if op.get_type_name() in _STRUCTURAL:
+            continue
+        name = op.get_friendly_name()
+        tensors = {t for out in op.outputs() for t in out.get_names()}
+        if name in head or any(name.startswith(h + "/") for h in head) or tensors & head_tensors:
+            names.append(name)
+    # The prediction convolutions are the point of keeping the head in float: insist on finding them.
+    convs = [n.name for n in onnx_model.graph.node if n.name in head and n.op_type == "Conv"]
+    ov_convs = {op.get_friendly_name() for op in ov_model.get_ops() if op.get_type_name() == "Convolution"}
+    missing = [c for c in convs if not any(o == c or o.startswith(c + "/") for o in ov_convs)]
+    if not convs or missing:
+        raise EdgeCSPError(f"cannot find the detection head's convolutions ({', '.join(missing) or 'none named'}) "
+                           "in the OpenVINO model; re-export the ONNX with edgecsp, or set keep_head_float = false "
+                           "in the calibration recipe")
+    return names
+
+
+def _int8_weights(node: Any, depth: int = 4) -> bool:
+    """True if ``node`` is (a decompression chain from) an int8/uint8 constant."""
+    for _ in range(depth):
+        if node.get_type_name() == "Constant":
+            return node.get_output_element_type(0).get_type_name() in ("i8", "u8", "i4", "u4")
+        if node.get_type_name() not in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose"):
+            return False
+        node = node.input_value(0).get_node()
+    return False
+
+
+def quantized_op_names(ov_model: Any) -> set[str]:
+    """Names of ops whose inputs are quantized: fed by a FakeQuantize or by int8 weights."""
+    out = set()
+    for op in ov_model.get_ops():
+        if op.get_type_name() in _STRUCTURAL or op.get_type_name() == "FakeQuantize" or _int8_weights(op):
+            continue  # not compute, or part of an int8 weight's decompression chain
+        for value in op.input_values():
+            src = value.get_node()
+            if src.get_type_name() == "FakeQuantize" or _int8_weights(src):
+                out.add(op.get_friendly_name())
+                break
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# NNCF settings from a calibration recipe
+
+
+def _nncf_settings(recipe: Any) -> tuple[Any, dict]:
+    """AdvancedQuantizationParameters for a recipe, and what was chosen (for the manifest)."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.range_estimator import (
+        AggregatorType,
+        RangeEstimatorParameters,
+        RangeEstimatorParametersSet,
+        StatisticsCollectorParameters,
+        StatisticsType,
+    )
+
+    kwargs: dict[str, Any] = {}
+    method = getattr(recipe, "method", "minmax")
+    if method == "percentile":
+        # NNCF's quantile statistic, averaged over the samples: clips the top (100 - p)% outliers.
+        prob = max(0.0, (100.0 - float(recipe.percentile)) / 100.0)
+        stat = StatisticsCollectorParameters(StatisticsType.QUANTILE, AggregatorType.MEAN, quantile_outlier_prob=prob)
+        kwargs["activations_range_estimator_params"] = RangeEstimatorParameters(min=stat, max=stat)
+        ranges = f"NNCF mean of per-sample quantiles, outlier probability {prob:g} (percentile {recipe.percentile})"
+    elif method == "entropy":
+        # NNCF has no KL-divergence calibration; its histogram aggregator (ranges minimising the
+        # quantization error on a histogram) is the nearest method.
+        kwargs["activations_range_estimator_params"] = RangeEstimatorParametersSet.HISTOGRAM
+        ranges = "NNCF HISTOGRAM (quantization-error minimisation; NNCF has no KL entropy calibration)"
+    else:
+        ranges = "NNCF default: activations mean of per-sample min/max, weights min/max"
+    per_channel = bool(getattr(recipe, "per_channel", True))
+    if not per_channel:
+        kwargs["weights_quantization_params"] = QuantizationParameters(per_channel=False)
+    return AdvancedQuantizationParameters(**kwargs), {"method": method, "ranges": ranges,
+                                                      "weights_per_channel": per_channel}
+
+
+@contextmanager
+def _quiet_nncf():
+    """NNCF logs one INFO line per ignored node; keep warnings only while it runs."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _uint8_exact(x: np.ndarray) -> np.ndarray | None:
+    """``x`` as uint8 (x * 255) when that round-trips exactly (letterboxed images do), else None."""
+    u8 = np.rint(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8)
+    return u8 if np.array_equal(u8.astype(np.float32) / 255, x) else None
+
+
+def _to_float(item: np.ndarray) -> np.ndarray:
+    return item.astype(np.float32) / 255 if item.dtype == np.uint8 else item
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class OpenVINOBackend(Backend):
+    name = "openvino"
+    precisions = ("fp32", "fp16", "bf16", "int8")
+    install_hint = INSTALL_HINT
+
+    def version(self) -> str:
+        return _import_openvino().__version__
+
+    # -- build ---------------------------------------------------------------------------------
+
+    def build(self, request: BuildRequest) -> BuildResult:
+        ov = _import_openvino()
+        precision = request.precision
+        if precision not in self.precisions:
+            raise EdgeCSPError(f"OpenVINO has no precision {precision!r}; use one of {', '.join(self.precisions)}")
+        device = getattr(request.profile, "device", "CPU") or "CPU"
+        options = dict(request.options or {})
+        core = ov.Core()
+        capabilities = self._capabilities(core, device)
+        if precision == "bf16" and "BF16" not in capabilities:
+            raise EdgeCSPError(f"this {device} has no bf16 support; use fp32, fp16 or int8")
+        onnx_path = Path(request.onnx_path)
+        if not onnx_path.is_file():
+            raise EdgeCSPError(f"ONNX model {onnx_path} does not exist; export the model first")
+        try:
+            model = ov.convert_model(str(onnx_path))
+        except Exception as err:  # noqa: BLE001 - the ONNX frontend raises several types
+            raise EdgeCSPError(f"OpenVINO cannot convert {onnx_path} ({_ov_message(err)}); re-export the ONNX") from None
+
+        hint = _runtime_precision(precision, capabilities)
+        info: dict[str, Any] = {"openvino": ov.__version__, "device": device, "precision": precision,
+                                "ir_weights": "fp16" if precision == "fp16" else "fp32",
+                                "inference_precision": hint,
+                                "performance_hint": str(options.get("performance_hint", "LATENCY")).upper()}
+        if precision == "int8":
+            model, info["quantization"] = self._quantize(core, model, request, device, hint)
+
+        out_dir = Path(request.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # int8: weights are already int8; the float layers (head) keep FP32 weights.
+        ov.save_model(model, str(out_dir / ENGINE), compress_to_fp16=precision == "fp16")
+        # Compile what was written: proves it loads, and records what the runtime really uses here.
+        compiled = core.compile_model(core.read_model(str(out_dir / ENGINE)), device, self._config(ov, hint))
+        info["inference_precision_used"] = _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        info["device_name"] = self._device_name(core, device)
+        return BuildResult(engine=ENGINE, files=[ENGINE, WEIGHTS], info=info)
+
+    @staticmethod
+    def _capabilities(core: Any, device: str) -> list[str]:
+        if device.split(".")[0] not in {d.split(".")[0] for d in core.available_devices}:
+            raise EdgeCSPError(f"OpenVINO device {device!r} is not available here (available: "
+                               f"{', '.join(core.available_devices) or 'none'}); build on the target device")
+        try:
+            return list(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+        except RuntimeError:
+            return []
+
+    @staticmethod
+    def _device_name(core: Any, device: str) -> str:
+        try:
+            return str(core.get_property(device, "FULL_DEVICE_NAME"))
+        except RuntimeError:
+            return device
+
+    @staticmethod
+    def _config(ov: Any, hint: str, mode: str = "latency", threads: int | None = None) -> dict:
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+
+        perf = hints.PerformanceMode.THROUGHPUT if mode == "throughput" else hints.PerformanceMode.LATENCY
+        config: dict[Any, Any] = {hints.performance_mode: perf,
+                                  hints.inference_precision: getattr(ov.Type, hint)}
+        if threads:
+            config[props.inference_num_threads] = int(threads)
+        return config
+
+    def _quantize(self, core: Any, model: Any, request: BuildRequest, device: str, hint: str) -> tuple[Any, dict]:
+        nncf = _import_nncf()
+        calib = request.calibration
+        if calib is None or len(getattr(calib, "images", ())) == 0:
+            raise EdgeCSPError("int8 needs calibration images; pass a calibration recipe (--calibration default)")
+        recipe = request.options.get("recipe")
+        if recipe is None:
+            from edgecsp.calibration import CalibrationRecipe
+
+            recipe = CalibrationRecipe()
+        options = request.options
+        advanced, ranges = _nncf_settings(recipe)
+
+        batch = _static_batch(model) or 1
+        images = np.asarray(calib.images, dtype=np.float32)
+        if len(images) < batch:  # a static batch larger than the set: repeat images to fill one
+            images = np.concatenate([images] * (batch // len(images) + 1))[:batch]
+        items = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
+        calibration = nncf.Dataset(items)
+
+        ignored, head_names = None, []
+        if recipe.keep_head_float:
+            head_names = head_op_names(model, Path(request.onnx_path))
+            # validate=False: an NNCF version may fold some decode ops away; the convs are checked above.
+            ignored = nncf.IgnoredScope(names=head_names, validate=False)
+        target = getattr(nncf.TargetDevice, device.split(".")[0].upper(), nncf.TargetDevice.ANY)
+        params = {"preset": nncf.QuantizationPreset.MIXED, "target_device": target, "subset_size": len(items),
+                  "fast_bias_correction": bool(options.get("fast_bias_correction", True)),
+                  "model_type": None, "ignored_scope": ignored}
+        info: dict[str, Any] = {
+            "tool": f"nncf {nncf.__version__}", "preset": "mixed (symmetric weights, asymmetric activations)",
+            "target_device": target.value, "calibration_images": len(items) * batch,
+            "calibration_hash": getattr(calib, "data_hash", ""), "recipe": getattr(recipe, "name", ""),
+            "recipe_digest": recipe.digest() if hasattr(recipe, "digest") else "",
+            "fast_bias_correction": params["fast_bias_correction"], **ranges,
+            "keep_head_float": bool(recipe.keep_head_float), "ignored_ops": len(head_names),
+            "float_head_convs": sorted(op.get_friendly_name() for op in model.get_ops()
+                                       if op.get_type_name() == "Convolution" and op.get_friendly_name() in head_names),
+        }
+
+        start = time.perf_counter()
+        with _quiet_nncf():
+            quantized = nncf.quantize(model.clone(), calibration, advanced_parameters=advanced, **params)
+        info["quantize_seconds"] = round(time.perf_counter() - start, 2)
+        info["path"] = "nncf.quantize"
+        info["quantized_ops"] = len(quantized_op_names(quantized))
+
+        if not options.get("accuracy_aware", False):
+            return quantized, info
+        if request.validate is None:
+            info["accuracy_check"] = "skipped: no validation data given"
+            return quantized, info
+
+        # Measure first: the accuracy-control loop is slow and usually not needed.
+        ranking: list[np.ndarray] = []
+        reference = self._validate(core, model, device, request.validate, record=ranking,
+                                   limit=int(options.get("ranking_images", RANKING_IMAGES)))
+        measured = self._validate(core, quantized, device, request.validate)
+        drop = reference - measured
+        info.update(ap50_float=round(reference, 5), ap50_int8=round(measured, 5), ap50_drop=round(drop, 5),
+                    max_ap50_drop=request.max_ap50_drop)
+        if drop <= request.max_ap50_drop:
+            return quantized, info
+
+        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+        restorer = AdvancedAccuracyRestorerParameters()
+        if options.get("max_reverted_layers"):
+            restorer.max_num_iterations = int(options["max_reverted_layers"])
+        start = time.perf_counter()
+        with _quiet_nncf():
+            controlled = nncf.quantize_with_accuracy_control(
+                model.clone(), calibration, nncf.Dataset(ranking, _to_float),
+                self._nncf_validation_fn(request.validate, ranking),
+                max_drop=request.max_ap50_drop, drop_type=nncf.DropType.ABSOLUTE,
+                advanced_quantization_parameters=advanced, advanced_accuracy_restorer_parameters=restorer,
+                **params)
+        final = self._validate(core, controlled, device, request.validate)
+        info.update(path="nncf.quantize_with_accuracy_control",
+                    accuracy_control_seconds=round(time.perf_counter() - start, 2),
+                    ap50_int8_plain=info["ap50_int8"], ap50_int8=round(final, 5),
+                    ap50_drop=round(reference - final, 5),
+                    reverted_to_float=sorted(quantized_op_names(quantized) - quantized_op_names(controlled)),
+                    quantized_ops=len(quantized_op_names(controlled)))
+        return controlled, info
+
+    def _validate(self, core: Any, model: Any, device: str, validate: Callable[[PredictFn], float],
+                  record: list | None = None, limit: int = 0) -> float:
+        """AP50 of an in-memory model at f32; optionally keep the first ``limit`` input chunks."""
+        predict = _request_predict(core.compile_model(model, device, {"INFERENCE_PRECISION_HINT": "f32"}))
+        batch = _static_batch(model) or 1
+        if record is None:
+            return float(validate(predict))
+
+        def recording(x: np.ndarray) -> np.ndarray:
+            for i in range(0, len(x), batch):
+                if len(record) < limit and len(x[i:i + batch]) == batch:
+                    chunk = x[i:i + batch]
+                    u8 = _uint8_exact(chunk)
+                    record.append(u8 if u8 is not None else chunk.copy())
+            return predict(x)
+
+        return float(validate(recording))
+
+    @staticmethod
+    def _nncf_validation_fn(validate: Callable[[PredictFn], float], ranking: list[np.ndarray]):
+        """Adapt ``validate(predict_fn) -> AP50`` to NNCF's ``fn(compiled_model, data) -> (metric, outputs)``.
+
+        NNCF ranks layers by how much each changes the model's outputs on the items of its
+        validation dataset (the recorded first validation images), so next to the AP50 this
+        returns each item's output. ``validate`` feeds the images in the same order every time,
+        so those outputs are taken from its own run when the inputs match, not computed twice.
+        """
+
+        def validation_fn(compiled_model: Any, data: Iterable[Any]) -> tuple[float, list[list[np.ndarray]]]:
+            predict = _request_predict(compiled_model)
+            batch = _static_batch(compiled_model) or 1
+            seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+            def recording(x: np.ndarray) -> np.ndarray:
+                out = predict(x)
+                for i in range(0, len(x), batch):
+                    if len(seen) < len(ranking):
+                        seen.append((x[i:i + batch], out[i:i + batch]))
+                return out
+
+            metric = float(validate(recording))
+            outputs = []
+            for i, item in enumerate(data):  # NNCF counts the items it hands over
+                x = _to_float(np.asarray(item))
+                if i < len(seen) and seen[i][0].shape == x.shape and np.array_equal(seen[i][0], x):
+                    outputs.append([seen[i][1]])
+                else:
+                    outputs.append([predict(x)])
+            return metric, outputs
+
+        return validation_fn
+
+    # -- run -----------------------------------------------------------------------------------
+
+    def open_runner(self, engine_path: Path, manifest: dict, mode: str | None = None, threads: int | None = None,
+                    precision_hint: str | None = None, device: str | None = None, **options: Any) -> OpenVINORunner:
+        ov = _import_openvino()
+        if options:
+            raise EdgeCSPError(f"unknown OpenVINO runner option(s) {', '.join(sorted(options))}; "
+                               "known: mode, threads, precision_hint, device")
+        info = _manifest_info(manifest)
+        mode = (mode or info.get("performance_hint") or "latency").lower()
+        if mode not in ("latency", "throughput"):
+            raise EdgeCSPError(f"OpenVINO runner mode must be 'latency' or 'throughput', got {mode!r}")
+        device = device or info.get("device") or (manifest.get("target") or {}).get("device") or "CPU"
+        precision = _manifest_precision(manifest, info)
+        engine_path = Path(engine_path)
+        if not engine_path.is_file() or not engine_path.with_suffix(".bin").is_file():
+            raise EdgeCSPError(f"OpenVINO engine {engine_path} (or its .bin) is missing; rebuild the artifact "
+                               "with python -m edgecsp.compile")
+        core = ov.Core()
+        # From the precision and this host's device (it may differ from the build host's).
+        hint = precision_hint or (_runtime_precision(precision, self._capabilities(core, device)) if precision
+                                  else info.get("inference_precision", "f32"))
+        if hint not in ("f32", "f16", "bf16"):
+            raise EdgeCSPError(f"unknown OpenVINO inference precision {hint!r}; use f32, f16 or bf16")
+        try:
+            model = core.read_model(str(engine_path))
+        except RuntimeError as err:
+            raise EdgeCSPError(f"OpenVINO cannot read {engine_path} ({_ov_message(err)}); the file is damaged: "
+                               "rebuild the artifact with python -m edgecsp.compile") from None
+        try:
+            compiled = core.compile_model(model, device, self._config(ov, hint, mode, threads))
+        except RuntimeError as err:
+            raise EdgeCSPError(f"OpenVINO cannot compile {engine_path} for {device} ({_ov_message(err)}); "
+                               "rebuild the artifact on this device") from None
+        return OpenVINORunner(compiled, core, device, mode)
+
+
+def _manifest_info(manifest: dict) -> dict:
+    """The backend's BuildResult.info as the pipeline stored it (checked in the likely places)."""
+    backend = manifest.get("backend") or {}
+    for candidate in (backend.get("info"), manifest.get("build_info"), manifest.get("backend_info"),
+                      (manifest.get("build") or {}).get("info") if isinstance(manifest.get("build"), dict) else None):
+        if isinstance(candidate, dict):
+            return candidate
+    return {}
+
+
+def _manifest_precision(manifest: dict, info: dict) -> str | None:
+    for value in (info.get("precision"), manifest.get("precision"), (manifest.get("backend") or {}).get("precision")):
+        if isinstance(value, str):
+            return value.lower()
+    return None
+
+
+class OpenVINORunner(Runner):
+    """One compiled model and one reused infer request; not thread-safe (use ``infer_queue``)."""
+
+    def __init__(self, compiled_model: Any, core: Any, device: str, mode: str):
+        self.compiled_model = compiled_model
+        self._core, self._device, self._mode = core, device, mode
+        self._request = compiled_model.create_infer_request()
+        shape = compiled_model.input(0).get_partial_shape()
+        self.input_shape = tuple(d.get_length() if d.is_static else -1 for d in shape)
+        self._static_batch = _static_batch(compiled_model)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, dtype=np.float32)
+        expected = self.input_shape[1:]
+        if batch.ndim != 4 or any(e != -1 and e != s for e, s in zip(expected, batch.shape[1:])):
+            raise EdgeCSPError(f"OpenVINO engine expects batches shaped (N, {', '.join(map(str, expected))}), "
+                               f"got {tuple(batch.shape)}; letterbox images to the artifact's input size")
+        return _batched_infer(self._infer, batch, self._static_batch)
+
+    def _infer(self, chunk: np.ndarray) -> np.ndarray:
+        self._request.infer({0: np.ascontiguousarray(chunk)})
+        return self._request.get_output_tensor(0).data.copy()  # the request reuses its output buffer
+
+    def infer_queue(self, n_requests: int | None = None) -> Any:
+        """An ov.AsyncInferQueue for throughput benchmarks.
+
+        Usage: ``q = runner.infer_queue(); q.set_callback(fn)`` where ``fn(request, userdata)``
+        reads ``request.get_output_tensor(0).data`` (copy it: the buffer is reused);
+        ``q.start_async({0: batch}, userdata)`` per input, then ``q.wait_all()``. The default size
+        is the plugin's OPTIMAL_NUMBER_OF_INFER_REQUESTS for the chosen performance hint.
+        """
+        from openvino import AsyncInferQueue
+
+        n = n_requests or int(self.compiled_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        return AsyncInferQueue(self.compiled_model, n)
+
+    def describe(self) -> dict:
+        from openvino import __version__
+
+        cm = self.compiled_model
+
+        def prop(name: str) -> Any:
+            try:
+                return cm.get_property(name)
+            except RuntimeError:
+                return None
+
+        streams = prop("NUM_STREAMS")
+        return {
+            "backend": "openvino", "openvino": __version__, "device": self._device,
+            "device_name": OpenVINOBackend._device_name(self._core, self._device),
+            "execution_devices": list(prop("EXECUTION_DEVICES") or []),
+            "inference_precision": _type_name(prop("INFERENCE_PRECISION_HINT")),
+            "performance_hint": str(prop("PERFORMANCE_HINT")), "mode": self._mode,
+            "streams": int(streams.num if hasattr(streams, "num") else streams or 0),
+            "threads": int(prop("INFERENCE_NUM_THREADS") or 0),
+            "optimal_requests": int(prop("OPTIMAL_NUMBER_OF_INFER_REQUESTS") or 1),
+        }
+
+    def close(self) -> None:
+        self._request = None
+        self.compiled_model = None

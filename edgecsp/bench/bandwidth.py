@@ -1,0 +1,174 @@
+"""The platform's measured peaks: memory bandwidth (STREAM-style) and FP32 compute.
+
+Bandwidth follows STREAM's rules: float64 arrays each at least 4x the last-level cache, best
+of several repetitions, bytes counted as STREAM counts them (copy 16 B, triad 24 B per element;
+write-allocate traffic not counted). Each of ``threads`` worker threads works on its own slice
+(numpy releases the GIL in copies and ufuncs). The triad ``a = b + s*c`` runs in cache-sized
+blocks with ``s*c`` in a cache-resident scratch buffer, so it moves three arrays' worth of
+memory like STREAM's, not the five a plain numpy expression would.
+
+Compute is FP32 matrix multiply (torch, all usable cores): the roofline's ceiling for float
+engines. INT8 engines with VNNI/AMX or a GPU can go above it; a profile's ``[hardware]
+peak_gmacs`` / ``peak_gbs`` overrides the measured figure where the datasheet is the better ceiling.
+
+The result is cached per machine (and thread count) in the edgecsp cache directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecsp.bench import machine
+
+SCHEMA = "edgecsp-platform-peak/1"
+BLOCK = 32 * 1024  # float64 elements per triad block: 256 KiB, inside every L2 we target
+
+
+def last_level_cache_bytes() -> int:
+    """The largest cache of cpu0 (sysfs); 32 MiB when it cannot be read."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(text[-1:], 1)
+        try:
+            sizes.append(int(text.rstrip("KMG")) * mult)
+        except ValueError:
+            continue
+    return max(sizes) if sizes else 32 * 1024 ** 2
+
+
+def _array_elements(array_mb: float | None) -> int:
+    if array_mb is None:
+        array_bytes = 4 * last_level_cache_bytes()
+        try:
+            import psutil
+
+            array_bytes = min(array_bytes, int(psutil.virtual_memory().available) // 12)
+        except ImportError:
+            pass
+        array_bytes = max(array_bytes, 64 * 1024 ** 2)
+    else:
+        array_bytes = int(array_mb * 1024 ** 2)
+    return max(BLOCK, array_bytes // 8)
+
+
+def stream(threads: int | None = None, array_mb: float | None = None, repeats: int = 5) -> dict[str, Any]:
+    """Best-of-``repeats`` copy and triad bandwidth in GB/s (1e9 bytes/s)."""
+    threads = threads or machine.usable_cpus()
+    n = _array_elements(array_mb)
+    a = np.ones(n)
+    b = np.full(n, 2.0)
+    c = np.full(n, 0.5)
+    bounds = np.linspace(0, n, threads + 1).astype(int)
+    slices = [(int(bounds[i]), int(bounds[i + 1])) for i in range(threads)]
+    scratch = [np.empty(BLOCK) for _ in range(threads)]
+    scalar = 3.0
+
+    def copy(w: int) -> None:
+        lo, hi = slices[w]
+        np.copyto(c[lo:hi], a[lo:hi])
+
+    def triad(w: int) -> None:
+        lo, hi = slices[w]
+        tmp = scratch[w]
+        for s in range(lo, hi, BLOCK):
+            e = min(hi, s + BLOCK)
+            t = tmp[: e - s]
+            np.multiply(c[s:e], scalar, out=t)
+            np.add(b[s:e], t, out=a[s:e])
+
+    best = {"copy": float("inf"), "triad": float("inf")}
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            for name, fn in (("copy", copy), ("triad", triad)):
+                t0 = time.perf_counter()
+                list(pool.map(fn, range(threads)))
+                best[name] = min(best[name], time.perf_counter() - t0)
+    if not np.isfinite(a[:10]).all():  # keeps the work observable; never true
+        raise RuntimeError("STREAM arrays hold non-finite values")
+    return {"copy_gbs": round(16 * n / best["copy"] / 1e9, 2), "triad_gbs": round(24 * n / best["triad"] / 1e9, 2),
+            "array_mb": round(n * 8 / 1024 ** 2, 1), "threads": threads, "repeats": repeats}
+
+
+def compute_peak(threads: int | None = None, n: int = 1024, seconds: float = 1.0) -> dict[str, Any]:
+    """FP32 sgemm GMAC/s with ``threads`` torch threads (best of runs over ``seconds``)."""
+    import torch
+
+    threads = threads or machine.usable_cpus()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.rand(n, n)
+        y = torch.rand(n, n)
+        out = torch.empty(n, n)
+        torch.mm(x, y, out=out)
+        best = float("inf")
+        end = time.perf_counter() + seconds
+        runs = 0
+        while runs < 3 or time.perf_counter() < end:
+            t0 = time.perf_counter()
+            torch.mm(x, y, out=out)
+            best = min(best, time.perf_counter() - t0)
+            runs += 1
+    finally:
+        torch.set_num_threads(before)
+    return {"gmacs_fp32": round(n ** 3 / best / 1e9, 2), "matrix": n, "threads": threads}
+
+
+def platform_peak(threads: int | None = None, refresh: bool = False, cache: bool = True,
+                  array_mb: float | None = None, repeats: int = 5, hardware: dict | None = None) -> dict[str, Any]:
+    """Measured peak bandwidth and compute of this machine, cached per machine and thread count.
+
+    ``hardware`` (a target profile's ``[hardware]`` table) may set ``peak_gbs`` / ``peak_gmacs``:
+    they then replace the measured ceilings (the measured figures stay in the result).
+    """
+    from edgecsp.paths import cache_dir
+
+    threads = threads or machine.usable_cpus()
+    info = machine.describe()
+    path = cache_dir() / "platform" / f"{info['key']}-t{threads}.json"
+    result = None
+    if cache and not refresh and path.is_file():
+        try:
+            result = json.loads(path.read_text())
+            if result.get("schema") != SCHEMA:
+                result = None
+            else:
+                result["cached"] = True
+        except (OSError, json.JSONDecodeError):
+            result = None
+    if result is None:
+        bw = stream(threads, array_mb, repeats)
+        cp = compute_peak(threads)
+        result = {
+            "schema": SCHEMA, "machine": info["key"], "cpu": info["cpu"],
+            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "load_average_1m": info.get("load_average_1m"),
+            "stream": bw, "compute": cp,
+            "peak_gbs": max(bw["copy_gbs"], bw["triad_gbs"]), "peak_gmacs": cp["gmacs_fp32"],
+            "method": "STREAM-style copy/triad (numpy, float64, arrays >= 4x LLC, best of repeats); "
+                      "FP32 sgemm (torch)",
+            "cached": False,
+        }
+        if cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=1))
+            tmp.replace(path)
+    hardware = hardware or {}
+    for key in ("peak_gbs", "peak_gmacs"):
+        if hardware.get(key):
+            result[f"measured_{key}"] = result[key]
+            result[key] = float(hardware[key])
+            result[f"{key}_source"] = "target profile [hardware]"
+    return result

@@ -1,0 +1,244 @@
+"""The measurement loop, after MLPerf Inference's method.
+
+A run is: warm-up for ``warmup_s`` (results discarded), then queries until *both* ``duration_s``
+has passed and ``min_queries`` have completed. Every query is timed around the call an
+application makes, which returns only when the outputs are on the host, so a latency here is
+one the application sees (no work enqueued ahead and timed without waiting).
+
+Scenarios:
+  latency     one stream: one query in flight at a time (MLPerf SingleStream); p50/p90/p99/max and FPS.
+  throughput  as many queries in flight as the backend uses best (MLPerf Offline-like); FPS.
+              OpenVINO runners: its AsyncInferQueue with the plugin's optimal number of requests.
+              Runners marked ``thread_safe`` with ``streams`` > 1: that many threads calling ``run``.
+              Anything else: one stream (the backend parallelises inside the call).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgecsp.errors import EdgeCSPError
+
+SCENARIOS = ("latency", "throughput")
+
+
+@dataclass
+class Settings:
+    scenario: str = "latency"
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    min_queries: int = 200
+    streams: int | None = None  # throughput: parallel requests; None: the backend's best
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise EdgeCSPError(f"unknown scenario {self.scenario!r}; use {' or '.join(SCENARIOS)}")
+        if self.duration_s < 0 or self.warmup_s < 0:
+            raise EdgeCSPError(f"duration ({self.duration_s}) and warm-up ({self.warmup_s}) must be >= 0 seconds")
+        if self.min_queries < 1:
+            raise EdgeCSPError(f"min_queries must be at least 1, got {self.min_queries}")
+        if self.streams is not None and self.streams < 1:
+            raise EdgeCSPError(f"streams must be at least 1, got {self.streams}")
+
+
+@dataclass
+class Measurement:
+    scenario: str
+    batch: int  # frames per query
+    latencies_ns: np.ndarray  # one per measured query, completion order
+    wall_s: float  # first measured query start to last completion
+    streams: int  # queries in flight
+    mode: str  # "sync", "threads" or "async-queue"
+    warmup_queries: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def queries(self) -> int:
+        return int(len(self.latencies_ns))
+
+    @property
+    def frames(self) -> int:
+        return self.queries * self.batch
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    def latency_ms(self) -> dict[str, float]:
+        ms = self.latencies_ns / 1e6
+        if not len(ms):
+            return {k: float("nan") for k in ("p50", "p90", "p99", "max", "min", "mean")}
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(ms.max()),
+                "min": float(ms.min()), "mean": float(ms.mean())}
+
+
+def first_inference_ms(runner: Any, batch: np.ndarray) -> float:
+    """The first call after loading, timed alone (lazy initialisation, allocation, JIT)."""
+    t0 = time.perf_counter_ns()
+    runner.run(batch)
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def measure(runner: Any, inputs: list[np.ndarray], settings: Settings) -> Measurement:
+    """Run one scenario on ``runner`` cycling over ``inputs`` (preprocessed batches of one shape)."""
+    if not inputs:
+        raise EdgeCSPError("the benchmark needs at least one input batch")
+    batch = int(inputs[0].shape[0])
+    if settings.scenario == "latency":
+        return _sync_loop(runner.run, inputs, settings, batch)
+    if hasattr(runner, "infer_queue"):
+        return _async_queue(runner, inputs, settings, batch)
+    streams = settings.streams or int(getattr(runner, "streams", 1) or 1)
+    if streams > 1:
+        if not getattr(runner, "thread_safe", False):
+            raise EdgeCSPError(f"{type(runner).__name__} is not safe to call from {streams} threads; "
+                               "benchmark it with --streams 1")
+        return _threads(runner.run, inputs, settings, batch, streams)
+    m = _sync_loop(runner.run, inputs, settings, batch)
+    m.scenario = "throughput"
+    return m
+
+
+def _sync_loop(call, inputs: list[np.ndarray], settings: Settings, batch: int) -> Measurement:
+    n = len(inputs)
+    clock = time.perf_counter_ns
+    i = 0
+    warm_end = clock() + int(settings.warmup_s * 1e9)
+    while clock() < warm_end:
+        call(inputs[i % n])
+        i += 1
+    warm = i
+    # Preallocated, grown by doubling: no per-query allocation inside the timed loop.
+    lat = np.empty(max(1024, settings.min_queries), dtype=np.int64)
+    k = 0
+    start = clock()
+    deadline = start + int(settings.duration_s * 1e9)
+    min_q = settings.min_queries
+    while True:
+        x = inputs[i % n]
+        t0 = clock()
+        call(x)
+        t1 = clock()
+        if k == len(lat):
+            lat = np.concatenate([lat, np.empty_like(lat)])
+        lat[k] = t1 - t0
+        k += 1
+        i += 1
+        if t1 >= deadline and k >= min_q:
+            break
+    return Measurement(settings.scenario, batch, lat[:k].copy(), (t1 - start) / 1e9, 1, "sync", warm)
+
+
+def _threads(call, inputs: list[np.ndarray], settings: Settings, batch: int, streams: int) -> Measurement:
+    """``streams`` threads, each a synchronous loop; the backend must release the GIL in ``call``."""
+    n = len(inputs)
+    clock = time.perf_counter_ns
+    state = {"measuring": False, "stop": False, "count": 0, "deadline": 0}
+    lock = threading.Lock()
+    per_thread: list[list[int]] = [[] for _ in range(streams)]
+    warm_counts = [0] * streams
+    ends = [0] * streams
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(streams + 1)
+
+    def worker(w: int) -> None:
+        try:
+            i = w
+            barrier.wait()
+            while not state["measuring"]:
+                call(inputs[i % n])
+                i += 1
+                warm_counts[w] += 1
+            lat = per_thread[w]
+            while not state["stop"]:
+                t0 = clock()
+                call(inputs[i % n])
+                t1 = clock()
+                lat.append(t1 - t0)
+                ends[w] = t1
+                i += 1
+                with lock:
+                    state["count"] += 1
+                    if t1 >= state["deadline"] and state["count"] >= settings.min_queries:
+                        state["stop"] = True
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(err)
+            state["stop"] = state["measuring"] = True
+
+    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(streams)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    time.sleep(settings.warmup_s)
+    # Queries in flight at the switch are neither warm-up nor measured if they started before it.
+    start = clock()
+    state["deadline"] = start + int(settings.duration_s * 1e9)
+    state["measuring"] = True
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    lat = np.array([v for lst in per_thread for v in lst], dtype=np.int64)
+    return Measurement("throughput", batch, lat, (max(ends) - start) / 1e9, streams, "threads", sum(warm_counts))
+
+
+def _async_queue(runner: Any, inputs: list[np.ndarray], settings: Settings, batch: int) -> Measurement:
+    """OpenVINO's AsyncInferQueue: keep every request busy; each query timed submit -> callback."""
+    queue = runner.infer_queue(settings.streams) if settings.streams else runner.infer_queue()
+    nreq = len(queue)
+    clock = time.perf_counter_ns
+    lat = np.empty(max(4096, settings.min_queries * 2), dtype=np.int64)
+    k = [0, 0]  # measured completions, last completion time
+    errors: list[BaseException] = []
+
+    def on_done(request: Any, t0: int) -> None:
+        t1 = clock()
+        try:
+            request.get_output_tensor(0).data.copy()  # what an application does with the result
+        except BaseException as err:  # noqa: BLE001 - raised after the loop
+            errors.append(err)
+        if t0 >= 0:  # warm-up queries carry -1
+            j = k[0]
+            if j < len(lat):
+                lat[j] = t1 - t0
+            k[0] = j + 1
+            k[1] = t1
+
+    queue.set_callback(on_done)
+    n = len(inputs)
+    feeds = [{0: np.ascontiguousarray(x, dtype=np.float32)} for x in inputs]
+    i = 0
+    warm_end = clock() + int(settings.warmup_s * 1e9)
+    while clock() < warm_end:
+        queue.start_async(feeds[i % n], -1)
+        i += 1
+    queue.wait_all()
+    warm = i
+    submitted = 0
+    start = clock()
+    deadline = start + int(settings.duration_s * 1e9)
+    while True:
+        queue.get_idle_request_id()  # blocks until a request is free, so t0 is the real start
+        t0 = clock()
+        queue.start_async(feeds[i % n], t0)
+        i += 1
+        submitted += 1
+        if errors:
+            break
+        if t0 >= deadline and submitted >= settings.min_queries:
+            break
+        if submitted >= len(lat):  # rare: a very fast engine outgrows the buffer
+            queue.wait_all()
+            lat = np.concatenate([lat, np.empty_like(lat)])
+    queue.wait_all()
+    if errors:
+        raise errors[0]
+    done = min(k[0], len(lat))
+    return Measurement("throughput", batch, lat[:done].copy(), (k[1] - start) / 1e9, nreq, "async-queue", warm,
+                       extra={"infer_requests": nreq})
