@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -273,6 +273,7 @@ def _parity_groups(n: int, batch: int | str) -> list[np.ndarray]:
         if all(len(g) == 1 for g in groups):
             groups.append([0, 0])  # a single image still gets a batch of two
         return [np.array(g) for g in groups]
+    assert isinstance(batch, int)
     return [np.array([j % n for j in range(s, s + batch)]) for s in range(0, n, batch)]
 
 
@@ -333,15 +334,16 @@ def _torch_export(net, size: tuple[int, int], opset: int, batch: int | str):
     import torch
 
     # A dynamic export traces with two images, so nothing can be specialised to a batch of one.
-    dummy = torch.zeros(2 if batch == "dynamic" else batch, 3, *size)
+    dummy = torch.zeros(batch if isinstance(batch, int) else 2, 3, *size)
     dynamic = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if batch == "dynamic" else None
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings(), _native_output_silenced(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript exporter": chosen on purpose
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants
-            torch.onnx.export(net, (dummy,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], dynamic_axes=dynamic, do_constant_folding=True)
+            torch.onnx.export(net, (dummy,), buf, dynamo=False, opset_version=opset,  # type: ignore[arg-type]
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic,
+                              do_constant_folding=True)
         return onnx.load_from_string(buf.getvalue())
     except EdgeCSPError:
         raise
@@ -361,7 +363,7 @@ def _check(proto, what: str) -> None:
 
 
 def _session(proto):
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
     import torch
 
     so = ort.SessionOptions()
@@ -415,7 +417,7 @@ def _parity(outs: list[np.ndarray], refs: list[np.ndarray]) -> tuple[float, floa
 def _simplify(proto, feeds, outs):
     """onnxslim, kept only when it passes the checker and leaves the results unchanged."""
     try:
-        import onnxslim
+        import onnxslim  # type: ignore[import-untyped]
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -680,7 +682,7 @@ class _Staged:
         self.tmp: str | None = None
         self.made_dirs: list[Path] = []
 
-    def __enter__(self) -> _Staged:
+    def __enter__(self) -> Self:
         if self.path.is_dir():
             raise EdgeCSPError(f"{self.path} is a directory; pass a file path such as {self.path / 'model.onnx'}")
         missing = []
@@ -700,6 +702,7 @@ class _Staged:
         return self
 
     def write(self, data: bytes) -> None:
+        assert self.tmp is not None, "write() outside the with block"
         try:
             with open(self.tmp, "wb") as f:
                 f.write(data)

@@ -102,7 +102,9 @@ def compile_artifact(opts: CompileOptions, progress: Progress = print) -> tuple[
         progress(f"[1/4] export {model_name} to ONNX (input {size}x{size}, batch {batch})")
         from edgecsp.onnx_export import export_onnx
 
-        report = export_onnx(model, work / "model.onnx", batch=batch, input_size=size, nms=False)
+        parity = [dataset[i][0] for i in range(min(4, len(dataset)))]  # real images of the user's data
+        report = export_onnx(model, work / "model.onnx", batch=batch, input_size=size, nms=False,
+                             parity_images=parity, description=description)
         timings["export_s"] = round(time.time() - t, 2)
         progress(f"      parity vs PyTorch: max abs diff {report.max_abs_diff:.2e} ({timings['export_s']} s)")
 
@@ -251,5 +253,5 @@ def _manifest(model, description, model_hash, opts, profile, precision, backend_
         "postprocessing": {"score": "objectness x class probability", "nms": "class-wise, numpy (edgecsp.postprocess)"},
         "calibration": None if recipe is None else {"recipe": asdict(recipe), "recipe_hash": recipe.digest(),
                                                      "data_hash": calib.data_hash, "images": len(calib.images)},
-        "export": {k: v for k, v in asdict(report).items() if k not in ("path",)} if hasattr(report, "__dataclass_fields__") else {},
+        "export": {k: v for k, v in report.as_dict().items() if k != "path"},
     }

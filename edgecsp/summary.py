@@ -170,7 +170,7 @@ def summarize(model: str, input_size: int | None = None, width: float | None = N
 def _source(model: str, kind: str) -> str:
     if kind == "cfg":
         return Path(model).name
-    return SOURCES.get(model, "paper, no cfg published" if kind == "backbone" else "edgecsp design")
+    return SOURCES.get(model, "papers (no cfg published)" if kind == "backbone" else "edgecsp design")
 
 
 def _paper(model: str, plan: _Plan) -> dict | None:
@@ -378,7 +378,8 @@ def _paper_text(summary: dict) -> str:
 
 
 def _pct(new: float, old: float) -> str:
-    return f"{100 * (new / old - 1):+.1f}%"
+    change = 100 * (new / old - 1)
+    return "0.0%" if abs(change) < 0.05 else f"{change:+.1f}%"  # no "-0.0%"
 
 
 def markdown_table(summaries: Sequence[dict]) -> str:

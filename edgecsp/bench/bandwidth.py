@@ -8,8 +8,9 @@ blocks with ``s*c`` in a cache-resident scratch buffer, so it moves three arrays
 memory like STREAM's, not the five a plain numpy expression would.
 
 Compute is FP32 matrix multiply (torch, all usable cores): the roofline's ceiling for float
-engines. INT8 engines with VNNI/AMX or a GPU can go above it; a profile's ``[hardware]
-peak_gmacs`` / ``peak_gbs`` overrides the measured figure where the datasheet is the better ceiling.
+engines. INT8 engines with VNNI/AMX can go above it; for a GPU engine a profile's ``[hardware]
+peak_gmacs`` replaces it, and ``peak_dram_gbps`` (the datasheet's DRAM peak) is shown beside the
+measured bandwidth.
 
 The result is cached per machine (and thread count) in the edgecsp cache directory.
 """
@@ -129,8 +130,9 @@ def platform_peak(threads: int | None = None, refresh: bool = False, cache: bool
                   array_mb: float | None = None, repeats: int = 5, hardware: dict | None = None) -> dict[str, Any]:
     """Measured peak bandwidth and compute of this machine, cached per machine and thread count.
 
-    ``hardware`` (a target profile's ``[hardware]`` table) may set ``peak_gbs`` / ``peak_gmacs``:
-    they then replace the measured ceilings (the measured figures stay in the result).
+    ``hardware`` (a target profile's ``[hardware]`` table): ``peak_dram_gbps`` is reported beside
+    the measured bandwidth; ``peak_gmacs`` replaces the measured compute ceiling (kept as
+    ``measured_peak_gmacs``).
     """
     from edgecsp.paths import cache_dir
 
@@ -166,9 +168,10 @@ def platform_peak(threads: int | None = None, refresh: bool = False, cache: bool
             tmp.write_text(json.dumps(result, indent=1))
             tmp.replace(path)
     hardware = hardware or {}
-    for key in ("peak_gbs", "peak_gmacs"):
-        if hardware.get(key):
-            result[f"measured_{key}"] = result[key]
-            result[key] = float(hardware[key])
-            result[f"{key}_source"] = "target profile [hardware]"
+    if hardware.get("peak_dram_gbps"):  # the datasheet figure, shown beside the measured one
+        result["datasheet_peak_gbs"] = float(hardware["peak_dram_gbps"])
+    if hardware.get("peak_gmacs"):  # e.g. a GPU engine: the CPU's sgemm is not its ceiling
+        result["measured_peak_gmacs"] = result["peak_gmacs"]
+        result["peak_gmacs"] = float(hardware["peak_gmacs"])
+        result["peak_gmacs_source"] = "target profile [hardware] peak_gmacs"
     return result

@@ -1,0 +1,320 @@
+"""Running TensorRT engines: ``execute_async_v3`` on a CUDA stream, device buffers and pinned host
+memory through NVIDIA's cuda-python bindings.
+
+Why cuda-python rather than pycuda: it is NVIDIA's official binding, ships prebuilt wheels
+(aarch64 included, so nothing compiles on a Jetson), follows each CUDA release, and needs no
+CUDA context juggling (it uses the runtime API's primary context, as TensorRT does). pycuda builds
+from source on Jetson and owns a context of its own.
+
+cuda-python has no type information (Cython modules, no stubs), so every CUDA call goes through
+``CudaRuntime`` below: a small typed wrapper, the one place that touches the untyped module. Its
+calls are listed in ``CUDA_CALLS``; a test checks that list against the source here and, where
+cuda-python is installed, against the module itself, so mypy's view of the typed wrapper stays
+honest. TensorRT calls are typed by the tensorrt-stubs package (tests/test_tensorrt_types.py).
+
+tensorrt and cuda-python are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgecsp.backends.base import Runner
+from edgecsp.errors import EdgeCSPError
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+CUDA_HINT = ("pip install 'cuda-python==<your CUDA major.minor>.*' (JetPack 6: 12.6, JetPack 5: 11.8/12.2; "
+             "see docs/jetson.md)")
+# Every cuda.bindings.runtime function CudaRuntime calls (checked by tests against the code and the module).
+CUDA_CALLS = ("cudaGetErrorString", "cudaGetDeviceCount", "cudaSetDevice", "cudaGetDeviceProperties",
+              "cudaRuntimeGetVersion", "cudaDriverGetVersion", "cudaMalloc", "cudaFree", "cudaMallocHost",
+              "cudaFreeHost", "cudaStreamCreate", "cudaStreamDestroy", "cudaStreamSynchronize", "cudaMemcpyAsync")
+
+
+def load_cuda_module() -> Any | None:
+    """cuda-python's runtime module (new layout first, then the pre-12.6 one), or None."""
+    try:
+        from cuda.bindings import runtime
+
+        return runtime
+    except ImportError:
+        pass
+    try:
+        from cuda import cudart  # cuda-python < 12.6
+
+        return cudart
+    except ImportError:
+        return None
+
+
+class CudaRuntime:
+    """The CUDA runtime calls the runner needs, typed; errors become one-line EdgeCSPErrors."""
+
+    def __init__(self, module: Any):
+        self._rt = module
+
+    @classmethod
+    def load(cls) -> "CudaRuntime":
+        module = load_cuda_module()
+        if module is None:
+            raise EdgeCSPError(f"cuda-python is not installed; {CUDA_HINT}")
+        return cls(module)
+
+    def _call(self, name: str, *args: Any) -> Any:
+        out = getattr(self._rt, name)(*args)
+        err, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
+        if int(err) != 0:
+            msg = self._rt.cudaGetErrorString(err)
+            text = msg[1].decode() if isinstance(msg, tuple) and isinstance(msg[1], bytes) else str(err)
+            raise EdgeCSPError(f"CUDA {name} failed: {text}; check the GPU with nvidia-smi/tegrastats and the CUDA "
+                               "driver matches cuda-python")
+        return rest[0] if len(rest) == 1 else rest
+
+    def device_count(self) -> int:
+        try:
+            return int(self._call("cudaGetDeviceCount"))
+        except EdgeCSPError:
+            return 0  # no driver or no GPU: the runtime reports it as an error
+
+    def set_device(self, device: int) -> None:
+        self._call("cudaSetDevice", device)
+
+    def device_properties(self, device: int) -> tuple[str, int, int]:
+        """(name, compute capability major, minor)."""
+        prop = self._call("cudaGetDeviceProperties", device)
+        name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
+        return name.rstrip("\x00").strip(), int(prop.major), int(prop.minor)
+
+    def runtime_version(self) -> int:
+        return int(self._call("cudaRuntimeGetVersion"))
+
+    def driver_version(self) -> int:
+        return int(self._call("cudaDriverGetVersion"))
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._call("cudaMalloc", nbytes))
+
+    def free(self, ptr: int) -> None:
+        self._call("cudaFree", ptr)
+
+    def malloc_host(self, nbytes: int) -> int:
+        """Page-locked host memory: the only kind the copy engines DMA from asynchronously."""
+        return int(self._call("cudaMallocHost", nbytes))
+
+    def free_host(self, ptr: int) -> None:
+        self._call("cudaFreeHost", ptr)
+
+    def stream_create(self) -> Any:
+        return self._call("cudaStreamCreate")
+
+    def stream_handle(self, stream: Any) -> int:
+        """The integer handle TensorRT's execute_async_v3 takes."""
+        return int(stream)
+
+    def stream_destroy(self, stream: Any) -> None:
+        self._call("cudaStreamDestroy", stream)
+
+    def stream_synchronize(self, stream: Any) -> None:
+        self._call("cudaStreamSynchronize", stream)
+
+    def memcpy_htod_async(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._call("cudaMemcpyAsync", dst, src, nbytes, kind, stream)
+
+    def memcpy_dtoh_async(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._call("cudaMemcpyAsync", dst, src, nbytes, kind, stream)
+
+
+def pinned_array(ptr: int, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    """A numpy view of page-locked host memory at ``ptr``."""
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buf = (ctypes.c_byte * nbytes).from_address(ptr)
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Environment facts
+
+
+def load_tensorrt() -> Any | None:
+    """The TensorRT Python module, or None.
+
+    tensorrt-stubs installs a stub-only ``tensorrt/`` folder, so ``import tensorrt`` can succeed
+    with an empty namespace package: TensorRT counts as present only when it provides a Builder.
+    """
+    try:
+        import tensorrt as trt_mod
+    except ImportError:
+        return None
+    except OSError:  # the wheel is there but libnvinfer is not loadable
+        return None
+    return trt_mod if hasattr(trt_mod, "Builder") and hasattr(trt_mod, "__version__") else None
+
+
+def gpu_facts(device: int = 0) -> dict[str, Any] | None:
+    """{"gpu", "compute_capability", "cuda_runtime", "cuda_driver"} of ``device``, None without a usable GPU."""
+    module = load_cuda_module()
+    if module is None:
+        return None
+    cuda = CudaRuntime(module)
+    if cuda.device_count() <= device:
+        return None
+    name, major, minor = cuda.device_properties(device)
+    return {"gpu": name, "compute_capability": f"{major}.{minor}", "cuda_runtime": cuda.runtime_version(),
+            "cuda_driver": cuda.driver_version()}
+
+
+def rebuild_hint(manifest: dict) -> str:
+    return ("rebuild it on this device from the bundle: python -m edgecsp.compile --target jetson "
+            "--from-bundle <the bundle directory>")
+
+
+def check_engine_compatible(built: dict, trt_version: str, gpu: dict[str, Any]) -> None:
+    """Refuse an engine built by another TensorRT or for another GPU, before TensorRT does (in a log line)."""
+    want_trt = str(built.get("tensorrt_version", ""))
+    if want_trt and want_trt != trt_version:
+        raise EdgeCSPError(f"engine was built by TensorRT {want_trt}, this machine has TensorRT {trt_version}; "
+                           f"engines only load in the TensorRT that built them: {rebuild_hint(built)}")
+    want_cc = str(built.get("compute_capability", ""))
+    if want_cc and want_cc != gpu["compute_capability"]:
+        raise EdgeCSPError(f"engine was built for {built.get('gpu', '?')} (sm_{want_cc.replace('.', '')}), this GPU is "
+                           f"{gpu['gpu']} (sm_{gpu['compute_capability'].replace('.', '')}): {rebuild_hint(built)}")
+
+
+# --------------------------------------------------------------------------------------------
+# The runner
+
+
+class TensorRTRunner(Runner):
+    """An engine on one GPU: pinned host <-> device copies and execute_async_v3 on one stream."""
+
+    def __init__(self, engine_path: Path, manifest: dict, device: int = 0, output: str = "predictions"):
+        trt_mod = load_tensorrt()
+        if trt_mod is None:
+            raise EdgeCSPError("TensorRT is not installed here; on a Jetson it comes with JetPack "
+                               "(sudo apt install python3-libnvinfer), elsewhere pip install tensorrt")
+        cuda = CudaRuntime.load()
+        gpu = gpu_facts(device)
+        if gpu is None:
+            raise EdgeCSPError(f"no CUDA GPU {device} here; a TensorRT engine needs the GPU it was built for")
+        built = manifest.get("backend", {}).get("info", {}).get("tensorrt", {})
+        check_engine_compatible(built, str(trt_mod.__version__), gpu)
+        self._cuda = cuda
+        self._device_bufs: list[int] = []
+        self._host_bufs: list[int] = []
+        self._stream: Any = None
+        self._output = output
+        self._facts = {"gpu": gpu["gpu"], "compute_capability": gpu["compute_capability"],
+                       "tensorrt": str(trt_mod.__version__), "precision": manifest.get("precision")}
+        cuda.set_device(device)
+        self._open(trt_mod, Path(engine_path), manifest)
+
+    def _open(self, trt: Any, engine_path: Path, manifest: dict) -> None:
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(self._logger, "")  # EfficientNMS and other plugins
+        self._runtime = trt.Runtime(self._logger)
+        engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if engine is None:
+            raise EdgeCSPError(f"TensorRT could not load {engine_path.name} (built by another TensorRT version or for "
+                               f"another GPU, or corrupt): {rebuild_hint(manifest)}")
+        self._engine = engine
+        context = engine.create_execution_context()
+        if context is None:
+            raise EdgeCSPError(f"TensorRT could not create an execution context for {engine_path.name} "
+                               "(out of GPU memory?); close other GPU programs and retry")
+        self._context = context
+        self._stream = self._cuda.stream_create()
+        self._inputs: list[str] = []
+        self._outputs: list[str] = []
+        self._dtypes: dict[str, np.dtype[Any]] = {}
+        max_shapes: dict[str, tuple[int, ...]] = {}
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            (self._inputs if is_input else self._outputs).append(name)
+            self._dtypes[name] = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            shape = tuple(engine.get_tensor_shape(name))
+            if is_input and any(d < 0 for d in shape):  # dynamic batch: buffers for the profile's max
+                shape = tuple(engine.get_tensor_profile_shape(name, 0)[2])
+            max_shapes[name] = shape
+        if self._output not in self._outputs:
+            raise EdgeCSPError(f"engine has no output {self._output!r} (outputs: {', '.join(self._outputs)}); "
+                               "rebuild it with python -m edgecsp.compile")
+        self.input_shape = max_shapes[self._inputs[0]]
+        self._max_batch = self.input_shape[0]
+        if any(d < 0 for d in self.input_shape):
+            raise EdgeCSPError("engine input has a dynamic dimension other than the batch; rebuild it with edgecsp")
+        # Outputs: their shape at the max input shape (set it once so dynamic outputs resolve).
+        for name in self._inputs:
+            self._context.set_input_shape(name, max_shapes[name])
+        for name in self._outputs:
+            max_shapes[name] = tuple(self._context.get_tensor_shape(name))
+        self._host: dict[str, np.ndarray] = {}
+        self._dev: dict[str, int] = {}
+        for name, shape in max_shapes.items():
+            dtype = self._dtypes[name]
+            nbytes = max(1, int(np.prod(shape)) * dtype.itemsize)
+            dptr = self._cuda.malloc(nbytes)
+            self._device_bufs.append(dptr)
+            hptr = self._cuda.malloc_host(nbytes)
+            self._host_bufs.append(hptr)
+            self._dev[name] = dptr
+            self._host[name] = pinned_array(hptr, shape, dtype)
+            self._context.set_tensor_address(name, dptr)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        name = self._inputs[0]
+        n = len(batch)
+        if n > self._max_batch:
+            return np.concatenate([self.run(batch[i:i + self._max_batch]) for i in range(0, n, self._max_batch)])
+        shape = (n, *self.input_shape[1:])
+        if tuple(batch.shape) != shape:
+            raise EdgeCSPError(f"engine input is {self.input_shape} (batch up to {self._max_batch}), got {batch.shape}")
+        host_in = self._host[name].reshape(-1)[: int(np.prod(shape))].reshape(shape)
+        np.copyto(host_in, batch.astype(self._dtypes[name], copy=False))
+        if not self._context.set_input_shape(name, shape):
+            raise EdgeCSPError(f"engine does not accept input shape {shape}; its profile allows up to {self.input_shape}")
+        self._cuda.memcpy_htod_async(self._dev[name], host_in.ctypes.data, host_in.nbytes, self._stream)
+        if not self._context.execute_async_v3(self._cuda.stream_handle(self._stream)):
+            raise EdgeCSPError("TensorRT execution failed (see its log above); rebuild the engine from the bundle")
+        out_shape = tuple(self._context.get_tensor_shape(self._output))
+        host_out = self._host[self._output].reshape(-1)[: int(np.prod(out_shape))].reshape(out_shape)
+        self._cuda.memcpy_dtoh_async(host_out.ctypes.data, self._dev[self._output], host_out.nbytes, self._stream)
+        self._cuda.stream_synchronize(self._stream)  # results are the application's only when synchronised
+        return host_out.astype(np.float32, copy=True)
+
+    def describe(self) -> dict:
+        return dict(self._facts, outputs=list(self._outputs), max_batch=self._max_batch)
+
+    def close(self) -> None:
+        cuda = getattr(self, "_cuda", None)
+        if cuda is None:
+            return
+        for ptr in self._device_bufs:
+            cuda.free(ptr)
+        for ptr in self._host_bufs:
+            cuda.free_host(ptr)
+        self._device_bufs, self._host_bufs = [], []
+        if self._stream is not None:
+            cuda.stream_destroy(self._stream)
+            self._stream = None
+        self._host = {}
+        for attr in ("_context", "_engine", "_runtime"):  # context before engine before runtime
+            if hasattr(self, attr):
+                delattr(self, attr)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", version)[:3])
+
+
+def tensorrt_major(trt_mod: Any) -> int:
+    return _version_tuple(str(trt_mod.__version__))[0]

@@ -1,0 +1,124 @@
+"""Baselines measured beside an artifact in the same run: PyTorch eager FP32 and plain ONNX
+Runtime FP32 (default session options, CPU provider) on the same model, input and batch.
+
+Both are Runners (edgecsp.backends.base), so the harness times them exactly like an artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecsp.backends.base import Runner
+from edgecsp.errors import EdgeCSPError
+
+BASELINES = ("torch", "onnxruntime-fp32")
+NAMES = {"torch": "pytorch-eager-fp32", "onnxruntime-fp32": "onnxruntime-fp32"}
+
+
+def parse_compare(spec: str | list[str] | None) -> list[str]:
+    if not spec:
+        return []
+    items = spec if isinstance(spec, list) else [s for s in spec.split(",")]
+    out = []
+    for item in (s.strip().lower() for s in items):
+        if not item:
+            continue
+        item = {"pytorch": "torch", "torch-fp32": "torch", "ort": "onnxruntime-fp32",
+                "onnxruntime": "onnxruntime-fp32"}.get(item, item)
+        if item not in BASELINES:
+            raise EdgeCSPError(f"unknown baseline {item!r} in --compare; use any of {', '.join(BASELINES)}")
+        if item not in out:
+            out.append(item)
+    return out
+
+
+class TorchRunner(Runner):
+    """``Detector.predict`` in eager mode under ``torch.inference_mode`` (FP32, torch's threads)."""
+
+    def __init__(self, model: Any, input_shape: tuple[int, ...]):
+        self.model = model.eval()
+        self.input_shape = input_shape
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model.predict(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
+
+    def describe(self) -> dict:
+        import torch
+
+        return {"backend": "pytorch", "torch": torch.__version__, "mode": "eager", "precision": "fp32",
+                "threads": torch.get_num_threads()}
+
+
+class OrtRunner(Runner):
+    """A plain ``onnxruntime.InferenceSession`` (default options) on an FP32 ONNX file."""
+
+    thread_safe = True  # InferenceSession.run may be called from several threads
+
+    def __init__(self, onnx_path: Path, input_shape: tuple[int, ...]):
+        import onnxruntime as ort
+
+        self.path = Path(onnx_path)
+        self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = input_shape
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        opts = self.session.get_session_options()
+        return {"backend": "onnxruntime", "onnxruntime": ort.__version__, "precision": "fp32",
+                "providers": self.session.get_providers(), "intra_op_threads": opts.intra_op_num_threads,
+                "graph_optimization": str(opts.graph_optimization_level)}
+
+    def close(self) -> None:
+        self.session = None
+
+
+def model_for(manifest: dict, model_spec: str | None = None) -> tuple[Any, str]:
+    """The artifact's model with its trained weights when they can be found here, else its
+    architecture with random weights (same speed; the report says which)."""
+    from edgecsp.bench.traffic import model_from_manifest
+    from edgecsp.models.checkpoint import resolve_model
+
+    spec = model_spec or (manifest.get("model") or {}).get("source") or "demo"
+    try:
+        model, _ = resolve_model(spec)
+    except EdgeCSPError as err:
+        return model_from_manifest(manifest), f"architecture from the manifest, random weights ({err})"
+    return model.eval(), f"{spec} (trained weights)"
+
+
+def fp32_onnx(model: Any, input_size: int, batch: int | str, images: list[np.ndarray] | None = None) -> Path:
+    """The model exported to FP32 ONNX (cached by weights, size and batch)."""
+    from edgecsp.onnx_export import export_onnx
+    from edgecsp.paths import cache_dir
+
+    h = hashlib.sha256(f"{input_size}|{batch}".encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    path = cache_dir() / "baselines" / f"{h.hexdigest()[:16]}.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(model, path, batch=batch, input_size=input_size, parity_images=images)
+    return path
+
+
+def open_baseline(name: str, model: Any, input_size: int, batch: int | str,
+                  images: list[np.ndarray] | None = None) -> Runner:
+    shape = (batch if isinstance(batch, int) else -1, 3, input_size, input_size)
+    if name == "torch":
+        return TorchRunner(model, shape)
+    if name == "onnxruntime-fp32":
+        return OrtRunner(fp32_onnx(model, input_size, batch, images), shape)
+    raise EdgeCSPError(f"unknown baseline {name!r}; use any of {', '.join(BASELINES)}")
