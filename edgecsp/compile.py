@@ -29,7 +29,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-accuracy-drop", action="store_true",
                         help="keep the artifact even if its AP50 drop exceeds the target's tolerance")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON at the end")
+    parser.add_argument("--from-bundle", type=Path, metavar="DIR",
+                        help="on the device: build the TensorRT engine of a Jetson bundle (docs/jetson.md)")
     args = parser.parse_args(argv)
+    progress = (lambda line: print(line, file=sys.stderr)) if args.json else print
+
+    if args.from_bundle is not None:  # Jetson: engine from a bundle compiled elsewhere
+        from edgecsp.jetson.bundle import build_from_bundle
+
+        out, manifest = build_from_bundle(args.from_bundle, target=args.target, out=args.out, data=args.data,
+                                          verify_images=100 if args.verify_images is None else args.verify_images,
+                                          allow_accuracy_drop=args.allow_accuracy_drop, progress=progress)
+        if args.json:
+            print(json.dumps(manifest, indent=1))
+        return 0
 
     from edgecsp.pipeline import CompileOptions, compile_artifact
 
@@ -37,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     opts = CompileOptions(target=args.target, model=args.model, precision=args.precision, calibration=args.calibration,
                           data=args.data, out=args.out, allow_accuracy_drop=args.allow_accuracy_drop, batch=batch,
                           verify_images=args.verify_images)
-    progress = (lambda line: print(line, file=sys.stderr)) if args.json else print
     out, manifest = compile_artifact(opts, progress=progress)
     if args.json:
         print(json.dumps(manifest, indent=1))

@@ -20,15 +20,12 @@ from __future__ import annotations
 import ctypes
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from edgecsp.backends.base import Runner
 from edgecsp.errors import EdgeCSPError
-
-if TYPE_CHECKING:
-    import tensorrt as trt
 
 CUDA_HINT = ("pip install 'cuda-python==<your CUDA major.minor>.*' (JetPack 6: 12.6, JetPack 5: 11.8/12.2; "
              "see docs/jetson.md)")
@@ -137,7 +134,12 @@ def pinned_array(ptr: int, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.n
     """A numpy view of page-locked host memory at ``ptr``."""
     nbytes = int(np.prod(shape)) * dtype.itemsize
     buf = (ctypes.c_byte * nbytes).from_address(ptr)
-    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+    return np.frombuffer(memoryview(buf).cast("B"), dtype=dtype).reshape(shape)
+
+
+def dims(d: Any) -> tuple[int, ...]:
+    """A TensorRT Dims as a tuple (indexing works in every release; the 10.x stubs declare no __iter__)."""
+    return tuple(int(d[i]) for i in range(len(d)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +196,12 @@ def check_engine_compatible(built: dict, trt_version: str, gpu: dict[str, Any]) 
 
 
 class TensorRTRunner(Runner):
-    """An engine on one GPU: pinned host <-> device copies and execute_async_v3 on one stream."""
+    """An engine on one GPU: pinned host <-> device copies and execute_async_v3 on one stream.
+
+    TensorRT 8.2 (JetPack 4.6: TX2, Nano) predates the name-based tensor API and
+    execute_async_v3; there the runner uses the binding-index API and execute_async_v2 (through
+    ``Any``, since the 10.x stubs no longer describe it).
+    """
 
     def __init__(self, engine_path: Path, manifest: dict, device: int = 0, output: str = "predictions"):
         trt_mod = load_tensorrt()
@@ -215,9 +222,15 @@ class TensorRTRunner(Runner):
         self._facts = {"gpu": gpu["gpu"], "compute_capability": gpu["compute_capability"],
                        "tensorrt": str(trt_mod.__version__), "precision": manifest.get("precision")}
         cuda.set_device(device)
-        self._open(trt_mod, Path(engine_path), manifest)
+        try:
+            self._open(Path(engine_path), manifest)
+        except BaseException:
+            self.close()  # free what was allocated before the failure
+            raise
 
-    def _open(self, trt: Any, engine_path: Path, manifest: dict) -> None:
+    def _open(self, engine_path: Path, manifest: dict) -> None:
+        import tensorrt as trt
+
         self._logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self._logger, "")  # EfficientNMS and other plugins
         self._runtime = trt.Runtime(self._logger)
@@ -231,20 +244,35 @@ class TensorRTRunner(Runner):
             raise EdgeCSPError(f"TensorRT could not create an execution context for {engine_path.name} "
                                "(out of GPU memory?); close other GPU programs and retry")
         self._context = context
+        self._v3 = hasattr(context, "execute_async_v3")
         self._stream = self._cuda.stream_create()
         self._inputs: list[str] = []
         self._outputs: list[str] = []
+        self._index: dict[str, int] = {}  # binding index (legacy API only)
         self._dtypes: dict[str, np.dtype[Any]] = {}
         max_shapes: dict[str, tuple[int, ...]] = {}
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            (self._inputs if is_input else self._outputs).append(name)
-            self._dtypes[name] = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-            shape = tuple(engine.get_tensor_shape(name))
-            if is_input and any(d < 0 for d in shape):  # dynamic batch: buffers for the profile's max
-                shape = tuple(engine.get_tensor_profile_shape(name, 0)[2])
-            max_shapes[name] = shape
+        if self._v3:
+            for i in range(engine.num_io_tensors):
+                name = engine.get_tensor_name(i)
+                is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+                (self._inputs if is_input else self._outputs).append(name)
+                self._dtypes[name] = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+                shape = dims(engine.get_tensor_shape(name))
+                if is_input and any(d < 0 for d in shape):  # dynamic batch: buffers for the profile's max
+                    shape = dims(engine.get_tensor_profile_shape(name, 0)[2])
+                max_shapes[name] = shape
+        else:
+            legacy: Any = engine  # TensorRT 8.2
+            for i in range(legacy.num_bindings):
+                name = legacy.get_binding_name(i)
+                self._index[name] = i
+                is_input = bool(legacy.binding_is_input(i))
+                (self._inputs if is_input else self._outputs).append(name)
+                self._dtypes[name] = np.dtype(trt.nptype(legacy.get_binding_dtype(i)))
+                shape = dims(legacy.get_binding_shape(i))
+                if is_input and any(d < 0 for d in shape):
+                    shape = dims(legacy.get_profile_shape(0, i)[2])
+                max_shapes[name] = shape
         if self._output not in self._outputs:
             raise EdgeCSPError(f"engine has no output {self._output!r} (outputs: {', '.join(self._outputs)}); "
                                "rebuild it with python -m edgecsp.compile")
@@ -252,11 +280,10 @@ class TensorRTRunner(Runner):
         self._max_batch = self.input_shape[0]
         if any(d < 0 for d in self.input_shape):
             raise EdgeCSPError("engine input has a dynamic dimension other than the batch; rebuild it with edgecsp")
-        # Outputs: their shape at the max input shape (set it once so dynamic outputs resolve).
-        for name in self._inputs:
-            self._context.set_input_shape(name, max_shapes[name])
+        for name in self._inputs:  # outputs' shapes at the largest input (dynamic outputs resolve then)
+            self._set_shape(name, max_shapes[name])
         for name in self._outputs:
-            max_shapes[name] = tuple(self._context.get_tensor_shape(name))
+            max_shapes[name] = self._shape(name)
         self._host: dict[str, np.ndarray] = {}
         self._dev: dict[str, int] = {}
         for name, shape in max_shapes.items():
@@ -268,7 +295,23 @@ class TensorRTRunner(Runner):
             self._host_bufs.append(hptr)
             self._dev[name] = dptr
             self._host[name] = pinned_array(hptr, shape, dtype)
-            self._context.set_tensor_address(name, dptr)
+            if self._v3:
+                self._context.set_tensor_address(name, dptr)
+        self._bindings = [0] * len(self._index)
+        for name, i in self._index.items():
+            self._bindings[i] = self._dev[name]
+
+    def _set_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        if self._v3:
+            return bool(self._context.set_input_shape(name, list(shape)))
+        legacy: Any = self._context
+        return bool(legacy.set_binding_shape(self._index[name], shape))
+
+    def _shape(self, name: str) -> tuple[int, ...]:
+        if self._v3:
+            return dims(self._context.get_tensor_shape(name))
+        legacy: Any = self._context
+        return dims(legacy.get_binding_shape(self._index[name]))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         name = self._inputs[0]
@@ -280,19 +323,26 @@ class TensorRTRunner(Runner):
             raise EdgeCSPError(f"engine input is {self.input_shape} (batch up to {self._max_batch}), got {batch.shape}")
         host_in = self._host[name].reshape(-1)[: int(np.prod(shape))].reshape(shape)
         np.copyto(host_in, batch.astype(self._dtypes[name], copy=False))
-        if not self._context.set_input_shape(name, shape):
+        if not self._set_shape(name, shape):
             raise EdgeCSPError(f"engine does not accept input shape {shape}; its profile allows up to {self.input_shape}")
         self._cuda.memcpy_htod_async(self._dev[name], host_in.ctypes.data, host_in.nbytes, self._stream)
-        if not self._context.execute_async_v3(self._cuda.stream_handle(self._stream)):
+        handle = self._cuda.stream_handle(self._stream)
+        if self._v3:
+            ok = self._context.execute_async_v3(handle)
+        else:
+            legacy: Any = self._context
+            ok = legacy.execute_async_v2(self._bindings, handle)
+        if not ok:
             raise EdgeCSPError("TensorRT execution failed (see its log above); rebuild the engine from the bundle")
-        out_shape = tuple(self._context.get_tensor_shape(self._output))
+        out_shape = self._shape(self._output)
         host_out = self._host[self._output].reshape(-1)[: int(np.prod(out_shape))].reshape(out_shape)
         self._cuda.memcpy_dtoh_async(host_out.ctypes.data, self._dev[self._output], host_out.nbytes, self._stream)
-        self._cuda.stream_synchronize(self._stream)  # results are the application's only when synchronised
+        self._cuda.stream_synchronize(self._stream)  # results are the application's only once synchronised
         return host_out.astype(np.float32, copy=True)
 
     def describe(self) -> dict:
-        return dict(self._facts, outputs=list(self._outputs), max_batch=self._max_batch)
+        return dict(self._facts, outputs=list(self._outputs), max_batch=self._max_batch,
+                    api="execute_async_v3" if self._v3 else "execute_async_v2")
 
     def close(self) -> None:
         cuda = getattr(self, "_cuda", None)

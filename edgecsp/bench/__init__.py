@@ -4,7 +4,7 @@ a history database and the regression check the nightly jobs run.
 Modules (each importable alone; heavy libraries are imported inside functions):
   harness     warm-up, then at least ``duration_s`` and ``min_queries``; latency and throughput scenarios
   memory      peak resident memory over a window, artifact size, backend-reported memory
-  bandwidth   the platform's measured peak (STREAM-style copy/triad, sgemm), cached per machine
+  bandwidth   the platform's measured peak (STREAM-style copy/triad, matmul per precision), cached per machine
   traffic     the model's memory traffic per frame from its graph (weights + CIO activations) and MACs
   counters    measured memory-controller traffic: tegrastats EMC on Jetson, perf uncore IMC on Linux
   baselines   PyTorch eager FP32 and plain ONNX Runtime FP32 runners on the same model

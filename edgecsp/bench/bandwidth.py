@@ -7,8 +7,8 @@ write-allocate traffic not counted). Each of ``threads`` worker threads works on
 blocks with ``s*c`` in a cache-resident scratch buffer, so it moves three arrays' worth of
 memory like STREAM's, not the five a plain numpy expression would.
 
-Compute is FP32 matrix multiply (torch, all usable cores): the roofline's ceiling for float
-engines. INT8 engines with VNNI/AMX can go above it; for a GPU engine a profile's ``[hardware]
+Compute is matrix multiply per precision (torch, all usable cores: fp32, bf16, int8): each
+engine's roofline ceiling is its own precision's. For a GPU engine a profile's ``[hardware]
 peak_gmacs`` replaces it, and ``peak_dram_gbps`` (the datasheet's DRAM peak) is shown beside the
 measured bandwidth.
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from edgecsp.bench import machine
 
-SCHEMA = "edgecsp-platform-peak/1"
+SCHEMA = "edgecsp-platform-peak/2"
 BLOCK = 32 * 1024  # float64 elements per triad block: 256 KiB, inside every L2 we target
 
 
@@ -101,33 +101,47 @@ def stream(threads: int | None = None, array_mb: float | None = None, repeats: i
             "array_mb": round(n * 8 / 1024 ** 2, 1), "threads": threads, "repeats": repeats}
 
 
-def compute_peak(threads: int | None = None, n: int = 1024, seconds: float = 1.0) -> dict[str, Any]:
-    """FP32 sgemm GMAC/s with ``threads`` torch threads (best of runs over ``seconds``)."""
+def compute_peak(threads: int | None = None, n: int = 2048, seconds: float = 1.0) -> dict[str, Any]:
+    """Matrix-multiply GMAC/s per precision with ``threads`` torch threads (best run within ``seconds``).
+
+    fp32 and bf16 are torch.mm; int8 is torch._int_mm (int8 x int8 -> int32, oneDNN/VNNI), left
+    out where this torch lacks it. An engine's roofline ceiling is its own precision's.
+    """
     import torch
 
     threads = threads or machine.usable_cpus()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    out: dict[str, Any] = {"matrix": n, "threads": threads}
     try:
-        x = torch.rand(n, n)
-        y = torch.rand(n, n)
-        out = torch.empty(n, n)
-        torch.mm(x, y, out=out)
-        best = float("inf")
-        end = time.perf_counter() + seconds
-        runs = 0
-        while runs < 3 or time.perf_counter() < end:
-            t0 = time.perf_counter()
-            torch.mm(x, y, out=out)
-            best = min(best, time.perf_counter() - t0)
-            runs += 1
+        cases = {"fp32": lambda: (torch.rand(n, n), torch.rand(n, n), torch.mm),
+                 "bf16": lambda: (torch.rand(n, n).bfloat16(), torch.rand(n, n).bfloat16(), torch.mm),
+                 "int8": lambda: (torch.randint(-128, 128, (n, n), dtype=torch.int8),
+                                  torch.randint(-128, 128, (n, n), dtype=torch.int8), torch._int_mm)}
+        for name, make in cases.items():
+            try:
+                x, y, op = make()
+                op(x, y)
+            except (RuntimeError, AttributeError, NotImplementedError):
+                out[f"gmacs_{name}"] = None
+                continue
+            best = float("inf")
+            end = time.perf_counter() + seconds
+            runs = 0
+            while runs < 3 or time.perf_counter() < end:
+                t0 = time.perf_counter()
+                op(x, y)
+                best = min(best, time.perf_counter() - t0)
+                runs += 1
+            out[f"gmacs_{name}"] = round(n ** 3 / best / 1e9, 2)
     finally:
         torch.set_num_threads(before)
-    return {"gmacs_fp32": round(n ** 3 / best / 1e9, 2), "matrix": n, "threads": threads}
+    return out
 
 
 def platform_peak(threads: int | None = None, refresh: bool = False, cache: bool = True,
-                  array_mb: float | None = None, repeats: int = 5, hardware: dict | None = None) -> dict[str, Any]:
+                  array_mb: float | None = None, repeats: int = 5, hardware: dict | None = None,
+                  matrix: int = 2048, compute_seconds: float = 1.0) -> dict[str, Any]:
     """Measured peak bandwidth and compute of this machine, cached per machine and thread count.
 
     ``hardware`` (a target profile's ``[hardware]`` table): ``peak_dram_gbps`` is reported beside
@@ -151,15 +165,17 @@ def platform_peak(threads: int | None = None, refresh: bool = False, cache: bool
             result = None
     if result is None:
         bw = stream(threads, array_mb, repeats)
-        cp = compute_peak(threads)
+        cp = compute_peak(threads, matrix, compute_seconds)
         result = {
             "schema": SCHEMA, "machine": info["key"], "cpu": info["cpu"],
             "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "load_average_1m": info.get("load_average_1m"),
             "stream": bw, "compute": cp,
             "peak_gbs": max(bw["copy_gbs"], bw["triad_gbs"]), "peak_gmacs": cp["gmacs_fp32"],
+            "peak_gmacs_by_precision": {p: cp.get(f"gmacs_{p}") for p in ("fp32", "bf16", "int8")
+                                        if cp.get(f"gmacs_{p}")},
             "method": "STREAM-style copy/triad (numpy, float64, arrays >= 4x LLC, best of repeats); "
-                      "FP32 sgemm (torch)",
+                      "matrix multiply per precision (torch: fp32/bf16 mm, int8 _int_mm)",
             "cached": False,
         }
         if cache:
@@ -170,8 +186,9 @@ def platform_peak(threads: int | None = None, refresh: bool = False, cache: bool
     hardware = hardware or {}
     if hardware.get("peak_dram_gbps"):  # the datasheet figure, shown beside the measured one
         result["datasheet_peak_gbs"] = float(hardware["peak_dram_gbps"])
-    if hardware.get("peak_gmacs"):  # e.g. a GPU engine: the CPU's sgemm is not its ceiling
+    if hardware.get("peak_gmacs"):  # e.g. a GPU engine: the CPU's matrix multiply is not its ceiling
         result["measured_peak_gmacs"] = result["peak_gmacs"]
         result["peak_gmacs"] = float(hardware["peak_gmacs"])
+        result["peak_gmacs_by_precision"] = {"fp32": float(hardware["peak_gmacs"])}
         result["peak_gmacs_source"] = "target profile [hardware] peak_gmacs"
     return result

@@ -114,11 +114,20 @@ def fp32_onnx(model: Any, input_size: int, batch: int | str, images: list[np.nda
     return path
 
 
-def open_baseline(name: str, model: Any, input_size: int, batch: int | str,
-                  images: list[np.ndarray] | None = None) -> Runner:
+def prepare_baseline(name: str, model: Any, input_size: int, batch: int | str,
+                     images: list[np.ndarray] | None = None) -> Path | None:
+    """Work done once before timing: the FP32 ONNX export for the ONNX Runtime baseline."""
+    if name == "onnxruntime-fp32":
+        return fp32_onnx(model, input_size, batch, images)
+    return None
+
+
+def open_baseline(name: str, model: Any, input_size: int, batch: int | str, prepared: Path | None = None) -> Runner:
     shape = (batch if isinstance(batch, int) else -1, 3, input_size, input_size)
     if name == "torch":
         return TorchRunner(model, shape)
     if name == "onnxruntime-fp32":
-        return OrtRunner(fp32_onnx(model, input_size, batch, images), shape)
+        if prepared is None:
+            raise EdgeCSPError("the ONNX Runtime baseline needs its FP32 ONNX; call prepare_baseline first")
+        return OrtRunner(prepared, shape)
     raise EdgeCSPError(f"unknown baseline {name!r}; use any of {', '.join(BASELINES)}")

@@ -31,22 +31,26 @@ _UNIT_BYTES = {"mib": 2 ** 20, "mb": 1e6, "kib": 1024, "kb": 1e3, "gib": 2 ** 30
 
 
 class MemoryCounters:
-    """Start before the measured phase, stop after it; ``stop()`` returns the report entry."""
+    """``start()`` before the measured phase, ``stop()`` after it; then ``result`` is the report entry."""
 
     source = "none"
+    result: dict[str, Any] = {"measured_gbs": None, "reason": "hardware counters were turned off", "source": "none"}
 
     def start(self) -> None:
         pass
 
-    def stop(self) -> dict[str, Any]:
-        return {"measured_gbs": None, "reason": "not measured", "source": self.source}
+    def stop(self) -> None:
+        self.result = self._stop()
+
+    def _stop(self) -> dict[str, Any]:
+        return dict(MemoryCounters.result)
 
 
 class Unavailable(MemoryCounters):
     def __init__(self, reason: str):
         self.reason = reason
 
-    def stop(self) -> dict[str, Any]:
+    def _stop(self) -> dict[str, Any]:
         return {"measured_gbs": None, "reason": self.reason, "source": "unavailable"}
 
 
@@ -62,7 +66,7 @@ class TegrastatsCounters(MemoryCounters):
     def start(self) -> None:
         self.monitor.start()
 
-    def stop(self) -> dict[str, Any]:
+    def _stop(self) -> dict[str, Any]:
         self.monitor.stop()
         s = self.monitor.summary()
         out: dict[str, Any] = {"source": self.source, "samples": s["samples"], "emc_util_pct": s["emc_util_mean"],
@@ -100,7 +104,7 @@ class PerfIMCCounters(MemoryCounters):
         time.sleep(0.05)  # let perf open its counters before the measured phase starts
         self._t0 = time.perf_counter()
 
-    def stop(self) -> dict[str, Any]:
+    def _stop(self) -> dict[str, Any]:
         if self._proc is None:
             return {"measured_gbs": None, "reason": "perf was not started", "source": self.source}
         seconds = time.perf_counter() - self._t0

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -85,27 +85,36 @@ def first_inference_ms(runner: Any, batch: np.ndarray) -> float:
     return (time.perf_counter_ns() - t0) / 1e6
 
 
-def measure(runner: Any, inputs: list[np.ndarray], settings: Settings) -> Measurement:
-    """Run one scenario on ``runner`` cycling over ``inputs`` (preprocessed batches of one shape)."""
+def _nothing() -> None:
+    pass
+
+
+def measure(runner: Any, inputs: list[np.ndarray], settings: Settings,
+            on_start: Callable[[], None] = _nothing, on_end: Callable[[], None] = _nothing) -> Measurement:
+    """Run one scenario on ``runner`` cycling over ``inputs`` (preprocessed batches of one shape).
+
+    ``on_start`` / ``on_end`` run right before and after the measured phase (hardware counters).
+    """
     if not inputs:
         raise EdgeCSPError("the benchmark needs at least one input batch")
     batch = int(inputs[0].shape[0])
+    hooks = (on_start, on_end)
     if settings.scenario == "latency":
-        return _sync_loop(runner.run, inputs, settings, batch)
+        return _sync_loop(runner.run, inputs, settings, batch, hooks)
     if hasattr(runner, "infer_queue"):
-        return _async_queue(runner, inputs, settings, batch)
+        return _async_queue(runner, inputs, settings, batch, hooks)
     streams = settings.streams or int(getattr(runner, "streams", 1) or 1)
     if streams > 1:
         if not getattr(runner, "thread_safe", False):
             raise EdgeCSPError(f"{type(runner).__name__} is not safe to call from {streams} threads; "
                                "benchmark it with --streams 1")
-        return _threads(runner.run, inputs, settings, batch, streams)
-    m = _sync_loop(runner.run, inputs, settings, batch)
+        return _threads(runner.run, inputs, settings, batch, streams, hooks)
+    m = _sync_loop(runner.run, inputs, settings, batch, hooks)
     m.scenario = "throughput"
     return m
 
 
-def _sync_loop(call, inputs: list[np.ndarray], settings: Settings, batch: int) -> Measurement:
+def _sync_loop(call, inputs: list[np.ndarray], settings: Settings, batch: int, hooks) -> Measurement:
     n = len(inputs)
     clock = time.perf_counter_ns
     i = 0
@@ -117,6 +126,7 @@ def _sync_loop(call, inputs: list[np.ndarray], settings: Settings, batch: int) -
     # Preallocated, grown by doubling: no per-query allocation inside the timed loop.
     lat = np.empty(max(1024, settings.min_queries), dtype=np.int64)
     k = 0
+    hooks[0]()
     start = clock()
     deadline = start + int(settings.duration_s * 1e9)
     min_q = settings.min_queries
@@ -132,10 +142,11 @@ def _sync_loop(call, inputs: list[np.ndarray], settings: Settings, batch: int) -
         i += 1
         if t1 >= deadline and k >= min_q:
             break
+    hooks[1]()
     return Measurement(settings.scenario, batch, lat[:k].copy(), (t1 - start) / 1e9, 1, "sync", warm)
 
 
-def _threads(call, inputs: list[np.ndarray], settings: Settings, batch: int, streams: int) -> Measurement:
+def _threads(call, inputs: list[np.ndarray], settings: Settings, batch: int, streams: int, hooks) -> Measurement:
     """``streams`` threads, each a synchronous loop; the backend must release the GIL in ``call``."""
     n = len(inputs)
     clock = time.perf_counter_ns
@@ -176,19 +187,20 @@ def _threads(call, inputs: list[np.ndarray], settings: Settings, batch: int, str
         t.start()
     barrier.wait()
     time.sleep(settings.warmup_s)
-    # Queries in flight at the switch are neither warm-up nor measured if they started before it.
+    hooks[0]()
     start = clock()
     state["deadline"] = start + int(settings.duration_s * 1e9)
     state["measuring"] = True
     for t in threads:
         t.join()
+    hooks[1]()
     if errors:
         raise errors[0]
     lat = np.array([v for lst in per_thread for v in lst], dtype=np.int64)
     return Measurement("throughput", batch, lat, (max(ends) - start) / 1e9, streams, "threads", sum(warm_counts))
 
 
-def _async_queue(runner: Any, inputs: list[np.ndarray], settings: Settings, batch: int) -> Measurement:
+def _async_queue(runner: Any, inputs: list[np.ndarray], settings: Settings, batch: int, hooks) -> Measurement:
     """OpenVINO's AsyncInferQueue: keep every request busy; each query timed submit -> callback."""
     queue = runner.infer_queue(settings.streams) if settings.streams else runner.infer_queue()
     nreq = len(queue)
@@ -221,6 +233,7 @@ def _async_queue(runner: Any, inputs: list[np.ndarray], settings: Settings, batc
     queue.wait_all()
     warm = i
     submitted = 0
+    hooks[0]()
     start = clock()
     deadline = start + int(settings.duration_s * 1e9)
     while True:
@@ -237,6 +250,7 @@ def _async_queue(runner: Any, inputs: list[np.ndarray], settings: Settings, batc
             queue.wait_all()
             lat = np.concatenate([lat, np.empty_like(lat)])
     queue.wait_all()
+    hooks[1]()
     if errors:
         raise errors[0]
     done = min(k[0], len(lat))

@@ -153,9 +153,20 @@ def cost(counts: dict[str, int], weight_bytes: int, weight_source: str, precisio
                      weight_source=weight_source, activation_bytes=int(act_bytes), precision=precision)
 
 
+def compute_precision(precision: str, runtime_precision: str | None = None) -> str:
+    """The arithmetic an engine runs: int8 for int8 artifacts, else the runtime float precision."""
+    if precision == "int8":
+        return "int8"
+    return {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}.get(runtime_precision or "", precision)
+
+
 def bandwidth_figures(model_cost: ModelCost, fps: float, batch: int, peak: dict | None,
-                      measured: dict | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The report's ``bandwidth`` and ``compute`` entries for one measured result."""
+                      measured: dict | None, arithmetic: str = "fp32") -> tuple[dict[str, Any], dict[str, Any]]:
+    """The report's ``bandwidth`` and ``compute`` entries for one measured result.
+
+    ``arithmetic``: the precision the engine computes in; its measured matrix-multiply peak is
+    the compute ceiling (fp32's where that precision was not measured).
+    """
     per_frame = model_cost.traffic_bytes_per_frame(batch)
     achieved = per_frame * fps / 1e9
     peak_gbs = (peak or {}).get("peak_gbs")
@@ -175,9 +186,13 @@ def bandwidth_figures(model_cost: ModelCost, fps: float, batch: int, peak: dict 
         "measured": {k: v for k, v in measured.items() if k not in ("measured_gbs", "reason")} or None,
     }
     gmacs = model_cost.macs * fps / 1e9
-    peak_gmacs = (peak or {}).get("peak_gmacs")
+    by_precision = (peak or {}).get("peak_gmacs_by_precision") or {}
+    ceiling = arithmetic if by_precision.get(arithmetic) else "fp32"
+    peak_gmacs = by_precision.get(ceiling) or (peak or {}).get("peak_gmacs")
     compute = {
         "macs_per_frame": model_cost.macs,
+        "arithmetic": arithmetic,
+        "peak_precision": ceiling,
         "achieved_gmacs": round(gmacs, 3),
         "platform_peak_gmacs": peak_gmacs,
         "fraction_of_peak": round(gmacs / peak_gmacs, 4) if peak_gmacs else None,

@@ -107,6 +107,8 @@ def _tuples(config: dict) -> dict:
     out = dict(config)
     out["anchors"] = tuple(tuple(a) for a in out["anchors"])
     out["strides"] = tuple(out["strides"])
+    if isinstance(out.get("scale_xy"), list):  # per-level values come back from JSON as a list
+        out["scale_xy"] = tuple(out["scale_xy"])
     return out
 
 

@@ -1,0 +1,114 @@
+"""TensorRT backend (NVIDIA Jetson and other CUDA GPUs).
+
+``build`` always writes the device-independent bundle (edgecsp.jetson.bundle: FP32 ONNX, FP16 or
+INT8 Q/DQ ONNX, calibration cache, guide). Where TensorRT and a CUDA GPU are present it also
+builds the engine (edgecsp.backends.tensorrt_build) and the artifact's engine is ``model.engine``;
+elsewhere the artifact is the bundle, its "engine" the ONNX model TensorRT will build, and
+``open_runner`` runs that model with ONNX Runtime on the CPU, so the compile pipeline measures
+the accuracy of exactly the quantized model the device will build.
+
+tensorrt and cuda-python are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecsp.backends.base import Backend, BuildRequest, BuildResult, Runner
+from edgecsp.errors import EdgeCSPError
+
+INSTALL_HINT = ("on a Jetson TensorRT comes with JetPack (sudo apt install python3-libnvinfer); then "
+                "pip install 'edgecsp[tensorrt]' for cuda-python")
+NO_TENSORRT = "none (bundle: the engine is built on the device)"
+
+
+def can_build_here() -> tuple[bool, str]:
+    """(True, facts) where TensorRT and a CUDA GPU are usable, else (False, why not)."""
+    from edgecsp.backends.tensorrt_runner import gpu_facts, load_tensorrt
+
+    trt = load_tensorrt()
+    if trt is None:
+        return False, "TensorRT is not installed"
+    try:
+        gpu = gpu_facts(0)
+    except EdgeCSPError as err:
+        return False, str(err)
+    if gpu is None:
+        return False, "no CUDA GPU (or no cuda-python) here"
+    return True, f"TensorRT {trt.__version__} on {gpu['gpu']} (sm_{gpu['compute_capability'].replace('.', '')})"
+
+
+class OnnxModelRunner(Runner):
+    """A bundle's ONNX model (FP32, FP16 or Q/DQ) on ONNX Runtime's CPU provider."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        try:
+            self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as err:  # ORT raises its own exception types
+            line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise EdgeCSPError(f"ONNX Runtime cannot load {Path(path).name} ({line}); rebuild the bundle") from None
+        inp = self._session.get_inputs()[0]
+        self._input = inp.name
+        self._output = self._session.get_outputs()[0].name
+        self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inp.shape)
+        self._path = Path(path)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        fixed = self.input_shape[0]
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if fixed > 0 and len(x) != fixed:  # static-batch model: one call per chunk
+            return np.concatenate([self.run(x[i:i + fixed]) for i in range(0, len(x), fixed)])
+        return np.asarray(self._session.run([self._output], {self._input: x})[0], dtype=np.float32)
+
+    def describe(self) -> dict:
+        return {"runtime": "onnxruntime CPU", "model": self._path.name,
+                "note": "bundle: the TensorRT engine is built on the device"}
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    precisions = ("fp32", "fp16", "int8")
+    install_hint = INSTALL_HINT
+
+    def version(self) -> str:
+        """TensorRT's version, or NO_TENSORRT: without TensorRT compile still writes a bundle."""
+        from edgecsp.backends.tensorrt_runner import load_tensorrt
+
+        trt = load_tensorrt()
+        return str(trt.__version__) if trt is not None else NO_TENSORRT
+
+    def build(self, request: BuildRequest) -> BuildResult:
+        from edgecsp.jetson.bundle import ENGINE, TIMING_CACHE, write_bundle
+
+        result = write_bundle(request)
+        ok, why = can_build_here()
+        bundle = result.info["bundle"]
+        if not ok:
+            result.info["engine_built"] = False
+            result.info["why_no_engine"] = why
+            return result
+        from edgecsp.backends.tensorrt_build import EngineOptions, build_engine
+
+        opts = EngineOptions.from_build_table(request.precision, bundle["build"], bundle["batch"])
+        facts = build_engine(request.out_dir, bundle["files"], opts, bundle["input"]["shape"], ENGINE, TIMING_CACHE)
+        result.info["tensorrt"] = facts
+        result.info["engine_built"] = True
+        result.info["no_cache"] = True  # engines belong to one GPU; the compile cache key does not name it
+        files = sorted(set(result.files) | {ENGINE} | ({TIMING_CACHE} if facts.get("timing_cache") else set()))
+        return BuildResult(engine=ENGINE, files=files, info=result.info)
+
+    def open_runner(self, engine_path: Path, manifest: dict, **options: Any) -> Runner:
+        engine_path = Path(engine_path)
+        if engine_path.suffix == ".onnx":  # a bundle: the model TensorRT will build, on the CPU
+            return OnnxModelRunner(engine_path, threads=options.get("threads"))
+        from edgecsp.backends.tensorrt_runner import TensorRTRunner
+
+        return TensorRTRunner(engine_path, manifest, device=int(options.get("device", 0)))

@@ -1,0 +1,61 @@
+"""Accuracy regression: an artifact's AP/AP50 on the validation set against the FP32 PyTorch
+reference, with the tolerance from its target profile. Same evaluation code as the compile gate
+(edgecsp.evaluation + the cached reference of edgecsp.pipeline), so the numbers agree with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgecsp.errors import EdgeCSPError
+
+
+def tolerance_points(manifest: dict) -> float:
+    """The target profile's max AP50 drop (points): the current profile file, else the manifest's copy."""
+    from edgecsp.targets import load_target
+
+    target = manifest.get("target") or {}
+    try:
+        return float(load_target(target.get("name", "")).max_ap50_drop)
+    except EdgeCSPError:
+        return float(target.get("max_ap50_drop", 1.0))
+
+
+def check_accuracy(predict_batch: Any, manifest: dict, data: Path | None = None, max_images: int | None = None,
+                   model_spec: str | None = None) -> dict[str, Any]:
+    """AP, AP50, AP75 of ``predict_batch`` and of the FP32 reference, the drops, and pass/fail."""
+    from edgecsp.data.coco import resolve_dataset
+    from edgecsp.evaluation import evaluate
+    from edgecsp.models.checkpoint import resolve_model
+    from edgecsp.pipeline import _model_hash, reference_metrics
+
+    spec = model_spec or (manifest.get("model") or {}).get("source") or "demo"
+    try:
+        model, _ = resolve_model(spec)
+    except EdgeCSPError as err:
+        raise EdgeCSPError(f"the accuracy check needs the artifact's FP32 model ({err}); pass it with --model") from None
+    model_hash = _model_hash(model)
+    want = (manifest.get("model") or {}).get("hash")
+    if want and model_hash != want:
+        raise EdgeCSPError(f"model {spec} (hash {model_hash}) is not the one the artifact was built from "
+                           f"(hash {want}); pass the artifact's checkpoint with --model")
+    if data is None:
+        from edgecsp.paths import default_val_dir
+
+        data = default_val_dir()
+    dataset = resolve_dataset(data)
+    size = int(manifest["model"]["input_size"][0])
+    if dataset.num_classes != model.config.num_classes:
+        raise EdgeCSPError(f"validation set {data} has {dataset.num_classes} classes, the model has "
+                           f"{model.config.num_classes}; pass the model's own validation data with --data")
+    reference = reference_metrics(model, model_hash, dataset, size, max_images)
+    measured = evaluate(predict_batch, dataset, size, progress=False, max_images=max_images)
+    tol = tolerance_points(manifest)
+    ap50_drop = round((reference["AP50"] - measured["AP50"]) * 100, 3)
+    return {
+        "dataset": str(dataset.annotations_path), "images": measured.get("images"),
+        "AP": measured["AP"], "AP50": measured["AP50"], "AP75": measured["AP75"],
+        "reference": {k: reference[k] for k in ("AP", "AP50", "AP75")},
+        "ap_drop_points": round((reference["AP"] - measured["AP"]) * 100, 3),
+        "ap50_drop_points": ap50_drop, "tolerance_points": tol, "passed": ap50_drop <= tol,
+    }

@@ -1,0 +1,248 @@
+"""The history database: every nightly run and every job result, SQLAlchemy Core.
+
+A SQLite file by default; any SQLAlchemy URL (postgresql://..., mysql+pymysql://...) for a
+database shared by several devices. Append-only by design: tables are created when missing and
+never dropped or altered, each result is committed on its own as soon as it exists (a crash
+later in the run loses nothing recorded before it), and a database that holds tables but no
+edgecsp schema mark is refused rather than written into.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgecsp.errors import EdgeCSPError
+
+SCHEMA_VERSION = "1"
+METRICS = ("fps", "latency_p50_ms", "latency_p99_ms", "ap", "ap50", "peak_rss_mb", "achieved_gbs")
+
+
+def database_url(spec: str | Path | None) -> str:
+    """A SQLAlchemy URL from --db: a URL as is, a path as a SQLite file, None as the default file."""
+    if spec is None:
+        from edgecsp.paths import cache_dir
+
+        path = cache_dir() / "nightly" / "history.sqlite"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path}"
+    spec = str(spec)
+    if "://" in spec:
+        return spec
+    return f"sqlite:///{Path(spec).expanduser().resolve()}"
+
+
+def _tables(metadata: Any) -> dict[str, Any]:
+    from sqlalchemy import Column, Float, ForeignKey, Integer, String, Table, Text
+
+    meta = Table("edgecsp_meta", metadata, Column("key", String(64), primary_key=True), Column("value", Text))
+    runs = Table(
+        "edgecsp_runs", metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("started_at", String(32), nullable=False),
+        Column("finished_at", String(32)),
+        Column("suite", String(255)),
+        Column("device", String(255), nullable=False, index=True),
+        Column("hostname", String(255)),
+        Column("edgecsp_version", String(32)),
+        Column("status", String(32)),  # running, ok, regression, failed
+        Column("info", Text),  # JSON: machine description, settings
+    )
+    results = Table(
+        "edgecsp_results", metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("run_id", Integer, ForeignKey("edgecsp_runs.id"), nullable=False, index=True),
+        Column("recorded_at", String(32), nullable=False),
+        Column("device", String(255), nullable=False, index=True),
+        Column("job", String(255), nullable=False, index=True),  # model/target/precision/scenario
+        Column("model", String(255)), Column("target", String(64)), Column("precision", String(16)),
+        Column("scenario", String(16)),
+        Column("status", String(16), nullable=False),  # ok, failed, skipped
+        Column("fps", Float), Column("latency_p50_ms", Float), Column("latency_p99_ms", Float),
+        Column("ap", Float), Column("ap50", Float), Column("peak_rss_mb", Float), Column("achieved_gbs", Float),
+        Column("error", Text),
+        Column("details", Text),  # JSON: the full benchmark/accuracy entry
+    )
+    return {"meta": meta, "runs": runs, "results": results}
+
+
+@dataclass
+class Record:
+    job: str
+    status: str  # ok, failed, skipped
+    model: str = ""
+    target: str = ""
+    precision: str = ""
+    scenario: str = ""
+    fps: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    ap: float | None = None
+    ap50: float | None = None
+    peak_rss_mb: float | None = None
+    achieved_gbs: float | None = None
+    error: str | None = None
+    details: dict | None = None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class History:
+    """``History(url)`` opens (and if new, initialises) the database, or raises EdgeCSPError."""
+
+    def __init__(self, url: str | Path | None = None):
+        from sqlalchemy import MetaData, create_engine, inspect, select
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+        self.url = database_url(url)
+        try:
+            shown = make_url(self.url).render_as_string(hide_password=True)
+        except ArgumentError:
+            shown = self.url
+        self.shown = shown
+        hint = "pass --db a SQLite file path or a SQLAlchemy URL (e.g. postgresql://user@host/db)"
+        try:
+            self.engine = create_engine(self.url, future=True)
+        except (ArgumentError, NoSuchModuleError, ModuleNotFoundError, ImportError) as err:
+            raise EdgeCSPError(f"cannot open history database {shown} ({_short(err)}); {hint}") from None
+        if self.engine.dialect.name == "sqlite":
+            db = self.engine.url.database
+            if db and db != ":memory:":
+                path = Path(db)
+                if path.is_dir():
+                    raise EdgeCSPError(f"cannot open history database {shown}: {path} is a directory; {hint}")
+                if not path.parent.is_dir():
+                    raise EdgeCSPError(f"cannot open history database {shown}: folder {path.parent} does not exist; "
+                                       f"create it or {hint}")
+        self.metadata = MetaData()
+        self.t = _tables(self.metadata)
+        try:
+            with self.engine.connect() as conn:
+                existing = set(inspect(conn).get_table_names())
+            ours = {t.name for t in self.t.values()}
+            if existing and "edgecsp_meta" not in existing:
+                raise EdgeCSPError(f"history database {shown} holds other tables ({', '.join(sorted(existing)[:5])}) "
+                                   f"and no edgecsp history; {hint} (a new file is fine)")
+            if existing and not ours <= existing:
+                raise EdgeCSPError(f"history database {shown} lacks edgecsp tables "
+                                   f"{', '.join(sorted(ours - existing))}; it was not written by this edgecsp")
+            self.metadata.create_all(self.engine, checkfirst=True)  # creates only what is missing
+            with self.engine.begin() as conn:
+                row = conn.execute(select(self.t["meta"].c.value).where(self.t["meta"].c.key == "schema")).first()
+                if row is None:
+                    conn.execute(self.t["meta"].insert().values(key="schema", value=SCHEMA_VERSION))
+                elif row[0] != SCHEMA_VERSION:
+                    raise EdgeCSPError(f"history database {shown} has schema {row[0]}, this edgecsp writes "
+                                       f"{SCHEMA_VERSION}; use a new --db or upgrade edgecsp")
+        except EdgeCSPError:
+            self.engine.dispose()
+            raise
+        except (SQLAlchemyError, OSError) as err:
+            self.engine.dispose()
+            raise EdgeCSPError(f"cannot open history database {shown} ({_short(err)}); {hint}") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "History":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def start_run(self, device: str, suite: str = "", info: dict | None = None, hostname: str = "") -> int:
+        from edgecsp import __version__
+
+        with self.engine.begin() as conn:
+            res = conn.execute(self.t["runs"].insert().values(
+                started_at=_now(), suite=suite, device=device, hostname=hostname, edgecsp_version=__version__,
+                status="running", info=json.dumps(info or {}, default=str)))
+            return int(res.inserted_primary_key[0])
+
+    def record(self, run_id: int, device: str, rec: Record) -> int:
+        """Insert one result and commit it at once."""
+        values = {k: getattr(rec, k) for k in ("job", "status", "model", "target", "precision", "scenario", *METRICS,
+                                               "error")}
+        with self.engine.begin() as conn:
+            res = conn.execute(self.t["results"].insert().values(
+                run_id=run_id, recorded_at=_now(), device=device,
+                details=json.dumps(rec.details, default=str) if rec.details is not None else None, **values))
+            return int(res.inserted_primary_key[0])
+
+    def finish_run(self, run_id: int, status: str) -> None:
+        runs = self.t["runs"]
+        with self.engine.begin() as conn:
+            conn.execute(runs.update().where(runs.c.id == run_id).values(finished_at=_now(), status=status))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def values(self, device: str, job: str, metric: str, last_n: int, before_run: int | None = None) -> list[float]:
+        """``metric`` of the last ``last_n`` successful results of ``job`` on ``device`` (newest first),
+        from runs before ``before_run``."""
+        from sqlalchemy import select
+
+        if metric not in METRICS:
+            raise EdgeCSPError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+        r = self.t["results"]
+        q = (select(r.c[metric]).where(r.c.device == device, r.c.job == job, r.c.status == "ok",
+                                       r.c[metric].is_not(None))
+             .order_by(r.c.run_id.desc(), r.c.id.desc()).limit(last_n))
+        if before_run is not None:
+            q = q.where(r.c.run_id < before_run)
+        with self.engine.connect() as conn:
+            return [float(v) for (v,) in conn.execute(q)]
+
+    def baseline(self, device: str, job: str, metric: str, last_n: int, before_run: int | None = None,
+                 method: str = "median") -> tuple[float | None, int]:
+        """(baseline value, number of runs it is from); None when there is no history yet."""
+        vals = self.values(device, job, metric, last_n, before_run)
+        if not vals:
+            return None, 0
+        if method == "median":
+            return float(statistics.median(vals)), len(vals)
+        if method == "mean":
+            return float(statistics.fmean(vals)), len(vals)
+        if method == "last":
+            return vals[0], 1
+        if method == "best":
+            return (min(vals) if metric.startswith("latency") else max(vals)), len(vals)
+        raise EdgeCSPError(f"unknown baseline method {method!r}; use median, mean, last or best")
+
+    def series(self, device: str, job: str, metric: str, limit: int = 60) -> list[tuple[int, str, float]]:
+        """(run id, recorded at, value) of successful results, oldest first: the trend plots."""
+        from sqlalchemy import select
+
+        r = self.t["results"]
+        q = (select(r.c.run_id, r.c.recorded_at, r.c[metric])
+             .where(r.c.device == device, r.c.job == job, r.c.status == "ok", r.c[metric].is_not(None))
+             .order_by(r.c.run_id.desc(), r.c.id.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            rows = [(int(a), str(b), float(c)) for a, b, c in conn.execute(q)]
+        return rows[::-1]
+
+    def count(self, table: str = "results") -> int:
+        from sqlalchemy import func, select
+
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(self.t[table])).scalar_one())
+
+    def results(self, run_id: int) -> list[dict[str, Any]]:
+        from sqlalchemy import select
+
+        r = self.t["results"]
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(select(r).where(r.c.run_id == run_id).order_by(r.c.id))]
+
+
+def _short(err: BaseException) -> str:
+    text = str(getattr(err, "orig", None) or err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]

@@ -1,0 +1,75 @@
+"""python -m edgecsp.benchmark (--artifact DIR | --target T [--model M] [--precision P])
+       [--scenario latency|throughput|both] [--duration S] [--warmup S] [--min-queries N] [--batch N]
+       [--compare torch,onnxruntime-fp32] [--accuracy] [--json FILE] [--out DIR]
+
+Benchmark a compiled artifact where it runs, MLPerf-style: warm-up, then at least --duration
+seconds and --min-queries queries (defaults from the target profile's [benchmark] table).
+Reports latency percentiles and FPS, first-inference and load time, peak memory, the model's
+memory traffic and achieved GB/s against this machine's measured peak, measured memory-controller
+traffic where the platform has counters, and each figure as a ratio to the --compare baselines.
+Writes benchmark.json, benchmark.csv and latency/throughput/roofline PNGs to --out
+(default runs/benchmark/<artifact>-<time>/). See docs/benchmarking.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from edgecsp import cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edgecsp.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--artifact", type=Path, help="compiled artifact directory or .tar.gz")
+    source.add_argument("--target", help="build (or reuse) the artifact for this target, then benchmark it")
+    parser.add_argument("--model", help="with --target: the model to compile (default demo); with --artifact: its "
+                                        "FP32 model for baselines/accuracy (default: the manifest's source)")
+    parser.add_argument("--precision", help="with --target: fp32, fp16, bf16 or int8 (default: the target's)")
+    parser.add_argument("--scenario", choices=["latency", "throughput", "both"],
+                        help="default: the target profile's [benchmark] scenario")
+    parser.add_argument("--duration", type=float, help="minimum measured seconds (default: profile's duration_s)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds (default: profile's warmup_s)")
+    parser.add_argument("--min-queries", type=int, help="minimum measured queries (default: profile's min_queries)")
+    parser.add_argument("--batch", type=int, help="frames per query (an artifact's fixed batch must match)")
+    parser.add_argument("--streams", type=int, help="throughput: parallel requests (default: the backend's best)")
+    parser.add_argument("--compare", default="", help="baselines on the same model: torch, onnxruntime-fp32 (comma-separated)")
+    parser.add_argument("--accuracy", action="store_true", help="also AP/AP50 against the FP32 PyTorch reference")
+    parser.add_argument("--eval-images", type=int, help="with --accuracy: the first N validation images only")
+    parser.add_argument("--data", type=Path, help="validation set for inputs and accuracy (default: shapes val split)")
+    parser.add_argument("--json", type=Path, help="also write the JSON report to this file")
+    parser.add_argument("--out", type=Path, help="report folder (default: runs/benchmark/<artifact>-<time>)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--no-platform", action="store_true", help="skip the platform peak (no %% of peak)")
+    parser.add_argument("--remeasure-platform", action="store_true", help="measure the platform peak again")
+    parser.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"), help="with --target: where artifacts live")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines, only the table")
+    args = parser.parse_args(argv)
+
+    from edgecsp.bench import report as rep
+    from edgecsp.bench.run import BenchmarkOptions, run_benchmark
+
+    scenarios = None if args.scenario is None else (["latency", "throughput"] if args.scenario == "both"
+                                                     else [args.scenario])
+    opts = BenchmarkOptions(artifact=args.artifact, target=args.target, model=args.model, precision=args.precision,
+                            scenarios=scenarios, duration_s=args.duration, warmup_s=args.warmup,
+                            min_queries=args.min_queries, batch=args.batch, streams=args.streams,
+                            compare=args.compare, accuracy=args.accuracy, eval_images=args.eval_images,
+                            data=args.data, platform=not args.no_platform, refresh_platform=args.remeasure_platform,
+                            artifacts_dir=args.artifacts_dir)
+    progress = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    report = run_benchmark(opts, progress=progress)
+    out = args.out or Path("runs") / "benchmark" / f"{report['artifact']['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    written = rep.write_all(report, out, plots=not args.no_plots)
+    if args.json:
+        written["json_copy"] = rep.write_json(report, args.json)
+    print(rep.format_table(report))
+    print(f"\nreport: {', '.join(str(p) for p in written.values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

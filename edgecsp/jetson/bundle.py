@@ -1,0 +1,280 @@
+"""Jetson bundles: everything device-independent, compiled anywhere; the engine is built on the device.
+
+A TensorRT engine only loads in the TensorRT version and on the GPU that built it, so a compile
+without TensorRT (or for another device) writes a *bundle*: an artifact whose files are
+  model.onnx              FP32 export (the reference; TensorRT 8.x builds from it)
+  model.fp16.onnx         FP16-typed copy (fp16: strongly typed builds, TensorRT >= 10)
+  model.int8.qdq.onnx     INT8 Q/DQ following TensorRT's rules (int8: TensorRT >= 10)
+  calibration.cache       the same INT8 scales as TensorRT's implicit-calibration cache (8.x)
+  *.nms.onnx              the same with TensorRT's EfficientNMS plugin appended (nms = true)
+  JETSON.md               the on-device guide: one edgecsp command, and the trtexec equivalent
+and whose manifest records the accuracy of the model TensorRT will build (measured with ONNX
+Runtime against the FP32 PyTorch reference). On the device, ``build_from_bundle`` checks the
+checksums, builds the engine and writes a new artifact with it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+
+from edgecsp.backends.base import BuildRequest, BuildResult
+from edgecsp.errors import EdgeCSPError
+
+FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8_qdq": "model.int8.qdq.onnx",
+         "calibration_cache": "calibration.cache"}
+GUIDE = "JETSON.md"
+ENGINE = "model.engine"
+TIMING_CACHE = "timing.cache"
+# The header TensorRT 8.x expects on a cache; the on-device builder retags it with its own version.
+CACHE_TAG_VERSION = "8.5.2"
+_BUILD_KEYS = ("workspace_mb", "optimization_level", "dla_core", "gpu_fallback", "strongly_typed", "timing_cache",
+               "opt_batch", "max_batch", "nms", "nms_score_threshold", "nms_iou_threshold", "nms_max_detections")
+
+
+def _build_table(options: dict) -> dict[str, Any]:
+    return {k: options[k] for k in _BUILD_KEYS if k in options}
+
+
+def _input_shape(model: onnx.ModelProto) -> list[int | str]:
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else "dynamic" for d in dims]
+
+
+def verification_model(precision: str) -> str:
+    """The bundle file whose accuracy the manifest reports: the model TensorRT >= 10 builds."""
+    return {"fp32": FILES["fp32"], "fp16": FILES["fp16"], "int8": FILES["int8_qdq"]}[precision]
+
+
+def write_bundle(request: BuildRequest) -> BuildResult:
+    """Write the bundle's files into ``request.out_dir`` (the pipeline's staging directory)."""
+    from edgecsp.jetson.profiles import check_device_precision
+    from edgecsp.jetson.qdq import (add_efficient_nms, format_calibration_cache, quantize_for_tensorrt,
+                                    to_fp16)
+
+    out, precision, options = request.out_dir, request.precision, dict(request.options)
+    build = _build_table(options)
+    check_device_precision(request.profile, precision, int(build.get("dla_core", -1)))
+    fp32 = onnx.load(str(request.onnx_path))
+    shutil.copy2(request.onnx_path, out / FILES["fp32"])
+    files = {"fp32": FILES["fp32"]}
+    info: dict[str, Any] = {}
+    if precision == "fp16":
+        onnx.save(to_fp16(fp32), str(out / FILES["fp16"]))
+        files["fp16"] = FILES["fp16"]
+    if precision == "int8":
+        calib = request.calibration
+        if calib is None:
+            raise EdgeCSPError("INT8 needs calibration images; pass --calibration <recipe>")
+        recipe = options.get("recipe")
+        report = quantize_for_tensorrt(request.onnx_path, out / FILES["int8_qdq"], calib.images,
+                                       method=getattr(recipe, "method", "minmax"),
+                                       percentile=getattr(recipe, "percentile", 99.999),
+                                       keep_head_float=getattr(recipe, "keep_head_float", True))
+        (out / FILES["calibration_cache"]).write_text(format_calibration_cache(report.activation_scales,
+                                                                               CACHE_TAG_VERSION))
+        files["int8_qdq"] = FILES["int8_qdq"]
+        files["calibration_cache"] = FILES["calibration_cache"]
+        info["qdq"] = {"quantized_convs": report.quantized_convs, "float_convs": report.float_convs,
+                       "quantized_tensors": len(report.activation_scales), "method": report.method,
+                       "calibration_images": report.images,
+                       "rules": "symmetric int8, zero-point 0, per-channel weights (axis 0), Q/DQ at Conv inputs "
+                                "and residual Adds, float biases, head in float"}
+    if build.get("nms"):
+        num_classes = int(fp32.graph.output[0].type.tensor_type.shape.dim[2].dim_value) - 5
+        for role in [r for r in ("fp32", "fp16", "int8_qdq") if r in files]:
+            name = files[role].replace(".onnx", ".nms.onnx")
+            nms = add_efficient_nms(out / files[role], num_classes,
+                                    score_threshold=float(build.get("nms_score_threshold", 0.25)),
+                                    iou_threshold=float(build.get("nms_iou_threshold", 0.5)),
+                                    max_detections=int(build.get("nms_max_detections", 100)))
+            onnx.save(nms, str(out / name))
+            files[role + "_nms"] = name
+    shape = _input_shape(fp32)
+    batch = request.profile.batch if shape[0] == "dynamic" else shape[0]
+    bundle = {"files": files, "precision": precision, "build": build, "input": {"name": fp32.graph.input[0].name,
+              "shape": shape}, "batch": batch, "guide": GUIDE, "verified_model": verification_model(precision)}
+    (out / GUIDE).write_text(guide(request.profile, precision, bundle))
+    info["bundle"] = bundle
+    written = sorted(p.name for p in out.iterdir() if p.is_file())
+    return BuildResult(engine=verification_model(precision), files=written, info=info)
+
+
+# --------------------------------------------------------------------------------------------
+# The on-device guide
+
+
+def trtexec_line(files: dict[str, str], precision: str, build: dict, shape: list[int | str], trt_major: int) -> str:
+    """The trtexec command equivalent to edgecsp's on-device build for a TensorRT major version."""
+    from edgecsp.backends.tensorrt_build import EngineOptions, plan_build
+
+    batch: int | str = "dynamic" if shape[0] == "dynamic" else int(shape[0])
+    opts = EngineOptions.from_build_table(precision, build, batch)
+    plan = plan_build(trt_major, files, opts)
+    parts = ["/usr/src/tensorrt/bin/trtexec", f"--onnx={plan.onnx}", f"--saveEngine={ENGINE}"]
+    if plan.strongly_typed:
+        parts.append("--stronglyTyped")
+    parts += [f"--{flag.lower()}" for flag in plan.flags]
+    if plan.calibration_cache:
+        parts.append(f"--calib={plan.calibration_cache}")
+    # --workspace is TensorRT 8.2's spelling (8.4+ still accept it); 10 only knows --memPoolSize.
+    parts.append(f"--memPoolSize=workspace:{opts.workspace_mb}" if trt_major >= 10 else f"--workspace={opts.workspace_mb}")
+    if trt_major >= 10 and opts.optimization_level is not None:
+        parts.append(f"--builderOptimizationLevel={opts.optimization_level}")
+    if opts.dla_core >= 0:
+        parts.append(f"--useDLACore={opts.dla_core}")
+        if opts.gpu_fallback:
+            parts.append("--allowGPUFallback")
+    if batch == "dynamic":
+        chw = "x".join(str(d) for d in shape[1:])
+        parts += [f"--minShapes=images:1x{chw}", f"--optShapes=images:{opts.opt_batch}x{chw}",
+                  f"--maxShapes=images:{opts.max_batch}x{chw}"]
+    if opts.timing_cache:
+        parts.append(f"--timingCacheFile={TIMING_CACHE}")
+    return " ".join(parts)
+
+
+def guide(profile, precision: str, bundle: dict) -> str:
+    hw = profile.hardware
+    files, build, shape = bundle["files"], bundle["build"], bundle["input"]["shape"]
+    jetpacks = hw.get("jetpack", {}) or {}
+    lines = [
+        f"# Deploying this model on an NVIDIA Jetson ({precision})",
+        "",
+        f"Compiled for `{profile.name}` ({hw.get('module', profile.description)}). A TensorRT engine only loads in the",
+        "TensorRT version and on the GPU that built it, so the engine is built here, on the device, once.",
+        "`manifest.json` holds every file's sha256 and the accuracy of the model TensorRT builds",
+        f"(`{bundle['verified_model']}`, measured with ONNX Runtime against the FP32 reference).",
+        "",
+        "## Build the engine on the device (one command)",
+        "",
+        "```",
+        "pip install 'edgecsp[tensorrt]'   # TensorRT itself comes with JetPack; see docs/jetson.md for cuda-python",
+        "cd <this directory>",
+        "python -m edgecsp.compile --target jetson --from-bundle .",
+        "```",
+        "",
+        "`--target jetson` detects the Jetson it runs on; name a profile (e.g. `--target jetson-orin-nx`) to override.",
+        "It checks the checksums, builds `model.engine` with the installed TensorRT, verifies its accuracy",
+        "against the FP32 ONNX and writes a new artifact beside this one (`edgecsp.load` opens it).",
+        "",
+        "## The same with trtexec",
+        "",
+    ]
+    majors: dict[int, list[str]] = {}
+    for jp, trt in jetpacks.items():
+        majors.setdefault(10 if int(str(trt).split(".")[0]) >= 10 else 8, []).append(f"JetPack {jp} (TensorRT {trt})")
+    if not majors:
+        majors = {10: ["TensorRT 10"], 8: ["TensorRT 8.x"]}
+    for major in sorted(majors, reverse=True):
+        lines += [f"{', '.join(majors[major])}:", "", "```", trtexec_line(files, precision, build, shape, major),
+                  "```", ""]
+    lines += ["TensorRT 11 has no precision flags: the strongly typed line above is the one that works there.",
+              "An engine built with trtexec has no edgecsp manifest; build with edgecsp to load it with `edgecsp.load`.",
+              ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# On the device
+
+
+def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str | Path | None = None,
+                      data: str | Path | None = None, verify_images: int | None = 100,
+                      allow_accuracy_drop: bool = False, progress: Callable[[str], None] = print) -> tuple[Path, dict]:
+    """Build the engine of a bundle with this machine's TensorRT; returns (artifact dir, manifest)."""
+    from edgecsp.artifact import MANIFEST, finalize, open_artifact, staging_dir
+    from edgecsp.backends.tensorrt_build import EngineOptions, build_engine
+    from edgecsp.backends.tensorrt_runner import load_tensorrt
+    from edgecsp.jetson.profiles import check_device_precision
+    from edgecsp.targets import load_target
+
+    root, manifest = open_artifact(bundle_dir)  # every file's sha256, or a one-line error
+    bundle = manifest.get("backend", {}).get("info", {}).get("bundle")
+    if manifest.get("backend", {}).get("name") != "tensorrt" or not bundle:
+        raise EdgeCSPError(f"{root} is not a TensorRT bundle; make one with python -m edgecsp.compile --target jetson")
+    profile = load_target(target)
+    if profile.backend != "tensorrt":
+        raise EdgeCSPError(f"target {profile.name} is not a TensorRT target; use --target jetson")
+    precision = manifest["precision"]
+    profile.check_precision(precision)
+    build = {**bundle["build"], **{k: v for k, v in profile.build.items() if k in _BUILD_KEYS}}
+    check_device_precision(profile, precision, int(build.get("dla_core", -1)))
+    trt = load_tensorrt()
+    if trt is None:
+        raise EdgeCSPError("TensorRT is not installed here; on a Jetson it comes with JetPack "
+                           "(sudo apt install python3-libnvinfer); elsewhere pip install tensorrt")
+    out = Path(out) if out else root.parent / f"{root.name}-engine"
+    staging = staging_dir(out)
+    done = False
+    try:
+        for name in manifest.get("files", {}):
+            if name not in (ENGINE, TIMING_CACHE, MANIFEST):
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(root / name, staging / name)
+        if (root / TIMING_CACHE).is_file():
+            shutil.copy2(root / TIMING_CACHE, staging / TIMING_CACHE)  # a rebuild on the same device reuses timings
+        progress(f"build {precision} engine for {profile.name} from {root}")
+        opts = EngineOptions.from_build_table(precision, build, bundle.get("batch", 1))
+        facts = build_engine(staging, bundle["files"], opts, bundle["input"]["shape"], ENGINE, TIMING_CACHE,
+                             progress=progress)
+        new = json.loads(json.dumps(manifest))
+        new.pop("files", None)
+        new["engine"] = ENGINE
+        new["target"] = profile.as_dict()
+        new["backend"]["version"] = facts["tensorrt_version"]
+        new["backend"]["info"]["tensorrt"] = facts
+        new["backend"]["info"]["built_from_bundle"] = str(root)
+        if verify_images != 0:
+            new.setdefault("accuracy", {})["device"] = _verify_on_device(staging, new, data, verify_images, progress)
+            device = new["accuracy"]["device"]
+            if not device["passed"] and not allow_accuracy_drop:
+                raise EdgeCSPError(f"the engine loses {device['ap50_drop_points']:.2f} AP50 points against the FP32 "
+                                   f"ONNX (tolerance {device['tolerance_points']}); try --precision fp16, or pass "
+                                   "--allow-accuracy-drop to keep it")
+        final = finalize(staging, out, new)
+        done = True  # moved into place
+        progress(f"artifact: {final}")
+        return final, json.loads((final / MANIFEST).read_text())
+    finally:
+        if not done:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _verify_on_device(root: Path, manifest: dict, data: str | Path | None, images: int | None,
+                      progress: Callable[[str], None]) -> dict:
+    """Engine AP against the bundle's FP32 ONNX (ONNX Runtime) on the same images."""
+    from edgecsp.backends.tensorrt_backend import OnnxModelRunner
+    from edgecsp.backends.tensorrt_runner import TensorRTRunner
+    from edgecsp.data.coco import resolve_dataset
+    from edgecsp.evaluation import evaluate
+    from edgecsp.predictor import Predictor
+
+    if data is None:
+        from edgecsp.paths import default_val_dir
+
+        data = default_val_dir()
+    dataset = resolve_dataset(Path(data))
+    size = int(manifest["model"]["input_size"][0])
+    progress(f"verify the engine on {images or len(dataset)} images of {data} against the FP32 ONNX")
+    metrics = {}
+    for key, runner in (("engine", lambda: TensorRTRunner(root / ENGINE, manifest)),
+                        ("reference", lambda: OnnxModelRunner(root / FILES["fp32"]))):
+        r = runner()
+        try:
+            metrics[key] = evaluate(Predictor(root, manifest, r).predict_batch, dataset, size, progress=False,
+                                    max_images=images)
+        finally:
+            r.close()
+    tolerance = float(manifest["target"].get("max_ap50_drop", 1.0))
+    drop = round((metrics["reference"]["AP50"] - metrics["engine"]["AP50"]) * 100, 3)
+    progress(f"      engine AP50 {metrics['engine']['AP50']:.4f} vs FP32 ONNX {metrics['reference']['AP50']:.4f} "
+             f"(drop {drop:+.2f} points)")
+    return {"dataset": str(data), "images": metrics["engine"].get("images"),
+            "reference_fp32_onnx": {k: metrics["reference"][k] for k in ("AP", "AP50", "AP75")},
+            "engine": {k: metrics["engine"][k] for k in ("AP", "AP50", "AP75")},
+            "ap50_drop_points": drop, "tolerance_points": tolerance, "passed": drop <= tolerance}
