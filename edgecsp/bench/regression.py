@@ -8,7 +8,7 @@ profile's tolerance fails too (the accuracy gate, independent of history).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from edgecsp.errors import EdgeCSPError
@@ -52,7 +52,7 @@ class Finding:
         return asdict(self)
 
     def describe(self) -> str:
-        if self.baseline is None:
+        if self.baseline is None or self.change is None or self.current is None:
             return f"{self.metric}: {self.note}"
         sign = "+" if (self.change or 0) >= 0 else ""
         verdict = "REGRESSION" if self.regressed else "ok"
@@ -101,12 +101,3 @@ def compare(history: Any, device: str, job: str, current: dict[str, float | None
         if f is not None:
             out.append(f)
     return out
-
-
-@dataclass
-class Verdict:
-    findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def regressions(self) -> list[Finding]:
-        return [f for f in self.findings if f.regressed]

@@ -1,0 +1,265 @@
+"""The nightly matrix: for every (model, target, precision) of a suite that this machine can run,
+build or reuse the artifact, evaluate it against the FP32 reference and benchmark it; record
+every result in the history database; compare with the baseline; write a Markdown report with
+trend plots and a JUnit XML file.
+
+Each job runs in its own process by default (``isolate``): a crash, even a segfault in a native
+backend, or a timeout fails that job only, and each job's peak memory is its own. The history is
+opened before any work (a database that cannot be opened stops the night at once) and written
+only by this parent process, one committed row at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from edgecsp.bench.history import History, Record
+from edgecsp.bench.regression import Finding, compare
+from edgecsp.bench.suite import Job, Suite, skip_reason
+from edgecsp.errors import EdgeCSPError
+
+Progress = Callable[[str], None]
+Executor = Callable[[Job, Suite, Path], dict]
+
+
+# -- one job ------------------------------------------------------------------------------------
+
+
+def run_job(job: Job, suite: Suite, job_dir: Path) -> dict[str, Any]:
+    """Build or reuse, evaluate, benchmark. Returns {"artifact", "built", "report"} (report: the
+    benchmark JSON with ``accuracy``); raises on any failure."""
+    from edgecsp.bench.artifacts import ensure_artifact
+    from edgecsp.bench.report import write_all
+    from edgecsp.bench.run import BenchmarkOptions, run_benchmark
+
+    def say(line: str) -> None:
+        print(f"  [{job.name}] {line}", flush=True)
+
+    root, _, built = ensure_artifact(job.model, job.target, job.precision, suite.artifacts_dir, suite.batch,
+                                     rebuild=suite.rebuild, verify_images=suite.eval_images, data=suite.data,
+                                     allow_accuracy_drop=True, progress=say)
+    opts = BenchmarkOptions(artifact=root, model=job.model, scenarios=list(suite.scenarios),
+                            duration_s=suite.duration_s, warmup_s=suite.warmup_s, min_queries=suite.min_queries,
+                            compare=list(suite.compare), accuracy=True, eval_images=suite.eval_images,
+                            data=suite.data)
+    report = run_benchmark(opts, progress=say)
+    write_all(report, job_dir, plots=False)
+    return {"artifact": str(root), "built": built, "report": report}
+
+
+def _child(job: Job, suite: Suite, job_dir: str, result_path: str) -> None:
+    """Entry point of an isolated job process: the outcome goes to ``result_path`` as JSON."""
+    try:
+        out = {"ok": True, **run_job(job, suite, Path(job_dir))}
+    except BaseException as err:  # noqa: BLE001 - everything becomes this job's recorded failure
+        user = isinstance(err, EdgeCSPError)
+        out = {"ok": False, "error": f"{'' if user else type(err).__name__ + ': '}{err}",
+               "traceback": "" if user else traceback.format_exc()}
+    tmp = result_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(out, f, default=str)
+    os.replace(tmp, result_path)
+
+
+class JobFailed(Exception):
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
+
+
+def isolated_executor(target: Callable[..., None] = _child) -> Executor:
+    """Run each job in a fresh (spawned) process with the suite's timeout."""
+
+    def execute(job: Job, suite: Suite, job_dir: Path) -> dict:
+        ctx = multiprocessing.get_context("spawn")
+        fd, result_path = tempfile.mkstemp(prefix="edgecsp-job-", suffix=".json")
+        os.close(fd)
+        os.unlink(result_path)
+        try:
+            proc = ctx.Process(target=target, args=(job, suite, str(job_dir), result_path), name=f"edgecsp-{job.name}")
+            proc.start()
+            proc.join(suite.job_timeout_s)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(10)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+                raise JobFailed(f"timed out after {suite.job_timeout_s:g} s (suite job_timeout_s)")
+            if not os.path.exists(result_path):
+                code = proc.exitcode
+                what = (f"signal {signal.Signals(-code).name}" if code is not None and code < 0
+                        else f"exit code {code}")
+                raise JobFailed(f"the job's process died ({what}) before reporting a result")
+            with open(result_path) as f:
+                out = json.load(f)
+        finally:
+            if os.path.exists(result_path):
+                os.unlink(result_path)
+        if not out.get("ok"):
+            raise JobFailed(out.get("error", "unknown error"), out.get("traceback", ""))
+        return out
+
+    return execute
+
+
+def in_process_executor(job: Job, suite: Suite, job_dir: Path) -> dict:
+    return run_job(job, suite, job_dir)
+
+
+# -- the matrix ---------------------------------------------------------------------------------
+
+
+@dataclass
+class JobOutcome:
+    job: Job
+    scenario: str
+    status: str  # ok, failed, skipped
+    record: Record
+    findings: list[Finding] = field(default_factory=list)
+    reason: str = ""  # skip reason or failure message
+    details: str = ""  # traceback
+    seconds: float = 0.0
+
+    @property
+    def regressed(self) -> bool:
+        return any(f.regressed for f in self.findings)
+
+
+@dataclass
+class NightlyResult:
+    run_id: int
+    device: str
+    suite: Suite
+    outcomes: list[JobOutcome]
+    started: str
+    finished: str
+    report_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def regressions(self) -> list[JobOutcome]:
+        return [o for o in self.outcomes if o.regressed]
+
+    @property
+    def failures(self) -> list[JobOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def status(self) -> str:
+        if self.failures:
+            return "failed"
+        return "regression" if self.regressions else "ok"
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.status == "ok" else 1
+
+
+def records_from(job: Job, out: dict) -> list[tuple[str, Record, dict]]:
+    """One history record per scenario from a job's outcome (the artifact's results)."""
+    report = out["report"]
+    acc = report.get("accuracy") or {}
+    recs = []
+    for r in report["results"]:
+        if r.get("kind", "artifact") != "artifact":
+            continue
+        lat = r.get("latency_ms") or {}
+        details = {"result": {k: v for k, v in r.items() if k != "latency_quantiles_ms"}, "accuracy": acc,
+                   "artifact": out.get("artifact"), "built": out.get("built")}
+        recs.append((r["scenario"], Record(
+            job=job.key(r["scenario"]), status="ok", model=job.model, target=job.target, precision=job.precision,
+            scenario=r["scenario"], fps=r.get("fps"), latency_p50_ms=lat.get("p50"), latency_p99_ms=lat.get("p99"),
+            ap=acc.get("AP"), ap50=acc.get("AP50"), peak_rss_mb=r.get("peak_rss_mb"),
+            achieved_gbs=(r.get("bandwidth") or {}).get("achieved_gbs"), details=details), acc))
+    return recs
+
+
+def accuracy_gate(job_key: str, acc: dict) -> Finding | None:
+    """The artifact against the FP32 reference, with its target profile's tolerance."""
+    if not acc or "ap50_drop_points" not in acc:
+        return None
+    drop = float(acc["ap50_drop_points"])
+    return Finding(job_key, "ap50_vs_fp32_reference", acc.get("AP50"), (acc.get("reference") or {}).get("AP50"), 1,
+                   -drop, "points", acc.get("tolerance_points"), not acc.get("passed", True),
+                   "" if acc.get("passed", True) else "below the FP32 reference by more than the profile's tolerance")
+
+
+def run_suite(suite: Suite, db: str | Path | None = None, report_dir: Path | None = None, device: str | None = None,
+              executor: Executor | None = None, progress: Progress = print) -> NightlyResult:
+    from edgecsp.bench import machine
+
+    history = History(db)  # before any work: a database that cannot be opened stops here
+    try:
+        info = machine.describe()
+        device = device or info["key"]
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        report_dir = Path(report_dir or Path("runs") / "nightly" / time.strftime("%Y%m%d-%H%M%S"))
+        report_dir.mkdir(parents=True, exist_ok=True)
+        executor = executor or (isolated_executor() if suite.isolate else in_process_executor)
+        run_id = history.start_run(device, suite.name, {"machine": info, "suite": suite.as_dict()}, info["hostname"])
+        progress(f"nightly run {run_id}: suite {suite.name} on {device}, history {history.shown}")
+        outcomes: list[JobOutcome] = []
+        for job in suite.matrix():
+            reason = skip_reason(job)
+            if reason:
+                progress(f"skip {job.name}: {reason}")
+                for sc in suite.scenarios:
+                    rec = Record(job=job.key(sc), status="skipped", model=job.model, target=job.target,
+                                 precision=job.precision, scenario=sc, error=reason)
+                    history.record(run_id, device, rec)
+                    outcomes.append(JobOutcome(job, sc, "skipped", rec, reason=reason))
+                continue
+            progress(f"job {job.name}")
+            t0 = time.perf_counter()
+            try:
+                out = executor(job, suite, report_dir / "jobs" / job.name.replace("/", "-"))
+                recs = records_from(job, out)
+                if not recs:
+                    raise JobFailed("the benchmark returned no result for the artifact")
+            except Exception as err:  # noqa: BLE001 - one job's crash is that job's failure only
+                seconds = time.perf_counter() - t0
+                details = getattr(err, "details", "") or ("" if isinstance(err, (EdgeCSPError, JobFailed))
+                                                          else traceback.format_exc())
+                msg = str(err) if isinstance(err, (EdgeCSPError, JobFailed)) else f"{type(err).__name__}: {err}"
+                progress(f"  FAILED: {msg}")
+                for sc in suite.scenarios:
+                    rec = Record(job=job.key(sc), status="failed", model=job.model, target=job.target,
+                                 precision=job.precision, scenario=sc, error=msg[:2000],
+                                 details={"traceback": details} if details else None)
+                    history.record(run_id, device, rec)
+                    outcomes.append(JobOutcome(job, sc, "failed", rec, reason=msg, details=details, seconds=seconds))
+                continue
+            seconds = time.perf_counter() - t0
+            for sc, rec, acc in recs:
+                history.record(run_id, device, rec)  # committed before anything else can go wrong
+                current = {"fps": rec.fps, "ap50": rec.ap50, "latency_p99_ms": rec.latency_p99_ms,
+                           "peak_rss_mb": rec.peak_rss_mb}
+                findings = compare(history, device, rec.job, current, suite.thresholds, before_run=run_id)
+                gate = accuracy_gate(rec.job, acc)
+                if gate is not None:
+                    findings.append(gate)
+                o = JobOutcome(job, sc, "ok", rec, findings, seconds=seconds)
+                outcomes.append(o)
+                progress(f"  {sc}: {rec.fps:.1f} FPS, AP50 {rec.ap50 if rec.ap50 is not None else float('nan'):.4f}"
+                         + ("  REGRESSION: " + "; ".join(f.describe() for f in findings if f.regressed)
+                            if o.regressed else ""))
+        finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        result = NightlyResult(run_id, device, suite, outcomes, started, finished, report_dir)
+        history.finish_run(run_id, result.status)
+        from edgecsp.bench.nightly_report import write_reports
+
+        result.files = write_reports(result, history)
+        return result
+    finally:
+        history.close()
