@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-accuracy-drop", action="store_true",
                         help="keep the artifact even if its AP50 drop exceeds the target's tolerance")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON at the end")
+    parser.add_argument("--nms", action="store_true",
+                        help="also in-graph NMS where the backend has it (TensorRT: EfficientNMS plugin)")
     parser.add_argument("--from-bundle", type=Path, metavar="DIR",
                         help="on the device: build the TensorRT engine of a Jetson bundle (docs/jetson.md)")
     args = parser.parse_args(argv)
@@ -37,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_bundle is not None:  # Jetson: engine from a bundle compiled elsewhere
         from edgecsp.jetson.bundle import build_from_bundle
 
-        out, manifest = build_from_bundle(args.from_bundle, target=args.target, out=args.out, data=args.data,
-                                          verify_images=100 if args.verify_images is None else args.verify_images,
-                                          allow_accuracy_drop=args.allow_accuracy_drop, progress=progress)
+        _, manifest = build_from_bundle(args.from_bundle, target=args.target, out=args.out, data=args.data,
+                                        verify_images=100 if args.verify_images is None else args.verify_images,
+                                        allow_accuracy_drop=args.allow_accuracy_drop, progress=progress)
         if args.json:
             print(json.dumps(manifest, indent=1))
         return 0
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = None if args.batch is None else (args.batch if args.batch == "dynamic" else int(args.batch))
     opts = CompileOptions(target=args.target, model=args.model, precision=args.precision, calibration=args.calibration,
                           data=args.data, out=args.out, allow_accuracy_drop=args.allow_accuracy_drop, batch=batch,
-                          verify_images=args.verify_images)
+                          verify_images=args.verify_images, nms=args.nms)
     out, manifest = compile_artifact(opts, progress=progress)
     if args.json:
         print(json.dumps(manifest, indent=1))

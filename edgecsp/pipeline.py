@@ -126,7 +126,8 @@ def compile_artifact(opts: CompileOptions, progress: Progress = print) -> tuple[
 
         staging = _staging(out)
         t = time.time()
-        cache_key = _cache_key(model_hash, profile, precision, backend.name, backend_version, recipe, calib, size, batch)
+        cache_key = _cache_key(model_hash, profile, precision, backend.name, backend_version, recipe, calib, size, batch,
+                               extra="nms" if opts.nms else "")
         cached = _cached_engine(cache_key)
         if cached is not None:
             progress(f"[3/4] {backend.name} {precision}: reusing the cached build {cache_key} (same model, data, recipe)")
@@ -143,7 +144,7 @@ def compile_artifact(opts: CompileOptions, progress: Progress = print) -> tuple[
             request = BuildRequest(onnx_path=work / "model.onnx", precision=precision, profile=profile,
                                    out_dir=staging, calibration=calib, validate=validate,
                                    max_ap50_drop=profile.max_ap50_drop / 100,
-                                   options={**profile.build, "recipe": recipe})
+                                   options={**profile.build, "recipe": recipe, **({"nms": True} if opts.nms else {})})
             result = backend.build(request)
             result_meta = {"engine": result.engine, "files": result.files, "info": result.info}
             _store_engine(cache_key, staging, result_meta)
@@ -199,11 +200,13 @@ def _staging(out: Path) -> Path:
     return staging_dir(out)
 
 
-def _cache_key(model_hash, profile, precision, backend, version, recipe, calib, size, batch) -> str:
+def _cache_key(model_hash, profile, precision, backend, version, recipe, calib, size, batch, extra: str = "") -> str:
     import hashlib
 
     parts = [model_hash, backend, version, precision, str(size), str(batch), json.dumps(profile.build, sort_keys=True),
              recipe.digest() if recipe else "-", calib.data_hash if calib else "-", __version__]
+    if extra:  # build options outside the profile (e.g. --nms)
+        parts.append(extra)
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

@@ -123,14 +123,15 @@ def int8_artifact(backend, profile, onnx_path, calibration, dataset, tmp_path_fa
     return out, result
 
 
-def _head_convs(ov, xml: Path) -> tuple[set[str], set[str]]:
-    """(prediction conv op names, quantized op names) of an IR."""
-    from edgecsp.backends.openvino_backend import quantized_op_names
+def _head_ops(ov, xml: Path, onnx_path: Path) -> tuple[set[str], set[str], set[str]]:
+    """(prediction conv op names, all head/decode op names, quantized op names) of an IR."""
+    from edgecsp.backends.openvino_backend import head_op_names, quantized_op_names
 
     model = ov.Core().read_model(str(xml))
+    head = set(head_op_names(model, onnx_path))
     convs = {op.get_friendly_name() for op in model.get_ops()
-             if op.get_type_name() == "Convolution" and "/pred." in op.get_friendly_name()}
-    return convs, quantized_op_names(model)
+             if op.get_type_name() == "Convolution" and op.get_friendly_name() in head}
+    return convs, head, quantized_op_names(model)
 
 
 # --- accuracy --------------------------------------------------------------------------------
@@ -174,16 +175,16 @@ def test_int8_ir_is_quantized_but_head_is_float(ov, backend, profile, onnx_path,
     out, _ = int8_artifact
     types = {op.get_type_name() for op in ov.Core().read_model(str(out / "model.xml")).get_ops()}
     assert "FakeQuantize" in types
-    convs, quantized = _head_convs(ov, out / "model.xml")
-    assert len(convs) == 3 and not convs & quantized
+    convs, head, quantized = _head_ops(ov, out / "model.xml", onnx_path)
+    assert len(convs) == 3 and not head & quantized  # prediction convs and decode all float
     assert len(quantized) > 20  # the backbone and neck are int8
 
     # The same build without keep_head_float quantizes the prediction convs: the check above can fail.
     few = CalibrationSet(calibration.images[:4], calibration.data_hash, calibration.sources[:4])
     recipe = dataclasses.replace(load_recipe("default"), keep_head_float=False)
     _build(backend, profile, onnx_path, tmp_path, "int8", calibration=few, options={"recipe": recipe})
-    convs, quantized = _head_convs(ov, tmp_path / "model.xml")
-    assert convs and convs <= quantized
+    convs, head, quantized = _head_ops(ov, tmp_path / "model.xml", onnx_path)
+    assert len(convs) == 3 and convs <= quantized
 
 
 # --- accuracy-aware loop (a tiny model so NNCF's layer ranking is cheap) ------------------------

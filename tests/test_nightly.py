@@ -149,9 +149,10 @@ def test_thresholds_are_strict_and_first_run_is_not_judged():
 
 
 def test_accuracy_below_the_fp32_reference_fails_even_without_history(tmp_path, always_runnable):
-    ex = Planted()
-    ex.__class__ = type("FailsGate", (Planted,), {"__call__": lambda self, job, s, d: planted(100.0, 0.70, passed=False)})
-    r = night(write_suite(tmp_path), tmp_path / "h.sqlite", tmp_path / "r", ex)
+    def below_reference(job, suite, job_dir):
+        return planted(100.0, 0.70, passed=False)  # 10 points below the FP32 reference
+
+    r = night(write_suite(tmp_path), tmp_path / "h.sqlite", tmp_path / "r", below_reference)
     assert r.exit_code == 1
     assert [f.metric for o in r.regressions for f in o.findings if f.regressed] == ["ap50_vs_fp32_reference"]
 

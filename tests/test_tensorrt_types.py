@@ -125,7 +125,7 @@ def _mypy(stubs: Path, files: list[str], tmp: Path) -> subprocess.CompletedProce
         "[mypy-tensorrt.*]\nignore_errors = True\n[mypy-tensorrt_bindings.*]\nignore_errors = True\n")
     env = dict(os.environ, MYPYPATH=str(stubs))
     return subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(config), "--no-error-summary",
-                           "--hide-error-context", *files], cwd=ROOT, env=env, capture_output=True, text=True,
+                           "--hide-error-context", *files], cwd=ROOT, env=env, capture_output=True, text=True, check=False,
                           timeout=300)
 
 
@@ -160,7 +160,7 @@ def test_tensorrt_is_detected_by_what_it_provides_not_by_import():
     if trt is not None:
         assert hasattr(trt, "Builder")
     elif _stubs_dir() is not None:
-        import tensorrt  # noqa: F401  (the stub-only folder imports)
+        import tensorrt
 
         assert not hasattr(tensorrt, "Builder")
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgecsp.errors import EdgeCSPError
 
@@ -51,7 +52,7 @@ class EngineOptions:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_build_table(cls, precision: str, table: dict, batch: int | str) -> "EngineOptions":
+    def from_build_table(cls, precision: str, table: dict, batch: int | str) -> EngineOptions:
         known = {k: table[k] for k in ("workspace_mb", "optimization_level", "dla_core", "gpu_fallback",
                                        "strongly_typed", "timing_cache", "opt_batch", "max_batch", "nms") if k in table}
         return cls(precision=precision, batch=batch, **known)

@@ -58,7 +58,7 @@ class CudaRuntime:
         self._rt = module
 
     @classmethod
-    def load(cls) -> "CudaRuntime":
+    def load(cls) -> CudaRuntime:
         module = load_cuda_module()
         if module is None:
             raise EdgeCSPError(f"cuda-python is not installed; {CUDA_HINT}")

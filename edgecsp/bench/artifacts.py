@@ -6,8 +6,8 @@ model weights, backend version and edgecsp version; otherwise it is rebuilt (and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from edgecsp.errors import EdgeCSPError
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class Measurement:
 
     @property
     def queries(self) -> int:
-        return int(len(self.latencies_ns))
+        return len(self.latencies_ns)
 
     @property
     def frames(self) -> int:

@@ -18,10 +18,11 @@ import signal
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgecsp.bench.history import History, Record
 from edgecsp.bench.regression import Finding, compare
@@ -189,9 +190,9 @@ def accuracy_gate(job_key: str, acc: dict) -> Finding | None:
     """The artifact against the FP32 reference, with its target profile's tolerance."""
     if not acc or "ap50_drop_points" not in acc:
         return None
-    drop = float(acc["ap50_drop_points"])
+    drop = float(acc["ap50_drop_points"]) + 0.0
     return Finding(job_key, "ap50_vs_fp32_reference", acc.get("AP50"), (acc.get("reference") or {}).get("AP50"), 1,
-                   -drop, "points", acc.get("tolerance_points"), not acc.get("passed", True),
+                   0.0 - drop, "points", acc.get("tolerance_points"), not acc.get("passed", True),
                    "" if acc.get("passed", True) else "below the FP32 reference by more than the profile's tolerance")
 
 
@@ -203,7 +204,7 @@ def run_suite(suite: Suite, db: str | Path | None = None, report_dir: Path | Non
     try:
         info = machine.describe()
         device = device or info["key"]
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        started = datetime.now(UTC).isoformat(timespec="seconds")
         report_dir = Path(report_dir or Path("runs") / "nightly" / time.strftime("%Y%m%d-%H%M%S"))
         report_dir.mkdir(parents=True, exist_ok=True)
         executor = executor or (isolated_executor() if suite.isolate else in_process_executor)
@@ -254,7 +255,7 @@ def run_suite(suite: Suite, db: str | Path | None = None, report_dir: Path | Non
                 progress(f"  {sc}: {rec.fps:.1f} FPS, AP50 {rec.ap50 if rec.ap50 is not None else float('nan'):.4f}"
                          + ("  REGRESSION: " + "; ".join(f.describe() for f in findings if f.regressed)
                             if o.regressed else ""))
-        finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        finished = datetime.now(UTC).isoformat(timespec="seconds")
         result = NightlyResult(run_id, device, suite, outcomes, started, finished, report_dir)
         history.finish_run(run_id, result.status)
         from edgecsp.bench.nightly_report import write_reports

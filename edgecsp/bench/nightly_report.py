@@ -50,7 +50,7 @@ def markdown(result: Any, trend_files: dict[str, Path]) -> str:
             f"| {_fmt(o.record.ap50, '.4f')} | {_fmt(ap.baseline if ap else None, '.4f')} "
             f"| {_fmt(ap.change if ap else None, '+.2f')} "
             f"| {_fmt(gate.change if gate else None, '+.2f')} "
-            f"| {'**REGRESSION**' if o.regressed else ('no baseline yet' if fps and fps.baseline is None else 'ok')} |")
+            f"| {'**REGRESSION**' if o.regressed else ('no baseline yet' if fps and fps.change is None else 'ok')} |")
     if result.regressions:
         lines += ["", "## Regressions", ""]
         for o in result.regressions:
@@ -81,7 +81,7 @@ def markdown(result: Any, trend_files: dict[str, Path]) -> str:
         lines += ["", "## Trends (this device)", ""]
         for name, path in trend_files.items():
             lines.append(f"![{name}]({path.name})")
-    lines += ["", f"Per-job benchmark JSON/CSV: `jobs/`. JUnit XML: `junit.xml`. History: the run id above.", ""]
+    lines += ["", "Per-job benchmark JSON/CSV: `jobs/`. JUnit XML: `junit.xml`. History: the run id above.", ""]
     return "\n".join(lines)
 
 

@@ -54,10 +54,13 @@ class Finding:
     def describe(self) -> str:
         if self.baseline is None or self.change is None or self.current is None:
             return f"{self.metric}: {self.note}"
-        sign = "+" if (self.change or 0) >= 0 else ""
         verdict = "REGRESSION" if self.regressed else "ok"
+        change = self.change + 0.0  # no "-0.00"
+        if self.metric == "ap50_vs_fp32_reference":
+            return (f"AP50 {self.current:.4f} vs FP32 reference {self.baseline:.4f}: {change:+.2f} points "
+                    f"(tolerance {self.limit}) {verdict}")
         return (f"{self.metric} {self.current:.4g} vs baseline {self.baseline:.4g} ({self.baseline_runs} runs): "
-                f"{sign}{self.change:.2f} {self.unit} (limit {self.limit} {self.unit}) {verdict}")
+                f"{change:+.2f} {self.unit} (limit {self.limit} {self.unit}) {verdict}")
 
 
 # metric -> (history column, unit, worse when, threshold field)
@@ -85,6 +88,7 @@ def judge(job: str, metric: str, current: float | None, baseline: float | None, 
         change = (current - baseline) * 100
     else:
         change = (current - baseline) / baseline * 100 if baseline else 0.0
+    change = round(change, 6)  # 0.795 vs 0.80 is 0.5 point, not 0.5000000000000004
     bad = -change if worse == "lower" else change
     return Finding(job, metric, current, baseline, runs, round(change, 3), unit, limit, bad > limit)
 

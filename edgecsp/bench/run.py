@@ -10,10 +10,11 @@ from the artifact's architecture; the platform peaks are measured once per machi
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -147,7 +148,8 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
         model, model_note = bl.model_for(manifest, opts.model if opts.artifact is not None else None)
 
     def open_counters() -> Any:
-        from edgecsp.bench.counters import MemoryCounters, open_counters as _open
+        from edgecsp.bench.counters import MemoryCounters
+        from edgecsp.bench.counters import open_counters as _open
 
         return _open(profile.hardware, profile.benchmark) if opts.counters else MemoryCounters()
 
@@ -235,7 +237,7 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
 
     return {
         "schema": SCHEMA,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "edgecsp_version": __version__,
         "machine": info,
         "platform_peak": peak,

@@ -16,7 +16,7 @@ and from the PyTorch module otherwise (conv/linear weights with BatchNorm folded
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,10 @@ class ModelCost:
     def traffic_bytes_per_frame(self, batch: int = 1) -> float:
         return self.weight_bytes / max(1, batch) + self.cio_elements * self.activation_bytes
 
-    def as_dict(self, batch: int = 1) -> dict[str, Any]:
-        d = asdict(self)
-        d["traffic_mb_per_frame"] = round(self.traffic_bytes_per_frame(batch) / 1e6, 4)
-        d["weights_mb"] = round(self.weight_bytes / 1e6, 4)
-        d["activations_mb_per_frame"] = round(self.cio_elements * self.activation_bytes / 1e6, 4)
-        return d
+
+def _sig(x: float, digits: int = 5) -> float:
+    """Rounded to significant digits: small and large figures keep their precision alike."""
+    return float(f"{x:.{digits}g}")
 
 
 def model_from_manifest(manifest: dict) -> Any:
@@ -172,15 +170,15 @@ def bandwidth_figures(model_cost: ModelCost, fps: float, batch: int, peak: dict 
     peak_gbs = (peak or {}).get("peak_gbs")
     measured = measured or {"measured_gbs": None, "reason": "not measured"}
     bw = {
-        "model_traffic_mb_per_frame": round(per_frame / 1e6, 4),
-        "weights_mb": round(model_cost.weight_bytes / 1e6, 4),
+        "model_traffic_mb_per_frame": _sig(per_frame / 1e6),
+        "weights_mb": _sig(model_cost.weight_bytes / 1e6),
         "weights_source": model_cost.weight_source,
-        "activations_mb_per_frame": round(model_cost.cio_elements * model_cost.activation_bytes / 1e6, 4),
+        "activations_mb_per_frame": _sig(model_cost.cio_elements * model_cost.activation_bytes / 1e6),
         "cio_elements": model_cost.cio_elements,
         "activation_bytes": model_cost.activation_bytes,
-        "achieved_gbs": round(achieved, 4),
+        "achieved_gbs": _sig(achieved),
         "platform_peak_gbs": peak_gbs,
-        "fraction_of_peak": round(achieved / peak_gbs, 4) if peak_gbs else None,
+        "fraction_of_peak": _sig(achieved / peak_gbs) if peak_gbs else None,
         "measured_gbs": measured.get("measured_gbs"),
         "measured_reason": measured.get("reason"),
         "measured": {k: v for k, v in measured.items() if k not in ("measured_gbs", "reason")} or None,
@@ -193,10 +191,10 @@ def bandwidth_figures(model_cost: ModelCost, fps: float, batch: int, peak: dict 
         "macs_per_frame": model_cost.macs,
         "arithmetic": arithmetic,
         "peak_precision": ceiling,
-        "achieved_gmacs": round(gmacs, 3),
+        "achieved_gmacs": _sig(gmacs),
         "platform_peak_gmacs": peak_gmacs,
-        "fraction_of_peak": round(gmacs / peak_gmacs, 4) if peak_gmacs else None,
+        "fraction_of_peak": _sig(gmacs / peak_gmacs) if peak_gmacs else None,
         # MACs per byte of modelled traffic: the roofline's x axis.
-        "arithmetic_intensity": round(model_cost.macs / per_frame, 3) if per_frame else None,
+        "arithmetic_intensity": _sig(model_cost.macs / per_frame) if per_frame else None,
     }
     return bw, compute

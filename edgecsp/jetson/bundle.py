@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import onnx
 
@@ -53,8 +54,7 @@ def verification_model(precision: str) -> str:
 def write_bundle(request: BuildRequest) -> BuildResult:
     """Write the bundle's files into ``request.out_dir`` (the pipeline's staging directory)."""
     from edgecsp.jetson.profiles import check_device_precision
-    from edgecsp.jetson.qdq import (add_efficient_nms, format_calibration_cache, quantize_for_tensorrt,
-                                    to_fp16)
+    from edgecsp.jetson.qdq import add_efficient_nms, format_calibration_cache, quantize_for_tensorrt, to_fp16
 
     out, precision, options = request.out_dir, request.precision, dict(request.options)
     build = _build_table(options)

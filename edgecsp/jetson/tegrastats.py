@@ -158,7 +158,7 @@ class TegrastatsMonitor:
     def available(self) -> bool:
         return self.executable is not None
 
-    def start(self) -> "TegrastatsMonitor":
+    def start(self) -> TegrastatsMonitor:
         if self.executable is None or self._proc is not None:
             return self
         self._proc = subprocess.Popen([self.executable, "--interval", str(self.interval_ms)],
@@ -194,7 +194,7 @@ class TegrastatsMonitor:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "TegrastatsMonitor":
+    def __enter__(self) -> TegrastatsMonitor:
         return self.start()
 
     def __exit__(self, *exc) -> None:
