@@ -499,10 +499,7 @@ def test_compile_for_jetson_writes_a_verified_bundle_that_loads(tmp_path):
     assert manifest["accuracy"]["passed"] and manifest["accuracy"]["images"] == 16
     assert {"model.onnx", "model.fp16.onnx", "JETSON.md"} <= set(manifest["files"])
     image = resolve_dataset(default_val_dir())[0][0]
-    predictor = getattr(edgecsp, "load", None)
-    if predictor is None:
-        from edgecsp.predictor import load as predictor
-    with predictor(final) as p:
+    with edgecsp.load(final) as p:
         dets = p(image)
         assert p.runner.describe()["runtime"] == "onnxruntime CPU"
     assert len(dets) == 1 and len(dets[0]) >= 1

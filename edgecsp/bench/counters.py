@@ -34,7 +34,10 @@ class MemoryCounters:
     """``start()`` before the measured phase, ``stop()`` after it; then ``result`` is the report entry."""
 
     source = "none"
-    result: dict[str, Any] = {"measured_gbs": None, "reason": "hardware counters were turned off", "source": "none"}
+
+    def __init__(self) -> None:
+        self.result: dict[str, Any] = {"measured_gbs": None, "reason": "hardware counters were turned off",
+                                       "source": "none"}
 
     def start(self) -> None:
         pass
@@ -43,11 +46,12 @@ class MemoryCounters:
         self.result = self._stop()
 
     def _stop(self) -> dict[str, Any]:
-        return dict(MemoryCounters.result)
+        return dict(self.result)
 
 
 class Unavailable(MemoryCounters):
     def __init__(self, reason: str):
+        super().__init__()
         self.reason = reason
 
     def _stop(self) -> dict[str, Any]:
@@ -60,6 +64,7 @@ class TegrastatsCounters(MemoryCounters):
     def __init__(self, interval_ms: int, bus_width_bits: int | None):
         from edgecsp.jetson.tegrastats import TegrastatsMonitor
 
+        super().__init__()
         self.bus_width_bits = bus_width_bits
         self.monitor = TegrastatsMonitor(interval_ms=interval_ms, bus_width_bits=bus_width_bits)
 
@@ -93,6 +98,7 @@ class PerfIMCCounters(MemoryCounters):
     source = "perf uncore IMC"
 
     def __init__(self, events: list[str], perf: str = "perf"):
+        super().__init__()
         self.events = events
         self.perf = perf
         self._proc: subprocess.Popen[str] | None = None

@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from edgecsp.errors import EdgeCSPError
 
@@ -151,7 +151,7 @@ class History:
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> History:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -166,7 +166,7 @@ class History:
             res = conn.execute(self.t["runs"].insert().values(
                 started_at=_now(), suite=suite, device=device, hostname=hostname, edgecsp_version=__version__,
                 status="running", info=json.dumps(info or {}, default=str)))
-            return int(res.inserted_primary_key[0])
+            return int(res.inserted_primary_key[0])  # type: ignore[index]
 
     def record(self, run_id: int, device: str, rec: Record) -> int:
         """Insert one result and commit it at once."""
@@ -176,7 +176,7 @@ class History:
             res = conn.execute(self.t["results"].insert().values(
                 run_id=run_id, recorded_at=_now(), device=device,
                 details=json.dumps(rec.details, default=str) if rec.details is not None else None, **values))
-            return int(res.inserted_primary_key[0])
+            return int(res.inserted_primary_key[0])  # type: ignore[index]
 
     def finish_run(self, run_id: int, status: str) -> None:
         runs = self.t["runs"]

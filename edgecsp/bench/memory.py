@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 MB = 1024 * 1024
 
@@ -51,7 +51,7 @@ class PeakRSS:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> PeakRSS:
+    def __enter__(self) -> Self:
         self.before = current_rss()
         if _reset_hwm() and _read_hwm() is not None:
             self.method = "kernel VmHWM, reset per measurement"
@@ -101,6 +101,7 @@ def backend_memory(runner: Any) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - a report figure must not end the run
         return {"mb": None, "reason": f"the backend failed to report it ({type(err).__name__}: {err})"}
     if value is None:
-        name = (getattr(runner, "describe", dict)() or {}).get("backend", type(runner).__name__)
+        desc = runner.describe() if hasattr(runner, "describe") else {}
+        name = (desc or {}).get("backend", type(runner).__name__)
         return {"mb": None, "reason": f"{name} reports no memory figure for its engine"}
     return {"mb": round(float(value) / MB, 2), "reason": None}

@@ -25,16 +25,16 @@ def markdown(result: Any, trend_files: dict[str, Path]) -> str:
     lines = [
         f"# edgecsp nightly: {s.name} on {result.device}",
         "",
-        f"Run {result.run_id}, {result.started} to {result.finished}. Status: **{result.status.upper()}** "
-        f"({counts['ok']} measured, {len(result.regressions)} regressed, {counts['failed']} failed, "
-        f"{counts['skipped']} skipped).",
+        (f"Run {result.run_id}, {result.started} to {result.finished}. Status: **{result.status.upper()}** "
+         f"({counts['ok']} measured, {len(result.regressions)} regressed, {counts['failed']} failed, "
+         f"{counts['skipped']} skipped)."),
         "",
-        f"Baseline: {s.thresholds.baseline} of the last {s.thresholds.baseline_runs} successful runs on this device. "
-        f"Regression: FPS more than {s.thresholds.throughput_drop_pct}% below it, or AP50 more than "
-        f"{s.thresholds.ap50_drop_points} point below it"
-        + (f", or p99 latency more than {s.thresholds.latency_p99_increase_pct}% above it"
-           if s.thresholds.latency_p99_increase_pct is not None else "")
-        + "; or AP50 below the FP32 reference by more than the target's tolerance.",
+        (f"Baseline: {s.thresholds.baseline} of the last {s.thresholds.baseline_runs} successful runs on this "
+         f"device. Regression: FPS more than {s.thresholds.throughput_drop_pct}% below it, or AP50 more than "
+         f"{s.thresholds.ap50_drop_points} point below it"
+         + (f", or p99 latency more than {s.thresholds.latency_p99_increase_pct}% above it"
+            if s.thresholds.latency_p99_increase_pct is not None else "")
+         + "; or AP50 below the FP32 reference by more than the target's tolerance."),
         "",
         "| job | scenario | status | FPS | baseline | change | AP50 | baseline | change | vs FP32 ref | verdict |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",

@@ -75,7 +75,7 @@ CHECKS = {
 def judge(job: str, metric: str, current: float | None, baseline: float | None, runs: int,
           th: Thresholds) -> Finding | None:
     """One metric of one result against its baseline; None when the check is off."""
-    column, unit, worse, field_name = CHECKS[metric]
+    _column, unit, worse, field_name = CHECKS[metric]
     limit = getattr(th, field_name)
     if limit is None:
         return None

@@ -98,9 +98,13 @@ def _artifact_batch(manifest: dict, wanted: int | None) -> int:
     return int(wanted or 1)
 
 
+# Backends whose runners take a latency/throughput mode (OpenVINO's performance hint with its
+# streams; ONNX Runtime's threads per call and concurrent calls).
+MODE_BACKENDS = ("openvino", "onnxruntime")
+
+
 def _runner_options(backend: str, scenario: str) -> dict[str, Any]:
-    # OpenVINO compiles for a performance hint: the throughput scenario gets its streams.
-    return {"mode": scenario} if backend == "openvino" else {}
+    return {"mode": scenario} if backend in MODE_BACKENDS else {}
 
 
 def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[str, Any]:
@@ -120,7 +124,7 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
     else:
         from edgecsp.bench.artifacts import ensure_artifact
 
-        root, manifest, built = ensure_artifact(opts.model or "demo", opts.target, opts.precision,
+        root, manifest, built = ensure_artifact(opts.model or "demo", str(opts.target), opts.precision,
                                                 opts.artifacts_dir, opts.batch, progress=progress)
     profile = _profile_for(manifest)
     scenarios, s = settings_for(opts, profile)

@@ -70,8 +70,8 @@ def torch_weight_bytes(model: Any, bytes_per_weight: float = 4) -> int:
     n = 0
     for m in model.modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            out = m.out_channels if hasattr(m, "out_channels") else m.out_features
-            n += m.weight.numel() + out
+            out = int(m.out_channels if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else m.out_features)
+            n += int(m.weight.numel()) + out
     return int(n * bytes_per_weight)
 
 
@@ -130,7 +130,7 @@ def engine_weight_bytes(root: Path, manifest: dict, runtime_float_bytes: int | N
         if suffix == ".xml":
             fb = runtime_float_bytes or 4
             return openvino_weight_bytes(engine, fb), f"OpenVINO IR constants (int8 1 B, float {fb} B at runtime)"
-    except Exception:  # noqa: BLE001 - fall back to the file size below
+    except Exception:  # noqa: BLE001, S110 - an unreadable engine falls back to its file size below
         pass
     return engine.stat().st_size, f"engine file size ({engine.name})"
 

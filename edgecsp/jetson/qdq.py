@@ -62,6 +62,7 @@ def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
     os.close(fd)
     try:
         onnx.save(model, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; artifacts get copied to devices
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
