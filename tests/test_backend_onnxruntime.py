@@ -28,7 +28,9 @@ SIZE = 320
 
 @pytest.fixture(scope="module")
 def backend() -> OnnxRuntimeBackend:
-    return get_backend("onnxruntime")
+    be = get_backend("onnxruntime")
+    assert isinstance(be, OnnxRuntimeBackend)
+    return be
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +107,8 @@ def int8_build(backend, fp32_onnx, tmp_path_factory):
 
 
 def test_registered(backend):
-    import onnxruntime
+    import onnxruntime  # type: ignore[import-untyped]
 
-    assert isinstance(backend, OnnxRuntimeBackend)
     assert backend.name == "onnxruntime" and backend.precisions == ("fp32", "int8")
     assert backend.version() == onnxruntime.__version__
 
