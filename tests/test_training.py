@@ -50,7 +50,7 @@ def test_loss_decreases_on_a_fixed_batch():
     first = None
     for _ in range(15):
         loss, _ = loss_fn(model(x), targets)
-        first = float(loss) if first is None else first
+        first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()
