@@ -8,9 +8,16 @@ one the application sees (no work enqueued ahead and timed without waiting).
 Scenarios:
   latency     one stream: one query in flight at a time (MLPerf SingleStream); p50/p90/p99/max and FPS.
   throughput  as many queries in flight as the backend uses best (MLPerf Offline-like); FPS.
-              OpenVINO runners: its AsyncInferQueue with the plugin's optimal number of requests.
+              OpenVINO runners (``compiled_model``): the plugin's optimal number of infer requests,
+              each driven by its own thread with synchronous ``infer`` (which releases the GIL).
               Runners marked ``thread_safe`` with ``streams`` > 1: that many threads calling ``run``.
               Anything else: one stream (the backend parallelises inside the call).
+
+Why not OpenVINO's AsyncInferQueue with a Python callback: the callback runs on OpenVINO's
+executor threads, which then need the GIL; destroying the compiled model afterwards joins those
+threads with the GIL held, and under load that deadlocks (seen with OpenVINO 2026.4 here). With
+one synchronous request per thread no OpenVINO thread ever enters Python, and the queries in
+flight are the same.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ class Measurement:
     latencies_ns: np.ndarray  # one per measured query, completion order
     wall_s: float  # first measured query start to last completion
     streams: int  # queries in flight
-    mode: str  # "sync", "threads" or "async-queue"
+    mode: str  # "sync", "threads" or "infer-requests"
     warmup_queries: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -102,14 +109,15 @@ def measure(runner: Any, inputs: list[np.ndarray], settings: Settings,
     hooks = (on_start, on_end)
     if settings.scenario == "latency":
         return _sync_loop(runner.run, inputs, settings, batch, hooks)
-    if hasattr(runner, "infer_queue"):
-        return _async_queue(runner, inputs, settings, batch, hooks)
+    if getattr(runner, "compiled_model", None) is not None:
+        calls = _openvino_requests(runner.compiled_model, settings.streams)
+        return _threads(calls, inputs, settings, batch, hooks, mode="infer-requests")
     streams = settings.streams or int(getattr(runner, "streams", 1) or 1)
     if streams > 1:
         if not getattr(runner, "thread_safe", False):
             raise EdgeCSPError(f"{type(runner).__name__} is not safe to call from {streams} threads; "
                                "benchmark it with --streams 1")
-        return _threads(runner.run, inputs, settings, batch, streams, hooks)
+        return _threads([runner.run] * streams, inputs, settings, batch, hooks)
     m = _sync_loop(runner.run, inputs, settings, batch, hooks)
     m.scenario = "throughput"
     return m
@@ -147,8 +155,25 @@ def _sync_loop(call, inputs: list[np.ndarray], settings: Settings, batch: int, h
     return Measurement(settings.scenario, batch, lat[:k].copy(), (t1 - start) / 1e9, 1, "sync", warm)
 
 
-def _threads(call, inputs: list[np.ndarray], settings: Settings, batch: int, streams: int, hooks) -> Measurement:
-    """``streams`` threads, each a synchronous loop; the backend must release the GIL in ``call``."""
+def _openvino_requests(compiled_model: Any, n: int | None) -> list[Callable[[np.ndarray], np.ndarray]]:
+    """One synchronous call per infer request: input copied in, outputs copied out (as Runner.run)."""
+    n = n or int(compiled_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+
+    def make(request: Any) -> Callable[[np.ndarray], np.ndarray]:
+        def call(x: np.ndarray) -> np.ndarray:
+            request.infer({0: x})
+            return request.get_output_tensor(0).data.copy()  # the request reuses its output buffer
+
+        return call
+
+    return [make(compiled_model.create_infer_request()) for _ in range(max(1, n))]
+
+
+def _threads(calls: list[Callable[[np.ndarray], Any]], inputs: list[np.ndarray], settings: Settings, batch: int,
+             hooks, mode: str = "threads") -> Measurement:
+    """One thread per call, each a synchronous loop; the backend must release the GIL in its call."""
+    streams = len(calls)
+    inputs = [np.ascontiguousarray(x, dtype=np.float32) for x in inputs]
     n = len(inputs)
     clock = time.perf_counter_ns
     state = {"measuring": False, "stop": False, "count": 0, "deadline": 0}
@@ -160,6 +185,7 @@ def _threads(call, inputs: list[np.ndarray], settings: Settings, batch: int, str
     barrier = threading.Barrier(streams + 1)
 
     def worker(w: int) -> None:
+        call = calls[w]
         try:
             i = w
             barrier.wait()
@@ -198,62 +224,4 @@ def _threads(call, inputs: list[np.ndarray], settings: Settings, batch: int, str
     if errors:
         raise errors[0]
     lat = np.array([v for lst in per_thread for v in lst], dtype=np.int64)
-    return Measurement("throughput", batch, lat, (max(ends) - start) / 1e9, streams, "threads", sum(warm_counts))
-
-
-def _async_queue(runner: Any, inputs: list[np.ndarray], settings: Settings, batch: int, hooks) -> Measurement:
-    """OpenVINO's AsyncInferQueue: keep every request busy; each query timed submit -> callback."""
-    queue = runner.infer_queue(settings.streams) if settings.streams else runner.infer_queue()
-    nreq = len(queue)
-    clock = time.perf_counter_ns
-    lat = np.empty(max(4096, settings.min_queries * 2), dtype=np.int64)
-    k = [0, 0]  # measured completions, last completion time
-    errors: list[BaseException] = []
-
-    def on_done(request: Any, t0: int) -> None:
-        t1 = clock()
-        try:
-            request.get_output_tensor(0).data.copy()  # what an application does with the result
-        except BaseException as err:  # noqa: BLE001 - raised after the loop
-            errors.append(err)
-        if t0 >= 0:  # warm-up queries carry -1
-            j = k[0]
-            if j < len(lat):
-                lat[j] = t1 - t0
-            k[0] = j + 1
-            k[1] = t1
-
-    queue.set_callback(on_done)
-    n = len(inputs)
-    feeds = [{0: np.ascontiguousarray(x, dtype=np.float32)} for x in inputs]
-    i = 0
-    warm_end = clock() + int(settings.warmup_s * 1e9)
-    while clock() < warm_end:
-        queue.start_async(feeds[i % n], -1)
-        i += 1
-    queue.wait_all()
-    warm = i
-    submitted = 0
-    hooks[0]()
-    start = clock()
-    deadline = start + int(settings.duration_s * 1e9)
-    while True:
-        queue.get_idle_request_id()  # blocks until a request is free, so t0 is the real start
-        t0 = clock()
-        queue.start_async(feeds[i % n], t0)
-        i += 1
-        submitted += 1
-        if errors:
-            break
-        if t0 >= deadline and submitted >= settings.min_queries:
-            break
-        if submitted >= len(lat):  # rare: a very fast engine outgrows the buffer
-            queue.wait_all()
-            lat = np.concatenate([lat, np.empty_like(lat)])
-    queue.wait_all()
-    hooks[1]()
-    if errors:
-        raise errors[0]
-    done = min(k[0], len(lat))
-    return Measurement("throughput", batch, lat[:done].copy(), (k[1] - start) / 1e9, nreq, "async-queue", warm,
-                       extra={"infer_requests": nreq})
+    return Measurement("throughput", batch, lat, (max(ends) - start) / 1e9, streams, mode, sum(warm_counts))
