@@ -1,4 +1,8 @@
-"""python -m edgecsp.train --model NAME --data DIR [--epochs E] [--input-size N] [--out CKPT]"""
+"""python -m edgecsp.train (--model NAME | --darknet-cfg CFG [--darknet-weights W]) --data DIR [--epochs E] [--out CKPT]
+
+Trains a zoo detector from scratch, or fine-tunes a published Darknet detector: the cfg is matched
+to its native zoo twin, its .weights load by layer order, and with a different number of classes
+every layer but the prediction convolutions keeps its weights."""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from edgecsp import cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgecsp.train", description=__doc__)
     parser.add_argument("--model", default="csp-tiny-efm", help="zoo detector name (default: csp-tiny-efm)")
+    parser.add_argument("--darknet-cfg", type=Path, help="fine-tune from a Darknet detector cfg (CSP PANet-SPP family)")
+    parser.add_argument("--darknet-weights", type=Path, help="its .weights (default: train the cfg from scratch)")
     parser.add_argument("--data", required=True, type=Path, help="COCO-format training set directory")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch", type=int, default=32)
@@ -32,13 +38,25 @@ def main(argv: list[str] | None = None) -> int:
     from edgecsp.training.trainer import TrainSettings, train
 
     dataset = resolve_dataset(args.data)
-    model = build_detector(args.model, num_classes=dataset.num_classes, input_size=args.input_size)
+    fit = not args.no_fit_anchors
+    if args.darknet_cfg is not None:
+        from edgecsp.models.from_darknet import detector_from_cfg
+
+        model, twin = detector_from_cfg(args.darknet_cfg, args.darknet_weights, num_classes=dataset.num_classes)
+        if args.input_size:
+            model.config = model.config.with_overrides(input_size=args.input_size)
+        args.model, fit = twin, False  # the cfg's anchors go with its weights
+        print(f"{args.darknet_cfg.name} is the zoo's {twin}; fine-tuning it on {dataset.num_classes} classes")
+    elif args.darknet_weights is not None:
+        parser.error("--darknet-weights needs --darknet-cfg")
+    else:
+        model = build_detector(args.model, num_classes=dataset.num_classes, input_size=args.input_size)
     import torch
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     settings = TrainSettings(epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                              workers=args.workers, device=device, stop_after=args.stop_after)
-    out = train(model, dataset, args.out, settings, name=args.model, resume=args.resume, fit=not args.no_fit_anchors)
+    out = train(model, dataset, args.out, settings, name=args.model, resume=args.resume, fit=fit)
     print(f"saved {out}")
     return 0
 

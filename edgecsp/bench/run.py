@@ -36,7 +36,7 @@ class BenchmarkOptions:
     min_queries: int | None = None
     batch: int | None = None
     streams: int | None = None
-    compare: list[str] = field(default_factory=list)
+    compare: list[str] | str = field(default_factory=list)  # "torch,onnxruntime-fp32" or a list
     accuracy: bool = False
     eval_images: int | None = None
     data: Path | None = None  # images to feed (and to evaluate on): default the shapes val split
@@ -158,6 +158,7 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
         return _open(profile.hardware, profile.benchmark) if opts.counters else MemoryCounters()
 
     results: list[dict[str, Any]] = []
+    engine_weights: dict[int, tuple[int, str] | None] = {}
     subjects = [("artifact", name)] + [("baseline", b) for b in compare]
     prepared = {b: bl.prepare_baseline(b, model, size, batch, raw_images) for b in compare}  # exports, untimed
     for kind, subject in subjects:
@@ -185,7 +186,9 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
             if kind == "artifact":
                 rt = desc.get("inference_precision")
                 fb = traffic.RUNTIME_FLOAT_BYTES.get(rt, 4)
-                wb = traffic.engine_weight_bytes(root, manifest, fb)
+                if fb not in engine_weights:  # reads the engine's graph: once per runtime precision
+                    engine_weights[fb] = traffic.engine_weight_bytes(root, manifest, fb)
+                wb = engine_weights[fb]
                 weight_bytes, source = wb if wb else (traffic.torch_weight_bytes(arch, 4), "PyTorch module, fp32")
                 cost = traffic.cost(counts, weight_bytes, source, precision, traffic.activation_bytes(precision, rt))
                 disk = artifact_bytes(root, manifest)

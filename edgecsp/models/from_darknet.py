@@ -1,0 +1,62 @@
+"""A native zoo detector from a Darknet cfg (and .weights), for fine-tuning with edgecsp.train.
+
+The zoo's PANet-SPP detectors are the published CSP cfgs layer for layer, so a cfg is matched to
+the zoo detector whose convolutions are the same sequence, and its .weights load by order. The
+cfg's anchors, scale_x_y, input size and classes come along. With a different number of classes,
+everything but the three prediction convolutions keeps the cfg's weights (the usual transfer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from edgecsp.errors import EdgeCSPError
+from edgecsp.models.detector import DETECTORS, Detector, build_detector
+
+
+def _conv_signature(module: nn.Module, skip_last: int = 0) -> list[tuple[int, ...]]:
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    sig = [(m.in_channels, m.out_channels, *m.kernel_size, *m.stride, m.groups, m.bias is None) for m in convs]
+    return sig[: len(sig) - skip_last] if skip_last else sig
+
+
+def detector_from_cfg(cfg_path: str | Path, weights: str | Path | None = None,
+                      num_classes: int | None = None) -> tuple[Detector, str]:
+    """Returns (detector, zoo name it matched)."""
+    from edgecsp.darknet import DarknetModel, load_darknet_weights_into, parse_cfg
+
+    cfg = parse_cfg(cfg_path)
+    darknet = DarknetModel(cfg, input_size=64)
+    yolo = darknet.yolo_layers
+    if len(yolo) != 3:
+        raise EdgeCSPError(f"{cfg_path} has {len(yolo)} [yolo] layers; edgecsp's detectors have 3 output levels")
+    anchors = tuple(tuple(float(v) for v in a) for layer in yolo for a in layer.anchors)
+    scale_xy = tuple(float(layer.scale_x_y) for layer in yolo)
+    overrides = dict(anchors=anchors, scale_xy=scale_xy if len(set(scale_xy)) > 1 else scale_xy[0],
+                     new_coords=bool(yolo[0].new_coords), num_classes=yolo[0].classes, input_size=cfg.height)
+    target = _conv_signature(darknet)
+    for name, config in DETECTORS.items():
+        if config.neck != "panet-spp":
+            continue
+        candidate = build_detector(name, **overrides)
+        if _conv_signature(candidate) == target:
+            break
+    else:
+        raise EdgeCSPError(f"{cfg_path} is not one of the zoo's detector architectures "
+                           f"({', '.join(n for n, c in DETECTORS.items() if c.neck == 'panet-spp')}); "
+                           "fine-tuning needs a native equivalent")
+    if weights is not None:
+        load_darknet_weights_into(candidate, weights)
+    if num_classes is None or num_classes == candidate.config.num_classes:
+        return candidate, name
+    # New classes: fresh prediction convs, every other weight transferred.
+    model = build_detector(candidate.config.with_overrides(num_classes=num_classes))
+    keep = {id(c.conv) for c in candidate.neck.prediction_convs()}
+    pred_names = {n for n, m in candidate.named_modules() if id(m) in keep}
+    state = {k: v for k, v in candidate.state_dict().items() if not any(k.startswith(p + ".") for p in pred_names)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or not all(any(k.startswith(p + ".") for p in pred_names) for k in missing):
+        raise EdgeCSPError(f"could not transfer the weights of {cfg_path} to {num_classes} classes")
+    return model, name
