@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgecsp.errors import EdgeCSPError
+from edgecsp.tomlfile import read_toml
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "calibration"
 SOURCES = ("shapes", "coco", "yolo", "folder")
@@ -63,12 +63,7 @@ def load_recipe(name_or_path: str | Path | None) -> CalibrationRecipe:
         if not path.is_file():
             raise EdgeCSPError(f"unknown calibration recipe {spec!r}; known: {', '.join(list_recipes())} "
                                "(or pass a path to a .toml file)")
-    if not path.is_file():
-        raise EdgeCSPError(f"calibration recipe {path} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise EdgeCSPError(f"calibration recipe {path} is not valid TOML ({err})") from None
+    data = read_toml(path, "calibration recipe")
     table = data.get("calibration", data)
     known = set(CalibrationRecipe.__dataclass_fields__)
     unknown = set(table) - known

@@ -7,12 +7,12 @@ settings. Adding a device is adding a TOML file.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgecsp.errors import EdgeCSPError
+from edgecsp.tomlfile import read_toml
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -60,12 +60,7 @@ def load_target(name_or_path: str | Path) -> TargetProfile:
         if not path.is_file():
             raise EdgeCSPError(f"unknown target {spec!r}; known targets: {', '.join(list_targets())} "
                                "(or pass a path to a profile .toml)")
-    if not path.is_file():
-        raise EdgeCSPError(f"target profile {path} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise EdgeCSPError(f"target profile {path} is not valid TOML ({err})") from None
+    data = read_toml(path, "target profile")
     if "alias" in data:
         return _alias(data["alias"], path)
     return _profile(data, path)
