@@ -1,11 +1,15 @@
 """The harness must not be the bottleneck: its FPS on an OpenVINO IR against OpenVINO's own
 benchmark_app on the same IR with the same settings (device, performance hint, inference
 precision, streams, threads, infer requests), alternating which runs first to spread a shared
-machine's drift over both. Prints each pair and the median ratio; exit status 1 when the
-harness is more than --tolerance (5%) below benchmark_app.
+machine's drift over both. Prints each pair and the median pair ratio; exit status 1 when the
+harness's throughput is more than --tolerance (5%) below benchmark_app's.
+
+The latency scenario is shown too, for information: there the harness times the artifact's own
+``Runner.run`` (what an application calling edgecsp.load gets: the input and output copies are
+in it), while benchmark_app fills its input once and never reads the output.
 
     python benchmarks/compare_benchmark_app.py [--artifact DIR] [--scenario throughput|latency|both]
-                                               [--duration 10] [--repeats 3] [--json FILE]
+                                               [--duration 10] [--repeats 6] [--json FILE]
 
 Without --artifact it builds (or reuses) the demo detector for intel-cpu INT8.
 """
@@ -64,10 +68,10 @@ def benchmark_app(xml: Path, scenario: str, duration: float, ours: dict) -> dict
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", type=Path, help="an OpenVINO artifact (default: demo intel-cpu int8)")
-    parser.add_argument("--scenario", choices=["throughput", "latency", "both"], default="both")
+    parser.add_argument("--scenario", choices=["throughput", "latency", "both"], default="throughput")
     parser.add_argument("--duration", type=int, default=10, help="seconds per run (benchmark_app takes whole seconds)")
     parser.add_argument("--warmup", type=float, default=1.0, help="harness warm-up (benchmark_app: first inference)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--tolerance", type=float, default=0.05)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -108,9 +112,11 @@ def main() -> int:
         fps_ratio = statistics.median(p["harness"]["fps"] for p in pairs) / statistics.median(
             p["benchmark_app"]["fps"] for p in pairs)
         within = ratio >= 1 - args.tolerance
-        ok &= within
+        if scenario == "throughput":
+            ok &= within
         print(f"  {scenario}: median pair ratio {ratio:.3f}, ratio of median FPS {fps_ratio:.3f} -> "
-              f"{'within' if within else 'NOT within'} {args.tolerance:.0%} of benchmark_app")
+              f"{'within' if within else 'NOT within'} {args.tolerance:.0%} of benchmark_app"
+              + ("" if scenario == "throughput" else " (information only, see the docstring)"))
         a, b = pairs[0]["harness"], pairs[0]["benchmark_app"]
         print(f"    harness: {a['streams']} streams, {a['threads']} threads, {a['requests']} request(s), "
               f"{a['inference_precision']}; benchmark_app: {b['streams']} streams, {b['threads']} threads")

@@ -36,7 +36,7 @@ class CompileOptions:
     verify_images: int | None = None  # None: the whole validation set
 
 
-def _model_hash(model) -> str:
+def model_hash_of(model) -> str:
     import hashlib
 
     h = hashlib.sha256(json.dumps(asdict(model.config), sort_keys=True, default=str).encode())
@@ -80,7 +80,7 @@ def compile_artifact(opts: CompileOptions, progress: Progress = print) -> tuple[
     model, description = resolve_model(opts.model)
     size = profile.input_size or model.config.input_size
     batch = opts.batch or profile.batch
-    model_hash = _model_hash(model)
+    model_hash = model_hash_of(model)
     model_name = description.get("name", opts.model)
     out = Path(opts.out or Path("artifacts") / f"{Path(str(opts.model or 'demo')).stem}-{profile.name}-{precision}")
     if opts.data is None:

@@ -267,7 +267,7 @@ def tiny_artifact(tmp_path_factory, shapes_small):
     from edgecsp.models.checkpoint import describe, save_checkpoint
     from edgecsp.models.detector import build_detector
     from edgecsp.onnx_export import export_onnx
-    from edgecsp.pipeline import _model_hash
+    from edgecsp.pipeline import model_hash_of
     from edgecsp.targets import load_target
 
     root = tmp_path_factory.mktemp("tiny")
@@ -285,7 +285,7 @@ def tiny_artifact(tmp_path_factory, shapes_small):
     k = sum((64 // s) ** 2 for s in c.strides) * (len(c.anchors) // len(c.strides))
     from dataclasses import asdict
 
-    manifest = {"model": {"name": "tiny", "source": str(ckpt), "hash": _model_hash(model), "class_names": names,
+    manifest = {"model": {"name": "tiny", "source": str(ckpt), "hash": model_hash_of(model), "class_names": names,
                           "num_classes": 6, "input_size": [64, 64], "config": asdict(c)},
                 "target": load_target("intel-cpu").as_dict(),
                 "backend": {"name": "openvino", "version": ov.__version__,

@@ -27,14 +27,14 @@ def check_accuracy(predict_batch: Any, manifest: dict, data: Path | None = None,
     from edgecsp.data.coco import resolve_dataset
     from edgecsp.evaluation import evaluate
     from edgecsp.models.checkpoint import resolve_model
-    from edgecsp.pipeline import _model_hash, reference_metrics
+    from edgecsp.pipeline import model_hash_of, reference_metrics
 
     spec = model_spec or (manifest.get("model") or {}).get("source") or "demo"
     try:
         model, _ = resolve_model(spec)
     except EdgeCSPError as err:
         raise EdgeCSPError(f"the accuracy check needs the artifact's FP32 model ({err}); pass it with --model") from None
-    model_hash = _model_hash(model)
+    model_hash = model_hash_of(model)
     want = (manifest.get("model") or {}).get("hash")
     if want and model_hash != want:
         raise EdgeCSPError(f"model {spec} (hash {model_hash}) is not the one the artifact was built from "

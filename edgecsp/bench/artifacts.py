@@ -41,7 +41,7 @@ def ensure_artifact(model: str | None, target: str, precision: str | None, out_r
     from edgecsp.artifact import open_artifact
     from edgecsp.backends import get_backend
     from edgecsp.models.checkpoint import resolve_model
-    from edgecsp.pipeline import CompileOptions, _model_hash, compile_artifact
+    from edgecsp.pipeline import CompileOptions, model_hash_of, compile_artifact
     from edgecsp.targets import load_target
 
     profile = load_target(target)
@@ -55,7 +55,7 @@ def ensure_artifact(model: str | None, target: str, precision: str | None, out_r
         except EdgeCSPError as err:
             progress(f"rebuilding {out}: {err}")
         else:
-            reason = stale_reason(manifest, _model_hash(resolve_model(model)[0]), version)
+            reason = stale_reason(manifest, model_hash_of(resolve_model(model)[0]), version)
             if reason is None:
                 progress(f"reusing {out} (same model, {backend.name} {version}, checksums pass)")
                 return root, manifest, False

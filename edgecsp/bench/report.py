@@ -45,6 +45,9 @@ def _atomic_write(path: Path, text: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is an ordinary file
     os.replace(tmp, path)
     return path
 
@@ -140,6 +143,10 @@ def format_table(report: dict[str, Any]) -> str:
                       f"triad {peak['stream']['triad_gbs']}, {peak['stream']['threads']} threads), "
                       "GMAC/s " + ", ".join(f"{k} {v}" for k, v in (peak.get("peak_gmacs_by_precision") or {}).items())
                   + " (matrix multiply)" + (" [cached]" if peak.get("cached") else "")]
+        cpus = (report.get("machine") or {}).get("usable_cpus") or 1
+        if (peak.get("load_average_1m") or 0) > 0.5 * cpus:
+            lines.append(f"  (measured at load average {peak['load_average_1m']} on {cpus} CPUs, so probably low: "
+                         "run with --remeasure-platform when the machine is quiet)")
     reasons = {r["bandwidth"].get("measured_reason") for r in report["results"] if r["bandwidth"]["measured_gbs"] is None}
     measured = [r for r in report["results"] if r["bandwidth"]["measured_gbs"] is not None]
     for r in measured:

@@ -45,11 +45,11 @@ def _sig(x: float, digits: int = 5) -> float:
 def model_from_manifest(manifest: dict) -> Any:
     """The artifact's architecture as a PyTorch module (random weights: counts do not depend on them)."""
     from edgecsp.errors import EdgeCSPError
-    from edgecsp.models.checkpoint import _tuples
+    from edgecsp.models.checkpoint import config_from_json
     from edgecsp.models.detector import DetectorConfig, build_detector
 
     try:
-        config = DetectorConfig(**_tuples(manifest["model"]["config"]))
+        config = DetectorConfig(**config_from_json(manifest["model"]["config"]))
     except (KeyError, TypeError) as err:
         raise EdgeCSPError(f"the artifact's manifest has no usable model config ({err}); rebuild it") from None
     return build_detector(config).eval()

@@ -89,7 +89,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 def load_checkpoint(path: str | Path) -> tuple[Detector, dict[str, Any]]:
     tensors, description = read_checkpoint(path)
     try:
-        config = DetectorConfig(**_tuples(description["architecture"]["detector_config"]))
+        config = DetectorConfig(**config_from_json(description["architecture"]["detector_config"]))
     except (KeyError, TypeError) as err:
         raise EdgeCSPError(f"checkpoint {path} describes an architecture this edgecsp cannot build ({err})") from None
     model = build_detector(config)
@@ -103,7 +103,7 @@ def load_checkpoint(path: str | Path) -> tuple[Detector, dict[str, Any]]:
     return model, description
 
 
-def _tuples(config: dict) -> dict:
+def config_from_json(config: dict) -> dict:
     out = dict(config)
     out["anchors"] = tuple(tuple(a) for a in out["anchors"])
     out["strides"] = tuple(out["strides"])
