@@ -13,6 +13,18 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgecsp.errors import EdgeCSPError
+
+def import_library(module: str, what: str, install_hint: str):
+    """Import a backend's library at the point of use; missing, it is one line naming the fix."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise EdgeCSPError(f"{what} is not installed ({err}); install it with {install_hint}") from None
+
+
 # A function from a preprocessed NCHW float32 batch to the decoded output contract (N, K, 5 + C).
 PredictFn = Callable[[np.ndarray], np.ndarray]
 

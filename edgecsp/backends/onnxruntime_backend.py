@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecsp.backends.base import Backend, BuildRequest, BuildResult, PredictFn, Runner
+from edgecsp.backends.base import Backend, BuildRequest, BuildResult, PredictFn, Runner, import_library
 from edgecsp.errors import EdgeCSPError
 
 INSTALL_HINT = "pip install onnxruntime"
@@ -69,20 +69,12 @@ ENTROPY_QUANTIZED_BINS = 128
 
 
 def _import_ort():
-    try:
-        import onnxruntime  # type: ignore[import-untyped]
-    except ImportError as err:
-        raise EdgeCSPError(f"ONNX Runtime is not installed ({err}); install it with {INSTALL_HINT}") from None
-    return onnxruntime
+    return import_library("onnxruntime", "ONNX Runtime", INSTALL_HINT)
 
 
 def _import_quantization():
     _import_ort()
-    try:
-        from onnxruntime import quantization  # type: ignore[import-untyped]
-    except ImportError as err:
-        raise EdgeCSPError(f"onnxruntime.quantization is unavailable ({err}); reinstall with {INSTALL_HINT}") from None
-    return quantization
+    return import_library("onnxruntime.quantization", "onnxruntime.quantization", INSTALL_HINT)
 
 
 def _ort_message(err: BaseException) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecsp.backends.base import Backend, BuildRequest, BuildResult, PredictFn, Runner
+from edgecsp.backends.base import Backend, BuildRequest, BuildResult, PredictFn, Runner, import_library
 from edgecsp.errors import EdgeCSPError
 
 INSTALL_HINT = "pip install 'edgecsp[openvino]'"
@@ -41,20 +41,11 @@ RANKING_IMAGES = 100
 
 
 def _import_openvino():
-    try:
-        import openvino  # type: ignore[import-untyped]
-    except ImportError as err:
-        raise EdgeCSPError(f"OpenVINO is not installed ({err}); install it with {INSTALL_HINT}") from None
-    return openvino
+    return import_library("openvino", "OpenVINO", INSTALL_HINT)
 
 
 def _import_nncf():
-    try:
-        import nncf  # type: ignore[import-untyped]
-    except ImportError as err:
-        raise EdgeCSPError(f"NNCF (needed for OpenVINO int8) is not installed ({err}); "
-                           f"install it with {INSTALL_HINT}") from None
-    return nncf
+    return import_library("nncf", "NNCF (needed for OpenVINO int8)", INSTALL_HINT)
 
 
 def _ov_message(err: BaseException) -> str:
