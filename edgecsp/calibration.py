@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from edgecsp.errors import EdgeCSPError
+from edgecsp.paths import data_dir
 from edgecsp.tomlfile import read_toml
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "calibration"
+RECIPES_DIR = data_dir("calibration")
 SOURCES = ("shapes", "coco", "yolo", "folder")
 METHODS = ("minmax", "entropy", "percentile")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 # The default validation set: the shapes task's val split, fixed seed, generated on first use.
@@ -21,3 +22,14 @@ def default_val_dir() -> Path:
     from edgecsp.data.shapes import ensure_shapes_val
 
     return ensure_shapes_val(cache_dir(), n=DEFAULT_VAL_IMAGES, seed=DEFAULT_VAL_SEED)
+
+
+def data_dir(name: str) -> Path:
+    """A top-level data folder (targets, calibration): the checkout's, else the installed copy.
+
+    A wheel install carries them as data files under <prefix>/share/edgecsp/ (see pyproject).
+    """
+    checkout = Path(__file__).resolve().parent.parent / name
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "edgecsp" / name

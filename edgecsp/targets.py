@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from edgecsp.errors import EdgeCSPError
+from edgecsp.paths import data_dir
 from edgecsp.tomlfile import read_toml
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+TARGETS_DIR = data_dir("targets")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
