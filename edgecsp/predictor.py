@@ -15,6 +15,7 @@ import numpy as np
 
 from edgecsp.artifact import open_artifact
 from edgecsp.backends import Runner, get_backend
+from edgecsp.backends.base import run_in_static_batches
 from edgecsp.data.preprocess import letterbox, load_image_rgb, to_tensor_batch
 from edgecsp.postprocess import Detections, postprocess
 
@@ -28,16 +29,7 @@ class Predictor:
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Preprocessed NCHW batch -> decoded (N, K, 5 + C); splits or pads to the engine's batch."""
-        if not self.batch or len(batch) == self.batch:
-            return self.runner.run(batch)
-        outs = []
-        for i in range(0, len(batch), self.batch):
-            chunk = batch[i:i + self.batch]
-            n = len(chunk)
-            if n < self.batch:  # a static-batch engine: pad the last chunk
-                chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(self.runner.run(chunk)[:n])
-        return np.concatenate(outs)
+        return run_in_static_batches(self.runner.run, batch, self.batch)
 
     def __call__(self, images: Sequence[np.ndarray | str | Path] | np.ndarray | str | Path,
                  score_threshold: float = 0.25, iou_threshold: float = 0.5) -> list[Detections]:

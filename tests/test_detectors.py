@@ -35,14 +35,6 @@ SIZE = 128  # small input for the numeric checks; the complexity check uses the 
 needs_cfgs = pytest.mark.skipif(not CFG_DIR.is_dir(), reason=f"published Darknet cfgs not found at {CFG_DIR}")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small inputs: intra-op threads cost more than they save on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

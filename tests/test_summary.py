@@ -52,13 +52,6 @@ PAIRS = [
 CFG_TOLERANCE, PAPER_TOLERANCE = 0.005, 0.05
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @cache
 def summary(name: str) -> dict:

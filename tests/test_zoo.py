@@ -55,15 +55,6 @@ PAPER = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Inputs here are tiny: intra-op threads cost more than they save (and oversubscribe a
-    # busy machine several-fold), so this module runs single-threaded.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def models():

@@ -25,6 +25,21 @@ def import_library(module: str, what: str, install_hint: str):
         raise EdgeCSPError(f"{what} is not installed ({err}); install it with {install_hint}") from None
 
 
+def run_in_static_batches(infer: Callable[[np.ndarray], np.ndarray], batch: np.ndarray,
+                          static_batch: int) -> np.ndarray:
+    """Run any N on an engine with a static batch (0: dynamic): split, pad the last chunk, trim."""
+    if not static_batch or len(batch) == static_batch:
+        return infer(batch)
+    outs = []
+    for i in range(0, len(batch), static_batch):
+        chunk = batch[i:i + static_batch]
+        n = len(chunk)
+        if n < static_batch:
+            chunk = np.concatenate([chunk, np.zeros((static_batch - n, *chunk.shape[1:]), chunk.dtype)])
+        outs.append(infer(chunk)[:n])
+    return np.concatenate(outs)
+
+
 # A function from a preprocessed NCHW float32 batch to the decoded output contract (N, K, 5 + C).
 PredictFn = Callable[[np.ndarray], np.ndarray]
 

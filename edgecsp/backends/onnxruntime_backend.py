@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecsp.backends.base import Backend, BuildRequest, BuildResult, PredictFn, Runner, import_library
+from edgecsp.backends.base import Backend, BuildRequest, BuildResult, PredictFn, Runner, import_library, run_in_static_batches
 from edgecsp.errors import EdgeCSPError
 
 INSTALL_HINT = "pip install onnxruntime"
@@ -504,18 +504,7 @@ def _session_predict(path: Path, level: str) -> PredictFn:
 
 
 def _batched(infer, batch: np.ndarray, static_batch: int) -> np.ndarray:
-    """Any N on a static-batch engine: split, pad the last chunk, trim."""
-    batch = np.ascontiguousarray(batch, dtype=np.float32)
-    if not static_batch or len(batch) == static_batch:
-        return infer(batch)
-    outs = []
-    for i in range(0, len(batch), static_batch):
-        chunk = batch[i:i + static_batch]
-        n = len(chunk)
-        if n < static_batch:
-            chunk = np.concatenate([chunk, np.zeros((static_batch - n, *chunk.shape[1:]), chunk.dtype)])
-        outs.append(infer(chunk)[:n])
-    return np.concatenate(outs)
+    return run_in_static_batches(infer, np.ascontiguousarray(batch, dtype=np.float32), static_batch)
 
 
 class OnnxRuntimeRunner(Runner):

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecsp.backends.base import Backend, BuildRequest, BuildResult, PredictFn, Runner, import_library
+from edgecsp.backends.base import Backend, BuildRequest, BuildResult, PredictFn, Runner, import_library, run_in_static_batches
 from edgecsp.errors import EdgeCSPError
 
 INSTALL_HINT = "pip install 'edgecsp[openvino]'"
@@ -76,20 +76,6 @@ def _static_batch(model_or_compiled: Any) -> int:
     return dim.get_length() if dim.is_static else 0
 
 
-def _batched_infer(infer: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, static_batch: int) -> np.ndarray:
-    """Run any N on an engine with a static batch: split, pad the last chunk, trim."""
-    if not static_batch or len(batch) == static_batch:
-        return infer(batch)
-    outs = []
-    for i in range(0, len(batch), static_batch):
-        chunk = batch[i:i + static_batch]
-        n = len(chunk)
-        if n < static_batch:
-            chunk = np.concatenate([chunk, np.zeros((static_batch - n, *chunk.shape[1:]), chunk.dtype)])
-        outs.append(infer(chunk)[:n])
-    return np.concatenate(outs)
-
-
 def _request_predict(compiled_model: Any) -> PredictFn:
     request = compiled_model.create_infer_request()
     static_batch = _static_batch(compiled_model)
@@ -98,7 +84,7 @@ def _request_predict(compiled_model: Any) -> PredictFn:
         request.infer({0: np.ascontiguousarray(chunk, dtype=np.float32)})
         return request.get_output_tensor(0).data.copy()  # the request reuses its output buffer
 
-    return lambda batch: _batched_infer(infer, batch, static_batch)
+    return lambda batch: run_in_static_batches(infer, batch, static_batch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -523,7 +509,7 @@ class OpenVINORunner(Runner):
         if batch.ndim != 4 or any(e != -1 and e != s for e, s in zip(expected, batch.shape[1:])):
             raise EdgeCSPError(f"OpenVINO engine expects batches shaped (N, {', '.join(map(str, expected))}), "
                                f"got {tuple(batch.shape)}; letterbox images to the artifact's input size")
-        return _batched_infer(self._infer, batch, self._static_batch)
+        return run_in_static_batches(self._infer, batch, self._static_batch)
 
     def _infer(self, chunk: np.ndarray) -> np.ndarray:
         self._request.infer({0: np.ascontiguousarray(chunk)})
