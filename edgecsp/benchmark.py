@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--remeasure-platform", action="store_true", help="measure the platform peak again")
     parser.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"), help="with --target: where artifacts live")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, only the table")
+    parser.add_argument("--library", type=Path, action="append", default=[], metavar="PATH",
+                        help="a native library the backend may load: OpenVINO extension, TensorRT plugin, ONNX Runtime "
+                             "custom ops (repeatable; nothing in an artifact can make edgecsp load a library)")
     args = parser.parse_args(argv)
 
     from edgecsp.bench import report as rep
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                             min_queries=args.min_queries, batch=args.batch, streams=args.streams,
                             compare=args.compare, accuracy=args.accuracy, eval_images=args.eval_images,
                             data=args.data, platform=not args.no_platform, refresh_platform=args.remeasure_platform,
-                            artifacts_dir=args.artifacts_dir)
+                            artifacts_dir=args.artifacts_dir, libraries=args.library)
     progress = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     report = run_benchmark(opts, progress=progress)
     out = args.out or Path("runs") / "benchmark" / f"{report['artifact']['name']}-{time.strftime('%Y%m%d-%H%M%S')}"

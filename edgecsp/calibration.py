@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecsp.errors import EdgeCSPError
+from edgecsp.faults import failpoint
 from edgecsp.paths import data_dir
 from edgecsp.tomlfile import read_toml
 
@@ -128,6 +129,7 @@ def calibration_set(recipe: CalibrationRecipe, input_size: int) -> CalibrationSe
         except EdgeCSPError as err:
             raise EdgeCSPError(f"calibration image unreadable: {err}") from None
         boxed.append(letterbox(image, input_size)[0])
+        failpoint("calibration.image")
         h.update(path.name.encode())
         h.update(Path(path).read_bytes())
     return CalibrationSet(to_tensor_batch(boxed), h.hexdigest()[:16], [p.name for p in files])

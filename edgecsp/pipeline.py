@@ -18,6 +18,8 @@ from typing import Any
 
 from edgecsp import __version__
 from edgecsp.errors import EdgeCSPError
+from edgecsp.faults import failpoint
+from edgecsp.fsutil import atomic_write_text, private_tmpdir, publish_dir_once, remove_stale, write_problem
 
 Progress = Callable[[str], None]
 
@@ -54,15 +56,37 @@ def reference_metrics(model, model_hash: str, dataset, size: int, max_images: in
 
     key = f"{model_hash}-{sha256_file(dataset.annotations_path)[:16]}-{size}-{max_images or 'all'}"
     path = cache_dir() / "reference" / f"{key}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    try:
+        cached = json.loads(path.read_text())
+        if isinstance(cached, dict) and {"AP", "AP50", "AP75"} <= cached.keys():
+            return cached
+    except (OSError, ValueError):  # absent, or damaged by an older crash: measure again
+        pass
     metrics = evaluate(torch_predict_fn(model), dataset, size, progress=False, max_images=max_images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics))
+    _cache_write(lambda: atomic_write_text(path, json.dumps(metrics)))
     return metrics
 
 
+def _cache_write(write: Callable[[], object]) -> None:
+    """Caches only save time: a cache that cannot be written (disk full, read-only) is skipped."""
+    try:
+        write()
+    except OSError as err:
+        print(f"note: cache not written ({err.strerror}: {err.filename}); the next compile redoes this step")
+
+
 def compile_artifact(opts: CompileOptions, progress: Progress = print) -> tuple[Path, dict[str, Any]]:
+    """Build one artifact; any failure is an EdgeCSPError and leaves nothing at the output path."""
+    try:
+        return _compile(opts, progress)
+    except OSError as err:  # disk full, read-only or unwritable output: the user's to fix, one line
+        problem = write_problem(err, opts.out)
+        if problem is None:
+            raise
+        raise problem from None
+
+
+def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, Any]]:
     from edgecsp.backends import BuildRequest, get_backend
     from edgecsp.targets import load_target
 
@@ -94,9 +118,14 @@ def compile_artifact(opts: CompileOptions, progress: Progress = print) -> tuple[
                            f"the model has {model.config.num_classes}; pass the model's own validation data with --data")
 
     timings: dict[str, float] = {}
-    work = Path(tempfile.mkdtemp(prefix="edgecsp-compile-"))
-    staging = None
+    staging: Path | None = None
+    work: Path | None = None
     try:
+        # The staging directory comes first: an unwritable or full output location fails before any work.
+        staging = _staging(out)
+        remove_stale(Path(tempfile.gettempdir()), "edgecsp-compile-")  # what killed compiles left
+        work = private_tmpdir(Path(tempfile.gettempdir()), "edgecsp-compile-")
+
         # 1. export
         t = time.time()
         progress(f"[1/4] export {model_name} to ONNX (input {size}x{size}, batch {batch})")
@@ -124,17 +153,17 @@ def compile_artifact(opts: CompileOptions, progress: Progress = print) -> tuple[
         # 3. build (or reuse the cached quantized engine)
         from edgecsp.evaluation import evaluate
 
-        staging = _staging(out)
+        assert staging is not None
         t = time.time()
         cache_key = _cache_key(model_hash, profile, precision, backend.name, backend_version, recipe, calib, size, batch,
                                extra="nms" if opts.nms else "")
         cached = _cached_engine(cache_key)
         if cached is not None:
             progress(f"[3/4] {backend.name} {precision}: reusing the cached build {cache_key} (same model, data, recipe)")
-            for f in cached.iterdir():
-                if f.name != "result.json":
-                    shutil.copy2(f, staging / f.name)
             result_meta = json.loads((cached / "result.json").read_text())
+            result_meta.pop("sha256", None)
+            for name in result_meta["files"]:
+                shutil.copy2(cached / name, staging / name)
         else:
             progress(f"[3/4] build {backend.name} {precision} engine")
 
@@ -146,8 +175,9 @@ def compile_artifact(opts: CompileOptions, progress: Progress = print) -> tuple[
                                    max_ap50_drop=profile.max_ap50_drop / 100,
                                    options={**profile.build, "recipe": recipe, **({"nms": True} if opts.nms else {})})
             result = backend.build(request)
+            failpoint("build.engine_written")
             result_meta = {"engine": result.engine, "files": result.files, "info": result.info}
-            _store_engine(cache_key, staging, result_meta)
+            _cache_write(lambda: _store_engine(cache_key, staging, result_meta))
         timings["build_s"] = round(time.time() - t, 2)
 
         # 4. verify
@@ -189,7 +219,8 @@ def compile_artifact(opts: CompileOptions, progress: Progress = print) -> tuple[
         progress(f"artifact: {final} (+ {final.name}.tar.gz), {timings['total_s']} s in all")
         return final, json.loads((final / "manifest.json").read_text())
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -211,26 +242,46 @@ def _cache_key(model_hash, profile, precision, backend, version, recipe, calib, 
 
 
 def _cached_engine(key: str) -> Path | None:
+    """A complete cache entry whose files still match their recorded sha256, else None."""
+    from edgecsp.artifact import sha256_file
     from edgecsp.paths import cache_dir
 
     path = cache_dir() / "engines" / key
-    return path if (path / "result.json").is_file() else None
+    try:
+        meta = json.loads((path / "result.json").read_text())
+        digests = meta["sha256"]
+        if all(sha256_file(path / name) == digests[name] for name in meta["files"]):
+            return path
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if path.exists():  # damaged (or written by an older edgecsp): drop it and build again
+        shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def _store_engine(key: str, staging: Path, meta: dict) -> None:
-    """Keep the quantized engine so the next compile with the same inputs skips calibration."""
+    """Keep the quantized engine so the next compile with the same inputs skips calibration.
+
+    The entry is assembled in a pid-named temporary and renamed into place complete, with each
+    file's sha256, so a killed compile leaves no entry that a later one would trust.
+    """
+    from edgecsp.artifact import sha256_file
     from edgecsp.paths import cache_dir
 
     if meta["info"].get("no_cache"):
         return
-    dest = cache_dir() / "engines" / key
-    tmp = Path(tempfile.mkdtemp(prefix=".engine-", dir=cache_dir()))
-    for name in meta["files"]:
-        shutil.copy2(staging / name, tmp / name)
-    (tmp / "result.json").write_text(json.dumps(meta, default=str))
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(tmp), dest)
+    parent = cache_dir() / "engines"
+    remove_stale(parent, ".engine-")
+    tmp = private_tmpdir(parent, ".engine-")
+    try:
+        for name in meta["files"]:
+            shutil.copy2(staging / name, tmp / name)
+        digests = {name: sha256_file(tmp / name) for name in meta["files"]}
+        (tmp / "result.json").write_text(json.dumps({**meta, "sha256": digests}, default=str))
+        failpoint("cache.engine_copied")
+        publish_dir_once(tmp, parent / key)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _manifest(model, description, model_hash, opts, profile, precision, backend_name, backend_version,

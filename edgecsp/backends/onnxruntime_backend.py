@@ -57,7 +57,7 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "predictions"
 GRAPH_LEVELS = ("all", "extended", "basic", "disable")
 BUILD_OPTIONS = ("recipe", "graph_optimization", "reduce_range", "accuracy_fallback", "nms")
-RUNNER_OPTIONS = ("threads", "mode")
+RUNNER_OPTIONS = ("threads", "mode", "libraries")
 # Histogram calibrators keep every activation of the images they are given until the histogram
 # is updated; feeding them in chunks bounds that memory at any calibration-set size.
 CALIBRATION_CHUNK = 16
@@ -449,7 +449,9 @@ class OnnxRuntimeBackend(Backend):
     # -- run -----------------------------------------------------------------------------------
 
     def open_runner(self, engine_path: Path, manifest: dict, threads: int | None = None, mode: str | None = None,
-                    **options: Any) -> OnnxRuntimeRunner:
+                    libraries: list[str | Path] | None = None, **options: Any) -> OnnxRuntimeRunner:
+        from edgecsp.backends.libraries import user_libraries
+
         ort = _import_ort()
         if options:
             raise EdgeCSPError(f"unknown onnxruntime runner option(s) {', '.join(sorted(options))}; "
@@ -464,12 +466,13 @@ class OnnxRuntimeBackend(Backend):
                     or (((manifest or {}).get("target") or {}).get("build") or {}).get("graph_optimization")
                     or "all").lower()
         engine_path = Path(engine_path)
-        session, threads = _open_session(engine_path, level, threads, mode)
+        session, threads = _open_session(engine_path, level, threads, mode, user_libraries(libraries, "onnxruntime"))
         precision = (manifest or {}).get("precision") or info.get("precision")
         return OnnxRuntimeRunner(session, engine_path, threads, mode, level, precision, ort.__version__)
 
 
-def _open_session(path: Path, level: str, threads: int | None, mode: str) -> tuple[Any, int]:
+def _open_session(path: Path, level: str, threads: int | None, mode: str,
+                  libraries: list[Path] = []) -> tuple[Any, int]:  # noqa: B006 - never mutated
     """An InferenceSession on the CPU provider, and the intra-op threads it got."""
     ort = _import_ort()
     path = Path(path)
@@ -488,6 +491,11 @@ def _open_session(path: Path, level: str, threads: int | None, mode: str) -> tup
     so.intra_op_num_threads = n
     so.inter_op_num_threads = 1
     so.log_severity_level = 3  # errors only: ORT warns about unused initializers etc. on stderr
+    for lib in libraries:  # custom ops: only libraries the user named (edgecsp.backends.libraries)
+        try:
+            so.register_custom_ops_library(str(lib))
+        except Exception as err:  # noqa: BLE001 - ORT raises its own types for a bad library
+            raise EdgeCSPError(f"ONNX Runtime cannot load custom-op library {lib} ({_ort_message(err)})") from None
     try:
         session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - InvalidProtobuf, Fail...: a damaged or foreign file

@@ -441,11 +441,15 @@ class OpenVINOBackend(Backend):
     # -- run -----------------------------------------------------------------------------------
 
     def open_runner(self, engine_path: Path, manifest: dict, mode: str | None = None, threads: int | None = None,
-                    precision_hint: str | None = None, device: str | None = None, **options: Any) -> OpenVINORunner:
+                    precision_hint: str | None = None, device: str | None = None,
+                    libraries: list[str | Path] | None = None, **options: Any) -> OpenVINORunner:
+        from edgecsp.backends.libraries import user_libraries
+
         ov = _import_openvino()
         if options:
             raise EdgeCSPError(f"unknown OpenVINO runner option(s) {', '.join(sorted(options))}; "
-                               "known: mode, threads, precision_hint, device")
+                               "known: mode, threads, precision_hint, device, libraries")
+        extensions = user_libraries(libraries, "OpenVINO extension")
         info = _manifest_info(manifest)
         mode = (mode or info.get("performance_hint") or "latency").lower()
         if mode not in ("latency", "throughput"):
@@ -456,7 +460,17 @@ class OpenVINOBackend(Backend):
         if not engine_path.is_file() or not engine_path.with_suffix(".bin").is_file():
             raise EdgeCSPError(f"OpenVINO engine {engine_path} (or its .bin) is missing; rebuild the artifact "
                                "with python -m edgecsp.compile")
+        listed = manifest.get("files")
+        if listed is not None and engine_path.with_suffix(".bin").name not in listed:
+            # OpenVINO reads the .bin beside the .xml by itself: it must be a verified file too.
+            raise EdgeCSPError(f"{engine_path.with_suffix('.bin').name} is not listed (and checksummed) in the "
+                               "manifest; refused: rebuild the artifact")
         core = ov.Core()
+        for ext in extensions:  # only what the user named (edgecsp.backends.libraries)
+            try:
+                core.add_extension(str(ext))
+            except RuntimeError as err:
+                raise EdgeCSPError(f"OpenVINO cannot load extension {ext} ({_ov_message(err)})") from None
         # From the precision and this host's device (it may differ from the build host's).
         hint = precision_hint or (_runtime_precision(precision, self._capabilities(core, device)) if precision
                                   else info.get("inference_precision", "f32"))

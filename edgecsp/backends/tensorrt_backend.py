@@ -106,9 +106,12 @@ class TensorRTBackend(Backend):
         return BuildResult(engine=ENGINE, files=files, info=result.info)
 
     def open_runner(self, engine_path: Path, manifest: dict, **options: Any) -> Runner:
+        from edgecsp.backends.libraries import user_libraries
+
         engine_path = Path(engine_path)
+        libraries = user_libraries(options.get("libraries"), "TensorRT plugin")
         if engine_path.suffix == ".onnx":  # a bundle: the model TensorRT will build, on the CPU
             return OnnxModelRunner(engine_path, threads=options.get("threads"))
         from edgecsp.backends.tensorrt_runner import TensorRTRunner
 
-        return TensorRTRunner(engine_path, manifest, device=int(options.get("device", 0)))
+        return TensorRTRunner(engine_path, manifest, device=int(options.get("device", 0)), libraries=libraries)

@@ -203,7 +203,8 @@ class TensorRTRunner(Runner):
     ``Any``, since the 10.x stubs no longer describe it).
     """
 
-    def __init__(self, engine_path: Path, manifest: dict, device: int = 0, output: str = "predictions"):
+    def __init__(self, engine_path: Path, manifest: dict, device: int = 0, output: str = "predictions",
+                 libraries: list[Path] | None = None):
         trt_mod = load_tensorrt()
         if trt_mod is None:
             raise EdgeCSPError("TensorRT is not installed here; on a Jetson it comes with JetPack "
@@ -223,17 +224,25 @@ class TensorRTRunner(Runner):
                        "tensorrt": str(trt_mod.__version__), "precision": manifest.get("precision")}
         cuda.set_device(device)
         try:
-            self._open(Path(engine_path), manifest)
+            self._open(Path(engine_path), manifest, libraries or [])
         except BaseException:
             self.close()  # free what was allocated before the failure
             raise
 
-    def _open(self, engine_path: Path, manifest: dict) -> None:
+    def _open(self, engine_path: Path, manifest: dict, libraries: list[Path]) -> None:
         import tensorrt as trt
 
         self._logger = trt.Logger(trt.Logger.WARNING)
-        trt.init_libnvinfer_plugins(self._logger, "")  # EfficientNMS and other plugins
+        trt.init_libnvinfer_plugins(self._logger, "")  # EfficientNMS etc., from TensorRT's own install
         self._runtime = trt.Runtime(self._logger)
+        # An engine may embed plugin code (version-compatible builds): never run it. Plugin
+        # libraries come only from the user's --library, never from the artifact.
+        self._runtime.engine_host_code_allowed = False
+        for lib in libraries:
+            try:
+                self._runtime.get_plugin_registry().load_library(str(lib))
+            except Exception as err:  # noqa: BLE001 - TensorRT raises its own types for a bad library
+                raise EdgeCSPError(f"TensorRT cannot load plugin library {lib} ({err})") from None
         engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if engine is None:
             raise EdgeCSPError(f"TensorRT could not load {engine_path.name} (built by another TensorRT version or for "

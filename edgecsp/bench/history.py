@@ -89,6 +89,21 @@ class Record:
     details: dict | None = None
 
 
+def _serialize_sqlite_writers(engine: Any) -> None:
+    """Two nightly runs on one SQLite file: every transaction takes the write lock when it begins
+    (BEGIN IMMEDIATE) and waits up to the connect timeout for it. With SQLite's default deferred
+    transactions a reader that later writes fails at once with "database is locked" instead."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, record):
+        dbapi_connection.isolation_level = None  # the driver's own BEGIN would be deferred
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -109,9 +124,12 @@ class History:
         self.shown = shown
         hint = "pass --db a SQLite file path or a SQLAlchemy URL (e.g. postgresql://user@host/db)"
         try:
-            self.engine = create_engine(self.url, future=True)
+            sqlite = self.url.startswith("sqlite")
+            self.engine = create_engine(self.url, future=True, **({"connect_args": {"timeout": 60}} if sqlite else {}))
         except (ArgumentError, NoSuchModuleError, ModuleNotFoundError, ImportError) as err:
             raise EdgeCSPError(f"cannot open history database {shown} ({_short(err)}); {hint}") from None
+        if self.engine.dialect.name == "sqlite":
+            _serialize_sqlite_writers(self.engine)
         if self.engine.dialect.name == "sqlite":
             db = self.engine.url.database
             if db and db != ":memory:":
@@ -133,8 +151,8 @@ class History:
             if existing and not ours <= existing:
                 raise EdgeCSPError(f"history database {shown} lacks edgecsp tables "
                                    f"{', '.join(sorted(ours - existing))}; it was not written by this edgecsp")
-            self.metadata.create_all(self.engine, checkfirst=True)  # creates only what is missing
-            with self.engine.begin() as conn:
+            with self.engine.begin() as conn:  # one transaction: two first runs cannot both create
+                self.metadata.create_all(conn, checkfirst=True)  # creates only what is missing
                 row = conn.execute(select(self.t["meta"].c.value).where(self.t["meta"].c.key == "schema")).first()
                 if row is None:
                     conn.execute(self.t["meta"].insert().values(key="schema", value=SCHEMA_VERSION))

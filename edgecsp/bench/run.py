@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgecsp.errors import EdgeCSPError
+from edgecsp.faults import failpoint
 
 Progress = Callable[[str], None]
 DEFAULTS = {"scenario": "latency", "duration_s": 10.0, "warmup_s": 2.0, "min_queries": 200}
@@ -45,6 +46,7 @@ class BenchmarkOptions:
     refresh_platform: bool = False
     counters: bool = True
     artifacts_dir: Path = Path("artifacts")
+    libraries: list[Path] = field(default_factory=list)  # backend extension/plugin libraries the user named
 
 
 def _profile_for(manifest: dict) -> Any:
@@ -103,8 +105,11 @@ def _artifact_batch(manifest: dict, wanted: int | None) -> int:
 MODE_BACKENDS = ("openvino", "onnxruntime")
 
 
-def _runner_options(backend: str, scenario: str) -> dict[str, Any]:
-    return {"mode": scenario} if backend in MODE_BACKENDS else {}
+def _runner_options(backend: str, scenario: str, libraries: list[Path] | None = None) -> dict[str, Any]:
+    options: dict[str, Any] = {"mode": scenario} if backend in MODE_BACKENDS else {}
+    if libraries:
+        options["libraries"] = list(libraries)
+    return options
 
 
 def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[str, Any]:
@@ -171,12 +176,13 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
             with PeakRSS() as mem:
                 t0 = time.perf_counter()
                 if kind == "artifact":
-                    runner = edgecsp.load(root, **_runner_options(backend_name, scenario)).runner
+                    runner = edgecsp.load(root, **_runner_options(backend_name, scenario, opts.libraries)).runner
                 else:
                     runner = bl.open_baseline(subject, model, size, batch, prepared[subject])
                 load_s = time.perf_counter() - t0
                 try:
                     first = first_inference_ms(runner, inputs[0])
+                    failpoint("benchmark.measure")
                     m = measure(runner, inputs, settings, on_start=counters.start, on_end=counters.stop)
                     measured = counters.result
                     desc = runner.describe()
@@ -232,7 +238,7 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
         from edgecsp.bench.accuracy import check_accuracy
 
         progress("accuracy: AP/AP50 on the validation set against the FP32 PyTorch reference")
-        with edgecsp.load(root) as predictor:
+        with edgecsp.load(root, **_runner_options(backend_name, "latency", opts.libraries)) as predictor:
             accuracy = check_accuracy(predictor.predict_batch, manifest, opts.data, opts.eval_images,
                                       opts.model if opts.artifact is not None else None)
         progress(f"  AP50 {accuracy['AP50']:.4f} vs {accuracy['reference']['AP50']:.4f} "
