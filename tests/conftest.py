@@ -37,3 +37,23 @@ def shapes_small(tmp_path_factory) -> dict[str, Path]:
     from edgecsp.data.shapes import generate_shapes
 
     return generate_shapes(tmp_path_factory.mktemp("shapes"), n_train=48, n_val=40, seed=123, workers=1)
+
+
+def _compile_small(root: Path, target: str, data: Path) -> Path:
+    from edgecsp.pipeline import CompileOptions, compile_artifact
+
+    out, _ = compile_artifact(CompileOptions(target=target, precision="fp32", data=data, out=root / target,
+                                             verify_images=4), progress=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ort_artifact(tmp_path_factory, shapes_small) -> Path:
+    """A real FP32 ONNX Runtime artifact of the demo detector (directory; its .tar.gz beside it)."""
+    return _compile_small(tmp_path_factory.mktemp("ort-artifact"), "onnxruntime", shapes_small["val"])
+
+
+@pytest.fixture(scope="session")
+def ov_artifact(tmp_path_factory, shapes_small) -> Path:
+    """A real FP32 OpenVINO artifact of the demo detector."""
+    return _compile_small(tmp_path_factory.mktemp("ov-artifact"), "intel-cpu", shapes_small["val"])

@@ -57,3 +57,15 @@ def expect_clean(target: str, fn: Callable[..., Any], *args: Any, **kwargs: Any)
         signal.signal(signal.SIGALRM, old)
         grown = _peak_rss_mb() - before
         assert grown < MEMORY_MB, f"{target}: one input grew peak memory by {grown:.0f} MB"
+
+
+def examples(ci: int) -> int:
+    """Inputs per test: ``ci`` in the normal suite; the profile's count in a campaign (or when
+    EDGECSP_FUZZ_EXAMPLES is set), so one command scales every target."""
+    import os
+
+    from hypothesis import settings
+
+    if os.environ.get("HYPOTHESIS_PROFILE") == "campaign" or "EDGECSP_FUZZ_EXAMPLES" in os.environ:
+        return settings.default.max_examples
+    return ci
