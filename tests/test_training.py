@@ -103,6 +103,7 @@ def test_corrupt_and_mismatched_checkpoints_are_clear_errors(tmp_path):
     model = build_detector("csp-tiny-efm", num_classes=4, input_size=160)
     desc = describe(model, list("abcd"))
     desc["architecture"]["detector_config"]["num_classes"] = 5  # weights are for 4 classes
+    desc["class_names"] = list("abcde")
     path = save_checkpoint(tmp_path / "m.safetensors", model, desc)
     with pytest.raises(EdgeCSPError, match="does not match its architecture"):
         load_checkpoint(path)

@@ -7,11 +7,14 @@ Darknet itself strips every blank from a line before reading it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import overload
 
-from edgecsp.errors import EdgeCSPError
+from edgecsp.errors import EdgeCSPError, shown
+
+INT_MAX = 2**31 - 1  # Darknet's ints are 32-bit
 
 # Section aliases Darknet accepts, mapped to the name this package uses.
 _ALIASES = {
@@ -115,7 +118,7 @@ class Section:
 
     def where(self, key: str | None = None) -> str:
         line = self.options[key].line if key in self.options else self.line
-        return f"{Path(self.path).name}:{line}"
+        return f"{shown(Path(self.path).name)}:{line}"
 
     def error(self, message: str, key: str | None = None) -> EdgeCSPError:
         """An EdgeCSPError prefixed with file:line and the section, ready to raise."""
@@ -176,13 +179,18 @@ class Section:
             number = None
         if number is None or not number.is_integer():
             raise self.error(f"{key}={self.raw(key)} is not an integer; write a whole number", key)
+        if abs(number) > INT_MAX:  # Darknet reads C ints; larger values would wrap there
+            raise self.error(f"{key}={self.raw(key)} is out of range; Darknet integers are at most {INT_MAX}", key)
         return int(number)
 
     def _to_float(self, key: str, text: str) -> float:
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
-            raise self.error(f"{key}={self.raw(key)} is not a number; write a number", key) from None
+            number = None
+        if number is None or not math.isfinite(number):  # nan/inf would slip past every range check
+            raise self.error(f"{key}={self.raw(key)} is not a finite number; write a number", key)
+        return number
 
     def _parts(self, key: str) -> list[str] | None:
         value = self.raw(key)
@@ -223,15 +231,15 @@ def parse_cfg(path: str | Path) -> DarknetCfg:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
-        raise EdgeCSPError(f"{path}: cfg file not found; check the path") from None
+        raise EdgeCSPError(f"{shown(path)}: cfg file not found; check the path") from None
     except OSError as err:
-        raise EdgeCSPError(f"{path}: cannot read cfg file ({err.strerror}); check the path") from None
+        raise EdgeCSPError(f"{shown(path)}: cannot read cfg file ({err.strerror}); check the path") from None
     return parse_cfg_text(text, str(path))
 
 
 def parse_cfg_text(text: str, path: str = "<cfg>") -> DarknetCfg:
     """Parse cfg text; ``path`` is only used in messages."""
-    name = Path(path).name
+    name = shown(Path(path).name)
     sections: list[Section] = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = "".join(line.split())  # Darknet drops every blank in a line

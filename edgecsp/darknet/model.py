@@ -19,6 +19,11 @@ from edgecsp.darknet.cfg import DarknetCfg, Section, parse_cfg
 from edgecsp.darknet.weights import load_darknet_weights_into, save_darknet_weights_from
 
 BN_EPS = 1e-5
+# Limits checked before anything is allocated, so a cfg with a typo like filters=1000000000 or
+# width=1000000 is refused instead of exhausting memory. Both are 1 GiB of float32, far above
+# the published CSPNet cfgs (at most 64M parameters, 24M values per map at 608x608).
+MAX_PARAMS = 2**28
+MAX_VALUES = 2**28  # values in one layer's input or output map, for one image
 
 
 class DarknetActivation(nn.Module):
@@ -307,6 +312,31 @@ class LayerInfo:
     sources: tuple[int, ...]
 
 
+@dataclass
+class _Context:
+    """What a layer builder sees besides its input shape: earlier outputs and the parameter count."""
+
+    shapes: list[Shape]
+    params: int = 0
+
+    def add_params(self, s: Section, count: int) -> None:
+        self.params += count
+        if self.params > MAX_PARAMS:
+            raise s.error(
+                f"brings the model to {self.params:,} parameters, over edgecsp's limit of {MAX_PARAMS:,}; "
+                "check filters=, size= and output="
+            )
+
+
+def _check_values(s: Section, shape: Shape, what: str) -> None:
+    c, h, w = shape
+    if c * h * w > MAX_VALUES:
+        raise s.error(
+            f"{what} would be {c} x {h} x {w} values per image, over edgecsp's limit of {MAX_VALUES:,}; "
+            "use a smaller input size or fewer filters"
+        )
+
+
 _NOT_SUPPORTED_ACTIVATIONS = (
     "normalize_channels", "normalize_channels_softmax", "normalize_channels_softmax_maxval",
 )
@@ -359,7 +389,7 @@ def _resolve(s: Section, key: str, count: int | None = None) -> list[int]:
     return out
 
 
-def _conv(s: Section, shape: Shape, shapes: list[Shape]):
+def _conv(s: Section, shape: Shape, ctx: _Context):
     c, h, w = shape
     filters, size = _at_least(s, "filters", 1), _at_least(s, "size", 1)
     sy, sx = _strides(s)
@@ -375,12 +405,14 @@ def _conv(s: Section, shape: Shape, shapes: list[Shape]):
     ow = (w + 2 * padding * dilation - span) // sx + 1
     if oh < 1 or ow < 1:
         raise s.error(f"input {h}x{w} is too small for size={size}; use a larger input size")
+    _check_values(s, (c, h + 2 * padding * dilation, w + 2 * padding * dilation), "the padded input")
+    ctx.add_params(s, filters * (c // groups) * size * size + (4 * filters if bn else filters))
     conv = nn.Conv2d(c, filters, size, (sy, sx), padding * dilation, dilation, groups, bias=not bn)
     norm = nn.BatchNorm2d(filters, eps=BN_EPS) if bn else None
     return ConvLayer(conv, norm, act), (filters, oh, ow), ()
 
 
-def _maxpool(s: Section, shape: Shape, shapes: list[Shape]):
+def _maxpool(s: Section, shape: Shape, ctx: _Context):
     c, h, w = shape
     sy, sx = _strides(s)
     size = _at_least(s, "size", s.get_int("stride", 1))
@@ -388,23 +420,24 @@ def _maxpool(s: Section, shape: Shape, shapes: list[Shape]):
     oh, ow = (h + padding - size) // sy + 1, (w + padding - size) // sx + 1
     if oh < 1 or ow < 1:
         raise s.error(f"input {h}x{w} is too small for size={size}; use a larger input size")
+    _check_values(s, (c, h + padding, w + padding), "the padded input")
     return MaxPoolLayer(size, sy, sx, padding), (c, oh, ow), ()
 
 
-def _avgpool(s: Section, shape: Shape, shapes: list[Shape]):
+def _avgpool(s: Section, shape: Shape, ctx: _Context):
     return GlobalAvgPool(), (shape[0], 1, 1), ()
 
 
-def _route(s: Section, shape: Shape, shapes: list[Shape]):
+def _route(s: Section, shape: Shape, ctx: _Context):
     sources = _resolve(s, "layers")
     groups = _at_least(s, "groups", 1)
     group_id = s.get_int("group_id", 0)
     if not 0 <= group_id < groups:
         raise s.error(f"group_id={group_id} must be in 0..{groups - 1}", "group_id")
-    first = shapes[sources[0]]
+    first = ctx.shapes[sources[0]]
     channels = 0
     for j in sources:
-        c, h, w = shapes[j]
+        c, h, w = ctx.shapes[j]
         if (h, w) != first[1:]:
             raise s.error(
                 f"layers={s.raw('layers')} joins a {first[1]}x{first[2]} output with a {h}x{w} one "
@@ -416,11 +449,11 @@ def _route(s: Section, shape: Shape, shapes: list[Shape]):
     return RouteLayer(sources, groups, group_id), (channels, first[1], first[2]), tuple(sources)
 
 
-def _shortcut(s: Section, shape: Shape, shapes: list[Shape]):
+def _shortcut(s: Section, shape: Shape, ctx: _Context):
     sources = _resolve(s, "from")
     _, h2, w2 = shape
     for j in sources:
-        _, h1, w1 = shapes[j]
+        _, h1, w1 = ctx.shapes[j]
         stride, sample = max(w1 // w2, 1), max(w2 // w1, 1)
         if stride != max(h1 // h2, 1) or sample != max(h2 // h1, 1):
             raise s.error(
@@ -430,7 +463,7 @@ def _shortcut(s: Section, shape: Shape, shapes: list[Shape]):
     return ShortcutLayer(sources, _activation(s, "linear")), shape, tuple(sources)
 
 
-def _upsample(s: Section, shape: Shape, shapes: list[Shape]):
+def _upsample(s: Section, shape: Shape, ctx: _Context):
     stride = s.get_int("stride", 2)
     if stride < 1:
         raise s.error(f"stride={stride} (downsampling) is not supported; use stride >= 1", "stride")
@@ -438,15 +471,15 @@ def _upsample(s: Section, shape: Shape, shapes: list[Shape]):
     return UpsampleLayer(stride, s.get_float("scale", 1.0)), (c, h * stride, w * stride), ()
 
 
-def _yolo(s: Section, shape: Shape, shapes: list[Shape]):
+def _yolo(s: Section, shape: Shape, ctx: _Context):
     classes, num = _at_least(s, "classes", 20), _at_least(s, "num", 1)
     mask = s.get_ints("mask", list(range(num)))
     anchors = s.get_floats("anchors", [])
     for m in mask:
         if not 0 <= m < num or 2 * m + 1 >= len(anchors):
+            uses = f"mask={s.raw('mask')} uses" if s.has("mask") else "without mask=, the layer uses"
             raise s.error(
-                f"mask={s.raw('mask')} uses anchor {m}, but num={num} and {len(anchors) // 2} "
-                "anchors are given", "mask"
+                f"{uses} anchor {m}, but num={num} and {len(anchors) // 2} anchors are given", "mask"
             )
     expected = len(mask) * (classes + 5)
     if shape[0] != expected:
@@ -459,25 +492,25 @@ def _yolo(s: Section, shape: Shape, shapes: list[Shape]):
     return layer, shape, ()
 
 
-def _sam(s: Section, shape: Shape, shapes: list[Shape]):
+def _sam(s: Section, shape: Shape, ctx: _Context):
     (j,) = _resolve(s, "from", count=1)
-    if shapes[j] != shape:
-        raise s.error(f"from={s.raw('from')} has shape {shapes[j]} but the input is {shape}; they must match", "from")
+    if ctx.shapes[j] != shape:
+        raise s.error(f"from={s.raw('from')} has shape {ctx.shapes[j]} but the input is {shape}; they must match", "from")
     return SamLayer(j, _activation(s, "linear")), shape, (j,)
 
 
-def _scale_channels(s: Section, shape: Shape, shapes: list[Shape]):
+def _scale_channels(s: Section, shape: Shape, ctx: _Context):
     (j,) = _resolve(s, "from", count=1)
     if s.get_int("scale_wh", 0):
         raise s.error("scale_wh=1 is not supported by edgecsp", "scale_wh")
-    if shape != (shapes[j][0], 1, 1):
+    if shape != (ctx.shapes[j][0], 1, 1):
         raise s.error(
-            f"the input {shape} must be ({shapes[j][0]}, 1, 1) to scale the channels of layer {j}", "from"
+            f"the input {shape} must be ({ctx.shapes[j][0]}, 1, 1) to scale the channels of layer {j}", "from"
         )
-    return ScaleChannelsLayer(j, _activation(s, "linear")), shapes[j], (j,)
+    return ScaleChannelsLayer(j, _activation(s, "linear")), ctx.shapes[j], (j,)
 
 
-def _softmax(s: Section, shape: Shape, shapes: list[Shape]):
+def _softmax(s: Section, shape: Shape, ctx: _Context):
     groups = _at_least(s, "groups", 1)
     c, h, w = shape
     if (c * h * w) % groups:
@@ -488,20 +521,21 @@ def _softmax(s: Section, shape: Shape, shapes: list[Shape]):
     return SoftmaxLayer(groups, temperature, bool(s.get_float("spatial", 0))), shape, ()
 
 
-def _connected(s: Section, shape: Shape, shapes: list[Shape]):
+def _connected(s: Section, shape: Shape, ctx: _Context):
     outputs = _at_least(s, "output", 1)
     bn = bool(s.get_int("batch_normalize", 0))
     inputs = shape[0] * shape[1] * shape[2]
+    ctx.add_params(s, inputs * outputs + (4 * outputs if bn else outputs))
     linear = nn.Linear(inputs, outputs, bias=not bn)
     norm = nn.BatchNorm1d(outputs, eps=BN_EPS) if bn else None
     return ConnectedLayer(linear, norm, _activation(s, "logistic")), (outputs, 1, 1), ()
 
 
-def _identity(s: Section, shape: Shape, shapes: list[Shape]):
+def _identity(s: Section, shape: Shape, ctx: _Context):
     return Identity(), shape, ()
 
 
-def _reorg(s: Section, shape: Shape, shapes: list[Shape]):
+def _reorg(s: Section, shape: Shape, ctx: _Context):
     stride = _at_least(s, "stride", 1)
     reverse = bool(s.get_int("reverse", 0))
     c, h, w = shape
@@ -547,15 +581,17 @@ class DarknetModel(nn.Module):
                 "needs height, width and channels (or pass input_size= and in_channels=)"
             )
         self.input_shape: Shape = (c, h, w)
+        _check_values(cfg.net, self.input_shape, "the input")
         self.layers = nn.ModuleList()
         self.layer_info: list[LayerInfo] = []
-        shapes: list[Shape] = []
+        ctx = _Context([])
         shape = self.input_shape
         for section in cfg.layers:
-            module, shape, sources = _BUILDERS[section.type](section, shape, shapes)
+            module, shape, sources = _BUILDERS[section.type](section, shape, ctx)
+            _check_values(section, shape, "the output")
             if isinstance(module, YoloLayer):
                 module.stride = h // shape[1]
-            shapes.append(shape)
+            ctx.shapes.append(shape)
             self.layers.append(module)
             self.layer_info.append(LayerInfo(section.index, section.type, section.line, shape, sources))
         self._sources = [info.sources for info in self.layer_info]

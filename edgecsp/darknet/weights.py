@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecsp.errors import EdgeCSPError
+from edgecsp.errors import EdgeCSPError, shown
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -48,23 +48,23 @@ def read_weights(path: str | Path) -> tuple[WeightsHeader, np.ndarray]:
     try:
         data = bytearray(path.read_bytes())  # bytearray: numpy view is writable for torch
     except FileNotFoundError:
-        raise EdgeCSPError(f"{path}: weights file not found; check the path") from None
+        raise EdgeCSPError(f"{shown(path)}: weights file not found; check the path") from None
     except OSError as err:
-        raise EdgeCSPError(f"{path}: cannot read weights file ({err.strerror})") from None
+        raise EdgeCSPError(f"{shown(path)}: cannot read weights file ({err.strerror})") from None
     if data[:2] == b"PK":
-        raise EdgeCSPError(f"{path.name}: looks like a PyTorch checkpoint (zip), not Darknet .weights")
+        raise EdgeCSPError(f"{shown(path.name)}: looks like a PyTorch checkpoint (zip), not Darknet .weights")
     if len(data) < 16:
-        raise EdgeCSPError(f"{path.name}: {len(data)} bytes is too short for a Darknet .weights header")
+        raise EdgeCSPError(f"{shown(path.name)}: {len(data)} bytes is too short for a Darknet .weights header")
     major, minor, revision = (int(v) for v in np.frombuffer(data, "<i4", 3))
     seen_dtype = "<i8" if major * 10 + minor >= 2 else "<i4"
     start = 12 + np.dtype(seen_dtype).itemsize
     if len(data) < start:
-        raise EdgeCSPError(f"{path.name}: {len(data)} bytes is too short for a Darknet .weights header")
+        raise EdgeCSPError(f"{shown(path.name)}: {len(data)} bytes is too short for a Darknet .weights header")
     seen = int(np.frombuffer(data, seen_dtype, 1, 12)[0])
     body = len(data) - start
     if body % 4:
         raise EdgeCSPError(
-            f"{path.name}: {body} bytes after the header is not a whole number of float32 values; "
+            f"{shown(path.name)}: {body} bytes after the header is not a whole number of float32 values; "
             "the file is damaged"
         )
     params = np.frombuffer(data, "<f4", body // 4, start)
@@ -136,7 +136,7 @@ def load_darknet_weights_into(module: nn.Module, path: str | Path) -> WeightsHea
     header, data = read_weights(path)
     units = darknet_units(module)
     need = sum(u.count for u in units)
-    name = Path(path).name
+    name = shown(Path(path).name)
     if data.size < need:
         raise EdgeCSPError(
             f"{name}: expected {need} floats after the header, found {data.size}; "
@@ -147,6 +147,9 @@ def load_darknet_weights_into(module: nn.Module, path: str | Path) -> WeightsHea
             f"{name}: the weights do not fit the cfg: the file has {data.size} floats, "
             f"the model needs {need}; use the .weights file trained with this cfg"
         )
+    broken = int(np.count_nonzero(~np.isfinite(data)))
+    if broken:  # one NaN weight makes every output NaN; refuse rather than load it silently
+        raise EdgeCSPError(f"{name}: {broken} of the {data.size} weights are NaN or infinite; the file is damaged")
     reader = _Reader(data)
     with torch.no_grad():
         for unit in units:

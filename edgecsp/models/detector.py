@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import torch
 from torch import nn
@@ -114,6 +117,98 @@ class Detector(nn.Module):
         return self.head(self.forward(x))
 
 
+# Limits a config must stay within, so a corrupt checkpoint or a typo (width=1000) is refused
+# before anything is allocated. The zoo's detectors use width/depth <= 1 and at most 65M params.
+MAX_PARAMS = 2**28  # 1 GiB of float32
+MAX_MULTIPLIER = 4.0  # width and depth
+MAX_CHANNELS = 4096  # neck width
+MAX_INPUT = 8192  # pixels
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)  # JSON true is not a count
+
+
+def _is_number(v) -> bool:
+    # abs(v) < 1e300 also refuses nan, inf and ints too large for a float (math.isfinite would raise)
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and abs(cast(float, v)) < 1e300
+
+
+def _neck_arg_problem(key: str, value) -> str | None:
+    """What is wrong with one neck argument, or None."""
+    if key in ("spp", "sam"):
+        return None if isinstance(value, bool) else "must be true or false"
+    if key == "act":
+        return None if isinstance(value, str) else "must be an activation name"
+    if key == "width":
+        return None if _is_int(value) and 8 <= value <= MAX_CHANNELS else f"must be an integer in 8..{MAX_CHANNELS}"
+    if key == "maxout_groups":
+        return None if _is_int(value) and 1 <= value <= 16 else "must be an integer in 1..16"
+    if key == "spp_sizes":  # odd sizes keep the map size (stride 1, padding size//2), so maps concatenate
+        ok = isinstance(value, (list, tuple)) and value and all(_is_int(k) and 1 <= k <= 63 and k % 2 for k in value)
+        return None if ok else "must be a list of odd integers in 1..63"
+    return "has no check in edgecsp.models.detector; add one there"
+
+
+def check_config(config: DetectorConfig) -> None:
+    """Refuse a config this edgecsp cannot build, with one line naming the field.
+
+    Every field's type and range is checked here (configs come from JSON checkpoints, artifact
+    manifests and command lines); then the model is built on the meta device, which allocates
+    nothing, and refused when its parameter count is over ``MAX_PARAMS``.
+    """
+    from edgecsp.models.zoo import BACKBONES
+
+    c = config
+
+    def bad(field_: str, why: str) -> EdgeCSPError:
+        value = repr(getattr(c, field_))
+        value = value if len(value) <= 60 else value[:57] + "..."
+        return EdgeCSPError(f"detector config {field_}={value} {why}")
+
+    if not isinstance(c.backbone, str) or c.backbone not in BACKBONES:
+        raise bad("backbone", f"is not a zoo backbone; known: {', '.join(BACKBONES)}")
+    if not isinstance(c.neck, str) or c.neck not in NECKS:
+        raise bad("neck", f"is not a known neck; use one of {', '.join(NECKS)}")
+    if not isinstance(c.neck_args, dict):
+        raise bad("neck_args", "must be a mapping of neck arguments")
+    accepted = set(inspect.signature(NECKS[c.neck]).parameters) - {"in_channels", "outputs"}
+    for key, value in c.neck_args.items():
+        problem = _neck_arg_problem(key, value) if key in accepted else f"is not an argument of the {c.neck} neck"
+        if problem:
+            raise EdgeCSPError(f"detector config neck_args {key!r:.40}={value!r:.60} {problem}")
+    for name in ("width", "depth"):
+        value = getattr(c, name)
+        if not _is_number(value) or not 0 < value <= MAX_MULTIPLIER:
+            raise bad(name, f"must be a number in (0, {MAX_MULTIPLIER:g}]")
+    if not isinstance(c.strides, (list, tuple)) or not c.strides or \
+            not all(_is_int(s) and 1 <= s <= MAX_INPUT for s in c.strides):
+        raise bad("strides", "must be a list of positive integers, one per output level")
+    if not isinstance(c.anchors, (list, tuple)) or not c.anchors or len(c.anchors) > 64 * len(c.strides) or \
+            not all(isinstance(a, (list, tuple)) and len(a) == 2 and all(_is_number(v) and 0 < v <= 1e5 for v in a)
+                    for a in c.anchors):
+        raise bad("anchors", "must be a list of [width, height] pairs of pixel sizes in (0, 100000]")
+    if not _is_int(c.num_classes) or not 1 <= c.num_classes <= 100_000:
+        raise bad("num_classes", "must be an integer in 1..100000")
+    if not _is_int(c.input_size) or not 1 <= c.input_size <= MAX_INPUT:
+        raise bad("input_size", f"must be an integer in 1..{MAX_INPUT}")
+    scales = c.scale_xy if isinstance(c.scale_xy, (list, tuple)) else [c.scale_xy]
+    if not scales or not all(_is_number(v) and 0 < v <= 16 for v in scales):
+        raise bad("scale_xy", "must be a positive number, or a list of one per output level")
+    if not isinstance(c.new_coords, bool):
+        raise bad("new_coords", "must be true or false")
+    if not isinstance(c.description, str):
+        raise bad("description", "must be a string")
+    with torch.device("meta"):
+        params = sum(p.numel() for p in Detector(c).parameters())
+    if params > MAX_PARAMS:
+        raise EdgeCSPError(
+            f"detector config makes a model of {params:,} parameters, over edgecsp's limit of {MAX_PARAMS:,}; "
+            "lower width, depth, neck width or num_classes")
+
+
 def build_detector(name_or_config: str | DetectorConfig, **overrides) -> Detector:
     config = detector_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
-    return Detector(config.with_overrides(**overrides))
+    config = config.with_overrides(**overrides)
+    check_config(config)
+    return Detector(config)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from edgecsp.errors import EdgeCSPError
+from edgecsp.errors import EdgeCSPError, shown
 from edgecsp.models.detector import DETECTORS, Detector, build_detector
 
 
@@ -31,20 +31,27 @@ def detector_from_cfg(cfg_path: str | Path, weights: str | Path | None = None,
     darknet = DarknetModel(cfg, input_size=64)
     yolo = darknet.yolo_layers
     if len(yolo) != 3:
-        raise EdgeCSPError(f"{cfg_path} has {len(yolo)} [yolo] layers; edgecsp's detectors have 3 output levels")
+        raise EdgeCSPError(f"{shown(cfg_path)} has {len(yolo)} [yolo] layers; edgecsp's detectors have 3 output levels")
+    # The detector's input_size comes from [net]; it was only built at 64 above, so check it here.
+    if cfg.height != cfg.width or cfg.height < 32 or cfg.height % 32:
+        raise cfg.net.error(f"height={cfg.height}, width={cfg.width}: fine-tuning needs a square input "
+                            "size that is a multiple of 32")
     anchors = tuple(tuple(float(v) for v in a) for layer in yolo for a in layer.anchors)
     scale_xy = tuple(float(layer.scale_x_y) for layer in yolo)
-    overrides = dict(anchors=anchors, scale_xy=scale_xy if len(set(scale_xy)) > 1 else scale_xy[0],
-                     new_coords=bool(yolo[0].new_coords), num_classes=yolo[0].classes, input_size=cfg.height)
+    overrides = {"anchors": anchors, "scale_xy": scale_xy if len(set(scale_xy)) > 1 else scale_xy[0],
+                 "new_coords": bool(yolo[0].new_coords), "num_classes": yolo[0].classes, "input_size": cfg.height}
     target = _conv_signature(darknet)
     for name, config in DETECTORS.items():
         if config.neck != "panet-spp":
             continue
-        candidate = build_detector(name, **overrides)
+        try:
+            candidate = build_detector(name, **overrides)
+        except EdgeCSPError as err:  # e.g. anchors from the cfg that no detector accepts; name the file
+            raise EdgeCSPError(f"{shown(cfg_path)}: {err}") from None
         if _conv_signature(candidate) == target:
             break
     else:
-        raise EdgeCSPError(f"{cfg_path} is not one of the zoo's detector architectures "
+        raise EdgeCSPError(f"{shown(cfg_path)} is not one of the zoo's detector architectures "
                            f"({', '.join(n for n, c in DETECTORS.items() if c.neck == 'panet-spp')}); "
                            "fine-tuning needs a native equivalent")
     if weights is not None:
@@ -58,5 +65,5 @@ def detector_from_cfg(cfg_path: str | Path, weights: str | Path | None = None,
     state = {k: v for k, v in candidate.state_dict().items() if not any(k.startswith(p + ".") for p in pred_names)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or not all(any(k.startswith(p + ".") for p in pred_names) for k in missing):
-        raise EdgeCSPError(f"could not transfer the weights of {cfg_path} to {num_classes} classes")
+        raise EdgeCSPError(f"could not transfer the weights of {shown(cfg_path)} to {num_classes} classes")
     return model, name
