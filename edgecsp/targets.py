@@ -13,7 +13,7 @@ from typing import Any
 
 from edgecsp.errors import EdgeCSPError
 from edgecsp.paths import data_dir
-from edgecsp.tomlfile import read_toml
+from edgecsp.tomlfile import Table, key_names, read_toml, short
 
 TARGETS_DIR = data_dir("targets")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -52,68 +52,126 @@ def list_targets() -> list[str]:
     return sorted(p.stem for p in TARGETS_DIR.glob("*.toml"))
 
 
+# What a profile may hold. Every key is checked on load: a misspelt one is refused by name, since
+# a silently ignored [benchmark] duraton_s or [hardware] emc_bus_widht_bits is a quiet wrong result.
+# [build] options differ per backend and are checked by the backend that builds.
+_TABLES = ("target", "accuracy", "build", "benchmark", "hardware")
+_TARGET_KEYS = ("name", "backend", "device", "description", "precisions", "default_precision", "input_size", "batch")
+MAX_INPUT_SIZE = 4096  # network input side; larger is a typo (and GBs of activations)
+MAX_BATCH = 1024
+# [hardware]: device facts for reports and checks (edgecsp.jetson, edgecsp.bench): key -> kind, lower bound
+_HARDWARE = {
+    "family": ("str", None), "module": ("str", None), "models": ("strings", None), "compatible": ("strings", None),
+    "soc": ("str", None), "gpu": ("str", None), "compute_capability": ("str", None), "jetpack": ("table", None),
+    "dla_cores": ("int", 0), "memory_gb": ("number", 0), "memory_type": ("str", None),
+    "emc_bus_width_bits": ("int", 1), "emc_max_mhz": ("number", 0), "peak_dram_gbps": ("number", 0),
+    "peak_gmacs": ("number", 0), "fast_fp16": ("bool", None), "fast_int8": ("bool", None), "note": ("str", None),
+}
+
+
 def load_target(name_or_path: str | Path) -> TargetProfile:
     """A profile name from targets/ (e.g. "intel-cpu") or a path to a profile TOML file."""
+    return _load(name_or_path, ())
+
+
+def _load(name_or_path: str | Path, chain: tuple[Path, ...]) -> TargetProfile:
     spec = str(name_or_path)
     path = Path(spec)
     if path.suffix != ".toml":
-        path = TARGETS_DIR / f"{spec}.toml"
-        if not path.is_file():
+        if spec not in list_targets():  # only names of files in targets/, never a path built from one
             raise EdgeCSPError(f"unknown target {spec!r}; known targets: {', '.join(list_targets())} "
                                "(or pass a path to a profile .toml)")
+        path = TARGETS_DIR / f"{spec}.toml"
     data = read_toml(path, "target profile")
     if "alias" in data:
-        return _alias(data["alias"], path)
+        return _alias(data, path, chain)
     return _profile(data, path)
 
 
-def _alias(alias: dict, path: Path) -> TargetProfile:
+def _alias(data: dict, path: Path, chain: tuple[Path, ...]) -> TargetProfile:
     """A profile that names another: ``[alias] default = "name"``, optionally with
     ``detect = "module:function"`` returning the profile name for the machine it runs on (or None)."""
     import importlib
 
+    Table(data, f"target profile {path}", known=["alias"])  # an alias holds nothing else
+    alias = Table(data["alias"], f"target profile {path} [alias]", known=["default", "detect"])
+    default = alias.get("default", "str", "")
+    detect = alias.get("detect", "str", "")
     name = None
-    if alias.get("detect"):
-        module, _, func = str(alias["detect"]).partition(":")
-        name = getattr(importlib.import_module(module), func)()
-    name = name or alias.get("default")
-    if not name or Path(str(name)).stem == path.stem:
+    if detect:
+        module, _, func = detect.partition(":")
+        # The file picks code to run: only edgecsp's own detectors, not any importable module.
+        if not module.startswith("edgecsp.") or not func.isidentifier():
+            raise EdgeCSPError(f"target profile {path}: [alias] detect must be \"edgecsp.<module>:<function>\", "
+                               f"got {short(detect)}")
+        try:
+            detector = getattr(importlib.import_module(module), func)
+        except (ImportError, AttributeError):
+            raise EdgeCSPError(f"target profile {path}: [alias] detect {short(detect)} names no function") from None
+        name = detector()
+        if name is not None and not isinstance(name, str):
+            raise EdgeCSPError(f"target profile {path}: [alias] detect returned {short(name)}, not a target name")
+    name = name or default
+    here = path.resolve()
+    if not name or Path(name).stem == path.stem:
         raise EdgeCSPError(f"target profile {path}: [alias] needs a default = \"<another target>\"")
-    return load_target(name)
+    if here in chain:  # aliases naming each other would recurse forever
+        raise EdgeCSPError(f"target profile {path}: [alias] loops back to it through {short(name)}; "
+                           "point default at a profile with a [target]")
+    return _load(name, (*chain, here))
 
 
 def _profile(data: dict, path: Path) -> TargetProfile:
-    target = dict(data.get("target", {}))
+    where = f"target profile {path}"
+    Table(data, where, known=_TABLES)
+    if "target" not in data:
+        raise EdgeCSPError(f"target profile {path} has no [target] backend = \"...\"")
+    target = Table(data["target"], f"{where} [target]", known=_TARGET_KEYS)
     if "backend" not in target:
         raise EdgeCSPError(f"target profile {path} has no [target] backend = \"...\"")
-    accuracy = data.get("accuracy", {})
-    known = {"name", "backend", "device", "description", "precisions", "default_precision", "input_size", "batch"}
-    unknown = set(target) - known
-    if unknown:
-        raise EdgeCSPError(f"target profile {path}: unknown [target] key(s) {', '.join(sorted(unknown))}; "
-                           f"known: {', '.join(sorted(known))}")
-    precisions = tuple(p.lower() for p in target.get("precisions", ["fp32"]))
+    from edgecsp.backends import backend_names
+
+    backend = target.get("backend", "str", choices=backend_names())
+    precisions = tuple(p.lower() for p in target.get("precisions", "strings", ["fp32"]))
     bad = [p for p in precisions if p not in PRECISIONS]
-    if bad:
-        raise EdgeCSPError(f"target profile {path}: unknown precision(s) {', '.join(bad)}; use {', '.join(PRECISIONS)}")
-    profile = TargetProfile(
-        name=target.get("name", path.stem),
-        backend=target["backend"],
-        device=target.get("device", "CPU"),
-        description=target.get("description", ""),
+    if bad or not precisions:
+        raise EdgeCSPError(f"target profile {path}: unknown precision(s) {key_names(bad) or '(none given)'}; "
+                           f"use {', '.join(PRECISIONS)}")
+    default_precision = target.get("default_precision", "str", precisions[0]).lower()
+    if default_precision not in precisions:
+        raise EdgeCSPError(f"target profile {path}: default_precision {default_precision!r} "
+                           f"is not among its precisions {', '.join(precisions)}")
+    input_size = target.get("input_size", "int", 0, low=0, high=MAX_INPUT_SIZE)
+    if input_size % 32:  # every CSPNet detector downsamples by 32 (or a multiple of it)
+        raise EdgeCSPError(f"target profile {path}: input_size must be 0 (the model's own) or a multiple of 32, "
+                           f"got {input_size}")
+    batch = target.data.get("batch", 1)
+    if batch != "dynamic" and not (type(batch) is int and 1 <= batch <= MAX_BATCH):
+        raise EdgeCSPError(f"target profile {path}: batch must be an integer 1..{MAX_BATCH} or \"dynamic\", "
+                           f"got {short(batch)}")
+    accuracy = Table(data.get("accuracy", {}), f"{where} [accuracy]", known=["max_ap50_drop"])
+    benchmark = Table(data.get("benchmark", {}), f"{where} [benchmark]",
+                      known=["scenario", "duration_s", "warmup_s", "min_queries", "tegrastats_interval_ms"])
+    benchmark.get("scenario", "str", None, choices=("latency", "throughput"))
+    benchmark.get("duration_s", "number", None, above=0)
+    benchmark.get("warmup_s", "number", None, low=0)
+    benchmark.get("min_queries", "int", None, low=1)
+    benchmark.get("tegrastats_interval_ms", "int", None, low=1)
+    hardware = Table(data.get("hardware", {}), f"{where} [hardware]", known=_HARDWARE)
+    for key, (kind, low) in _HARDWARE.items():
+        hardware.get(key, kind, None, low=low)
+    return TargetProfile(
+        name=target.get("name", "str", path.stem),
+        backend=backend,
+        device=target.get("device", "str", "CPU"),
+        description=target.get("description", "str", ""),
         precisions=precisions,
-        default_precision=target.get("default_precision", precisions[0]).lower(),
-        input_size=int(target.get("input_size", 0)),
-        batch=target.get("batch", 1),
-        max_ap50_drop=float(accuracy.get("max_ap50_drop", 1.0)),
-        build=dict(data.get("build", {})),
-        benchmark=dict(data.get("benchmark", {})),
-        hardware=dict(data.get("hardware", {})),
+        default_precision=default_precision,
+        input_size=input_size,
+        batch=batch,
+        max_ap50_drop=accuracy.get("max_ap50_drop", "number", 1.0, low=0, high=100),
+        build=dict(Table(data.get("build", {}), f"{where} [build]").data),
+        benchmark=dict(benchmark.data),
+        hardware=dict(hardware.data),
         path=str(path),
     )
-    if profile.default_precision not in precisions:
-        raise EdgeCSPError(f"target profile {path}: default_precision {profile.default_precision!r} "
-                           f"is not among its precisions {', '.join(precisions)}")
-    if not (profile.batch == "dynamic" or (isinstance(profile.batch, int) and profile.batch >= 1)):
-        raise EdgeCSPError(f"target profile {path}: batch must be a positive integer or \"dynamic\"")
-    return profile

@@ -7,13 +7,13 @@ can run is decided later, per job (``plan``), and the rest are skipped with the 
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgecsp.bench.regression import Thresholds
 from edgecsp.errors import EdgeCSPError
+from edgecsp.tomlfile import Table, is_file, key_names, read_toml
 
 _KEYS = {
     "suite": {"name", "models", "targets", "precisions", "scenarios", "artifacts_dir", "rebuild", "eval_images",
@@ -71,84 +71,79 @@ class Suite:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
-def _list(value: Any, key: str, path: Path) -> list:
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise EdgeCSPError(f"suite {path}: {key} must be a list of strings, got {value!r}")
-    return list(value)
+def _list(table: Table, key: str, default: list[str]) -> list[str]:
+    """A list of strings, or one string for a list of one."""
+    if isinstance(table.data.get(key), str):
+        return [table.data[key]]
+    return list(table.get(key, "strings", default))
 
 
 def load_suite(path: str | Path) -> Suite:
     from edgecsp.bench.baselines import parse_compare
     from edgecsp.bench.harness import SCENARIOS
-    from edgecsp.targets import PRECISIONS, load_target
+    from edgecsp.targets import MAX_BATCH, PRECISIONS, load_target
 
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise EdgeCSPError(f"suite file {path} does not exist; see benchmarks/nightly.toml for an example")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise EdgeCSPError(f"suite {path} is not valid TOML ({err})") from None
+    data = read_toml(path, "suite")
     unknown_tables = set(data) - set(_KEYS)
     if unknown_tables:
-        raise EdgeCSPError(f"suite {path}: unknown table(s) {', '.join(sorted(unknown_tables))}; "
+        raise EdgeCSPError(f"suite {path}: unknown table(s) {key_names(sorted(unknown_tables, key=str))}; "
                            f"known: {', '.join(_KEYS)}")
-    for table, keys in _KEYS.items():
-        extra = set(data.get(table, {})) - keys
-        if extra:
-            raise EdgeCSPError(f"suite {path}: unknown key(s) {', '.join(sorted(extra))} in [{table}]; "
-                               f"known: {', '.join(sorted(keys))}")
-    s, b = data.get("suite", {}), data.get("benchmark", {})
-    base, th = data.get("baseline", {}), data.get("thresholds", {})
+    # Every table is checked here, once: a wrong type fails the night on load, not in job 7 of 30.
+    s, b, base, th = (Table(data.get(t, {}), f"suite {path} [{t}]", known=sorted(keys)) for t, keys in _KEYS.items())
     for key in ("models", "targets"):
-        if not s.get(key):
+        if not s.data.get(key):
             raise EdgeCSPError(f"suite {path}: [suite] {key} is missing or empty")
-    targets = _list(s["targets"], "targets", path)
+    models = _list(s, "models", [])
+    targets = _list(s, "targets", [])
     for t in targets:
         try:
             load_target(t)
         except EdgeCSPError as err:
             raise EdgeCSPError(f"suite {path}: {err}") from None
-    precisions = [p.lower() for p in _list(s.get("precisions", ["fp32", "int8"]), "precisions", path)]
+    precisions = [p.lower() for p in _list(s, "precisions", ["fp32", "int8"])]
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
-        raise EdgeCSPError(f"suite {path}: unknown precision(s) {', '.join(bad)}; use {', '.join(PRECISIONS)}")
-    scenarios = _list(s.get("scenarios", ["latency", "throughput"]), "scenarios", path)
+        raise EdgeCSPError(f"suite {path}: unknown precision(s) {key_names(bad)}; use {', '.join(PRECISIONS)}")
+    scenarios = _list(s, "scenarios", ["latency", "throughput"])
     bad = [x for x in scenarios if x not in SCENARIOS]
     if bad:
-        raise EdgeCSPError(f"suite {path}: unknown scenario(s) {', '.join(bad)}; use {' and/or '.join(SCENARIOS)}")
-    exclude = s.get("exclude", [])
+        raise EdgeCSPError(f"suite {path}: unknown scenario(s) {key_names(bad)}; use {' and/or '.join(SCENARIOS)}")
+    exclude = s.data.get("exclude", [])
     if not isinstance(exclude, list) or not all(isinstance(e, dict) and set(e) <= {"model", "target", "precision"}
-                                                for e in exclude):
-        raise EdgeCSPError(f"suite {path}: exclude must be a list of {{model, target, precision}} tables")
+               and all(isinstance(v, str) for v in e.values()) for e in exclude):
+        raise EdgeCSPError(f"suite {path}: exclude must be a list of {{model, target, precision}} tables of strings")
+    limits = {key: th.get(key, "number", default) for key, default in (
+        ("throughput_drop_pct", 10.0), ("ap50_drop_points", 0.5), ("latency_p99_increase_pct", None),
+        ("peak_rss_increase_pct", None))}
+    limits.update(baseline=base.get("method", "str", "median"), baseline_runs=base.get("last_runs", "int", 7, low=1),
+                  min_baseline_runs=base.get("min_runs", "int", 1, low=1))
     try:
-        thresholds = Thresholds(
-            throughput_drop_pct=float(th.get("throughput_drop_pct", 10.0)),
-            ap50_drop_points=float(th.get("ap50_drop_points", 0.5)),
-            latency_p99_increase_pct=th.get("latency_p99_increase_pct"),
-            peak_rss_increase_pct=th.get("peak_rss_increase_pct"),
-            baseline=str(base.get("method", "median")),
-            baseline_runs=int(base.get("last_runs", 7)),
-            min_baseline_runs=int(base.get("min_runs", 1)))
-    except (TypeError, ValueError) as err:
-        raise EdgeCSPError(f"suite {path}: bad threshold or baseline value ({err})") from None
+        thresholds = Thresholds(**limits)
     except EdgeCSPError as err:
         raise EdgeCSPError(f"suite {path}: {err}") from None
+    try:
+        compare = parse_compare(_list(b, "compare", []))
+    except EdgeCSPError as err:
+        raise EdgeCSPError(f"suite {path} [benchmark]: {err}") from None
     root = path.resolve().parent.parent if path.resolve().parent.name == "benchmarks" else Path.cwd()
-    art = Path(s.get("artifacts_dir", "artifacts/nightly"))
-    data_dir = Path(s["data"]) if s.get("data") else None
+    art = Path(s.get("artifacts_dir", "str", "artifacts/nightly"))
+    data_dir = Path(s.get("data", "str", "")) if s.get("data", "str", "") else None
+    eval_images = s.get("eval_images", "int", None, low=1)
     return Suite(
-        name=str(s.get("name", path.stem)), path=str(path), models=_list(s["models"], "models", path),
+        name=s.get("name", "str", path.stem), path=str(path), models=models,
         targets=targets, precisions=precisions, scenarios=scenarios,
-        artifacts_dir=art if art.is_absolute() else root / art, rebuild=bool(s.get("rebuild", False)),
-        eval_images=int(s["eval_images"]) if s.get("eval_images") else None,
+        artifacts_dir=art if art.is_absolute() else root / art, rebuild=s.get("rebuild", "bool", False),
+        eval_images=eval_images,
         data=(data_dir if data_dir is None or data_dir.is_absolute() else root / data_dir),
-        job_timeout_s=float(s.get("job_timeout_s", 3600)), isolate=bool(s.get("isolate", True)),
+        job_timeout_s=s.get("job_timeout_s", "number", 3600.0, above=0), isolate=s.get("isolate", "bool", True),
         exclude=list(exclude),
-        duration_s=b.get("duration_s"), warmup_s=b.get("warmup_s"), min_queries=b.get("min_queries"),
-        compare=parse_compare(b.get("compare", [])), batch=b.get("batch"), thresholds=thresholds)
+        duration_s=b.get("duration_s", "number", None, above=0), warmup_s=b.get("warmup_s", "number", None, low=0),
+        min_queries=b.get("min_queries", "int", None, low=1),
+        compare=compare, batch=b.get("batch", "int", None, low=1, high=MAX_BATCH),
+        thresholds=thresholds)
 
 
 def skip_reason(job: Job) -> str | None:

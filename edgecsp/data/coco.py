@@ -17,13 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from edgecsp.data.preprocess import image_size, load_image_rgb
+from edgecsp.data.preprocess import MAX_IMAGE_PIXELS, image_size, is_file, load_image_rgb
 from edgecsp.errors import EdgeCSPError
 
 PathLike = str | os.PathLike
 # Boxes crossing the image border by at most this many pixels are clipped without a warning:
 # annotation tools commonly round a border box a fraction of a pixel past the edge.
 CLIP_TOLERANCE_PX = 1.0
+# Boxes thinner than this after clipping count as zero-size and are dropped: stored as float32
+# (0.0005 px steps at 6144) or written with 4 decimals they would collapse to zero area.
+MIN_BOX_PX = 0.01
 
 
 class DataWarning(UserWarning):
@@ -102,27 +105,40 @@ class CocoDataset(DetectionDataset):
         return int(out) if np.ndim(out) == 0 else out
 
     def _parse_annotations(self, data: Mapping[str, Any]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        path = self.annotations_path
         index_of = {rec.id: k for k, rec in enumerate(self.images)}
         boxes: list[list[list[float]]] = [[] for _ in self.images]
         labels: list[list[int]] = [[] for _ in self.images]
+        seen: set[int] = set()
         clipped = dropped = 0
-        for ann in _list_field(data, "annotations", self.annotations_path, required=False):
-            aid = ann.get("id", "?")
+        for n, ann in enumerate(_list_field(data, "annotations", path, required=False)):
+            if not isinstance(ann, dict):
+                raise EdgeCSPError(f"{path.name}: annotation #{n} is {_short(ann)}, not an object; fix the annotation file")
+            aid = ann.get("id", f"#{n}")
+            if "id" in ann:
+                if _int_id(aid) is None:
+                    raise EdgeCSPError(f"{path.name}: annotation id {_short(aid)} is not an integer")
+                if aid in seen:  # pycocotools indexes boxes by id: a duplicate would hide another box
+                    raise EdgeCSPError(f"{path.name}: annotation id {aid} appears twice; annotation ids must be unique")
+                seen.add(aid)
             cid = ann.get("category_id")
-            if cid not in self.category_to_label:
+            if _int_id(cid) not in self.category_to_label:
                 raise EdgeCSPError(
-                    f"annotation {aid} in {self.annotations_path.name} uses category id {cid}, which is not in "
-                    f"'categories' (known ids: {self.category_ids}); fix the annotation file"
+                    f"annotation {_short(aid)} in {path.name} uses category id {_short(cid)}, which is not in "
+                    f"'categories' (known ids: {_short(self.category_ids)}); fix the annotation file"
                 )
-            k = index_of.get(ann.get("image_id"))
+            k = index_of.get(_int_id(ann.get("image_id")))
             if k is None:
                 raise EdgeCSPError(
-                    f"annotation {aid} in {self.annotations_path.name} refers to image id {ann.get('image_id')}, "
+                    f"annotation {_short(aid)} in {path.name} refers to image id {_short(ann.get('image_id'))}, "
                     f"which is not in 'images'; fix the annotation file"
                 )
+            if ann.get("iscrowd", 0) not in (0, 1):  # a string "0" would be truthy: a crowd region
+                raise EdgeCSPError(f"annotation {_short(aid)} in {path.name} has iscrowd "
+                                   f"{_short(ann['iscrowd'])}; use 0 or 1")
             if ann.get("iscrowd", 0):
                 continue
-            box, status = _clip_box(ann.get("bbox"), self.images[k], aid, self.annotations_path)
+            box, status = _clip_box(ann.get("bbox"), self.images[k], aid, path)
             if status == "dropped":
                 dropped += 1
                 continue
@@ -144,14 +160,28 @@ class CocoDataset(DetectionDataset):
         )
 
 
+def _short(value: Any) -> str:
+    """A value from the file for an error message: repr (so one line), cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _int_id(value: Any) -> int | None:
+    """``value`` if it is an integer id (not a bool, float or string), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _read_json(path: Path) -> Mapping[str, Any]:
-    if not path.is_file():
+    if not is_file(path):
         raise EdgeCSPError(f"annotation file not found: {path}; check the path")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise EdgeCSPError(f"{path} is not valid JSON ({err}); is it a COCO annotation file?") from None
+    except (ValueError, RecursionError) as err:  # ValueError: bad JSON, bad UTF-8, a 5000-digit number
+        reason = "nested too deeply" if isinstance(err, RecursionError) else " ".join(str(err).split())
+        raise EdgeCSPError(f"{path} is not valid JSON ({reason}); is it a COCO annotation file?") from None
+    except OSError as err:
+        raise EdgeCSPError(f"cannot read annotation file {path} ({err.strerror or err})") from None
     if not isinstance(data, dict):
         raise EdgeCSPError(f"{path} is not a COCO annotation file (top level is not an object)")
     return data
@@ -169,16 +199,39 @@ def _list_field(data: Mapping[str, Any], key: str, path: Path, required: bool = 
 def _parse_categories(data: Mapping[str, Any], path: Path) -> dict[int, str]:
     cats: dict[int, str] = {}
     for c in _list_field(data, "categories", path):
-        try:
-            cid, name = int(c["id"]), str(c["name"])
-        except (KeyError, TypeError, ValueError):
-            raise EdgeCSPError(f"{path.name}: every category needs an integer 'id' and a 'name', got {c!r}") from None
+        if not (isinstance(c, dict) and _int_id(c.get("id")) is not None and isinstance(c.get("name"), str)):
+            raise EdgeCSPError(f"{path.name}: every category needs an integer 'id' and a 'name', got {_short(c)}")
+        cid, name = c["id"], c["name"]
         if cid in cats:
             raise EdgeCSPError(f"{path.name}: category id {cid} appears twice; category ids must be unique")
         cats[cid] = name
     if not cats:
         raise EdgeCSPError(f"{path.name} defines no categories; add a 'categories' list")
     return dict(sorted(cats.items()))
+
+
+def _file_name(value: Any, path: Path) -> str:
+    """An image's file_name: a non-empty path relative to, and staying inside, the images directory."""
+    if not isinstance(value, str) or not value.strip():
+        raise EdgeCSPError(f"{path.name}: image file_name {_short(value)} is not a file name")
+    rel = Path(value)
+    if rel.is_absolute() or ".." in rel.parts:  # would read files outside the dataset
+        raise EdgeCSPError(f"{path.name}: image file_name {_short(value)} must be relative to the images "
+                           "directory, without '..'")
+    return value
+
+
+def _image_dim(entry: dict, key: str, fname: str, path: Path) -> int | None:
+    """An image's width or height: a positive integer (640 or 640.0), None when absent (read from the file)."""
+    value = entry.get(key)
+    if value is None or (value == 0 and not isinstance(value, bool)):  # optional in some exports
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_IMAGE_PIXELS:
+        raise EdgeCSPError(f"{path.name}: image {_short(fname)} has {key} {_short(entry[key])}; "
+                           "it must be a positive integer (pixels)")
+    return value
 
 
 def _parse_images(data: Mapping[str, Any], path: Path, images_dir: Path) -> list[ImageRecord]:
@@ -191,43 +244,47 @@ def _parse_images(data: Mapping[str, Any], path: Path, images_dir: Path) -> list
     missing: list[str] = []
     raw = []
     for e in entries:
-        try:
-            iid, fname = int(e["id"]), str(e["file_name"])
-        except (KeyError, TypeError, ValueError):
-            raise EdgeCSPError(f"{path.name}: every image needs an integer 'id' and a 'file_name', got {e!r}") from None
+        if not (isinstance(e, dict) and _int_id(e.get("id")) is not None and "file_name" in e):
+            raise EdgeCSPError(f"{path.name}: every image needs an integer 'id' and a 'file_name', got {_short(e)}")
+        iid, fname = e["id"], _file_name(e["file_name"], path)
         if iid in seen:
             raise EdgeCSPError(f"{path.name}: image id {iid} appears twice; image ids must be unique")
         seen.add(iid)
-        if not (images_dir / fname).is_file():
+        w, h = _image_dim(e, "width", fname, path), _image_dim(e, "height", fname, path)
+        if not is_file(images_dir / fname):
             missing.append(fname)
-        raw.append((iid, fname, e.get("width"), e.get("height")))
+        raw.append((iid, fname, w, h))
     if missing:
         raise EdgeCSPError(
             f"{len(missing)} of {len(entries)} images listed in {path.name} are missing from {images_dir} "
-            f"(first: {missing[0]}); check the images directory"
+            f"(first: {missing[0] if missing[0].isprintable() else _short(missing[0])}); check the images directory"
         )
     records = []
     for iid, fname, w, h in raw:
         if not w or not h:  # optional in some exports: read the header
             w, h = image_size(images_dir / fname)
-        records.append(ImageRecord(iid, fname, int(w), int(h)))
+        records.append(ImageRecord(iid, fname, w, h))
     return records
 
 
 def _clip_box(bbox: Any, rec: ImageRecord, aid: Any, path: Path) -> tuple[list[float], str]:
     """COCO [x, y, w, h] -> clipped xyxy and 'ok' | 'clipped' | 'dropped'."""
+    # only a list of 4 numbers: a string "1234" or a dict would iterate into 4 values too
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+        raise EdgeCSPError(
+            f"annotation {_short(aid)} in {path.name} has a malformed bbox {_short(bbox)}; expected [x, y, w, h]"
+        )
     try:
         x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        raise EdgeCSPError(
-            f"annotation {aid} in {path.name} has a malformed bbox {bbox!r}; expected [x, y, w, h]"
-        ) from None
+    except OverflowError:  # an integer beyond float range: as unusable as inf
+        return [], "dropped"
     if not np.isfinite([x, y, w, h]).all() or w <= 0 or h <= 0:
         return [], "dropped"
     x0, y0, x1, y1 = x, y, x + w, y + h
     cx0, cy0 = min(max(x0, 0.0), rec.width), min(max(y0, 0.0), rec.height)
     cx1, cy1 = min(max(x1, 0.0), rec.width), min(max(y1, 0.0), rec.height)
-    if cx1 - cx0 <= 0 or cy1 - cy0 <= 0:
+    if cx1 - cx0 < MIN_BOX_PX or cy1 - cy0 < MIN_BOX_PX:
         return [], "dropped"
     excess = max(-x0, -y0, x1 - rec.width, y1 - rec.height)
     return [cx0, cy0, cx1, cy1], "clipped" if excess > CLIP_TOLERANCE_PX else "ok"

@@ -8,14 +8,16 @@ xyxy in pixel-edge coordinates (pixel i spans [i, i+1)), so a box over a whole W
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from edgecsp.errors import EdgeCSPError
 
@@ -25,6 +27,11 @@ _ALPHA_BACKGROUND = (PAD_VALUE, PAD_VALUE, PAD_VALUE)
 # EXIF orientations that swap width and height (rotations by 90/270 degrees).
 _EXIF_ORIENTATION_TAG = 0x0112
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
+# Larger images are refused before decoding: a few bytes can declare 100000x100000 pixels (a
+# decompression bomb) and Pillow's own limit (89 M) only warns below twice its value. 6144x6144
+# (37.7 M) is above any camera frame a detector is fed; loading one at the limit peaks under 1 GB
+# (RGBA or 32-bit greyscale; 8192x8192 took 1.5 GB).
+MAX_IMAGE_PIXELS = 6144 * 6144
 # What Pillow raises on a corrupt EXIF block.
 _EXIF_ERRORS = (OSError, ValueError, TypeError, KeyError, SyntaxError)
 
@@ -144,16 +151,49 @@ def preprocess(
     return to_tensor_batch(boxed), infos
 
 
-def _open(path: PathLike) -> Image.Image:
-    p = Path(path)
-    if not p.is_file():
-        raise EdgeCSPError(f"image file not found: {p}; check the path")
+def is_file(path: Path) -> bool:
+    """Path.is_file, but False (not OSError) for a name the OS refuses, e.g. one too long."""
     try:
-        img = Image.open(p)
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise EdgeCSPError(f"cannot read image {p} ({err}); is it a valid JPEG/PNG file?") from None
-    return img
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _shown(path: PathLike) -> str:
+    """A path for a one-line message: as is, or repr when its name holds a newline or control character."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def _unreadable(p: Path, err: BaseException) -> EdgeCSPError:
+    reason = " ".join(str(err).split()) or type(err).__name__  # one line, even for odd messages
+    return EdgeCSPError(f"cannot read image {_shown(p)} ({reason}); is it a valid JPEG/PNG file?")
+
+
+@contextlib.contextmanager
+def _opened(path: PathLike) -> Iterator[Image.Image]:
+    """Open an image file (header only), refusing missing, empty and oversized ones."""
+    p = Path(path)
+    if not is_file(p):
+        raise EdgeCSPError(f"image file not found: {_shown(p)}; check the path")
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it; ours below refuses those too.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(p)
+    except Image.DecompressionBombError:  # over twice Pillow's limit, so far over ours
+        raise EdgeCSPError(f"image {_shown(p)} declares over {2 * Image.MAX_IMAGE_PIXELS} pixels, more than the "
+                           f"limit of {MAX_IMAGE_PIXELS}; downscale it (or it is corrupt or a decompression bomb)") from None
+    except Exception as err:  # noqa: BLE001 - Pillow's plugins raise SyntaxError, struct.error... for corrupt files
+        raise _unreadable(p, err) from None
+    with img:
+        w, h = img.size
+        if w * h > MAX_IMAGE_PIXELS:
+            raise EdgeCSPError(f"image {_shown(p)} is {w}x{h} = {w * h} pixels, more than the limit of {MAX_IMAGE_PIXELS}; "
+                               "downscale it (or it is corrupt or a decompression bomb)")
+        if w <= 0 or h <= 0:
+            raise EdgeCSPError(f"image {_shown(p)} is empty ({w}x{h} pixels); replace or remove it")
+        yield img
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -161,10 +201,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         # 16-bit / float greyscale: stretch to 8 bit instead of Pillow's clipping conversion
-        arr = np.asarray(img, dtype=np.float64)
+        # float64, in place: float32 pixels can span more than float32's range
+        with np.errstate(invalid="ignore"):  # a signalling NaN pixel warns when cast; zeroed below
+            arr = np.array(img, dtype=np.float64)
+        arr[~np.isfinite(arr)] = 0.0  # NaN/inf pixels (float TIFFs) would make the whole image NaN
         lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(arr.round().astype(np.uint8)).convert("RGB")
+        arr -= lo
+        arr *= 255.0 / (hi - lo) if hi > lo else 0.0
+        return Image.fromarray(arr.round(out=arr).astype(np.uint8)).convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -178,29 +222,32 @@ def load_image_rgb(path: PathLike) -> np.ndarray:
     """Read an image file as HxWx3 uint8 RGB, upright per its EXIF orientation.
 
     Greyscale, palette, CMYK and 16-bit images are converted; transparency is composited onto
-    the padding grey (114).
+    the padding grey (114). Images over MAX_IMAGE_PIXELS are refused before they are decoded.
     """
-    img = _open(path)
-    try:
-        upright = ImageOps.exif_transpose(img)
-    except _EXIF_ERRORS:  # a broken EXIF block should not make an otherwise fine image unusable
-        upright = None
-    img = upright or img
-    return np.asarray(_to_rgb(img)).copy()
+    p = Path(path)
+    with _opened(p) as img:
+        try:
+            img.load()
+        except Exception as err:  # noqa: BLE001 - decoders raise arbitrary types for corrupt data
+            raise _unreadable(p, err) from None
+        try:
+            upright = ImageOps.exif_transpose(img)
+        except _EXIF_ERRORS:  # a broken EXIF block should not make an otherwise fine image unusable
+            upright = None
+        img = upright or img
+        try:
+            rgb = _to_rgb(img)
+        except ValueError as err:  # a pixel format Pillow cannot convert to RGB
+            raise _unreadable(p, err) from None
+        return np.asarray(rgb).copy()
 
 
 def image_size(path: PathLike) -> tuple[int, int]:
     """(width, height) of an image file as load_image_rgb returns it, read from the header only."""
-    p = Path(path)
-    if not p.is_file():
-        raise EdgeCSPError(f"image file not found: {p}; check the path")
-    try:
-        with Image.open(p) as img:
-            w, h = img.size
-            try:
-                orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
-            except _EXIF_ERRORS:
-                orientation = 1
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise EdgeCSPError(f"cannot read image {p} ({err}); is it a valid JPEG/PNG file?") from None
+    with _opened(path) as img:
+        w, h = img.size
+        try:
+            orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+        except _EXIF_ERRORS:
+            orientation = 1
     return (h, w) if orientation in _TRANSPOSED_ORIENTATIONS else (w, h)

@@ -14,19 +14,28 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecsp.data.coco import DataWarning, DetectionDataset, ImageRecord, _clip_box, write_coco
-from edgecsp.data.preprocess import image_size
+from edgecsp.data.coco import DataWarning, DetectionDataset, ImageRecord, _clip_box, _short, write_coco
+from edgecsp.data.preprocess import _shown, image_size
 from edgecsp.errors import EdgeCSPError
 
 PathLike = str | os.PathLike
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EdgeCSPError(f"{_shown(path)} is not a UTF-8 text file; is it a YOLO label or class names file?") from None
+    except OSError as err:
+        raise EdgeCSPError(f"cannot read {_shown(path)} ({err.strerror or err})") from None
+
+
 def _read_names(root: Path) -> list[str]:
     candidates = [root / "classes.txt", root / "obj.names"] + sorted(root.glob("*.names"))
     for path in candidates:
         if path.is_file():
-            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            names = [line.strip() for line in _read_text(path).splitlines() if line.strip()]
             if names:
                 return names
     raise EdgeCSPError(f"no class names found in {root}; add a classes.txt (one name per line) or pass the names")
@@ -54,6 +63,8 @@ class YoloDataset(DetectionDataset):
             if not d.is_dir():
                 raise EdgeCSPError(f"{what} directory not found: {d}; a YOLO dataset needs images/ and labels/")
         self.class_names = list(names) if names is not None else _read_names(base)
+        if not self.class_names:  # every label would be out of range, and COCO needs a category
+            raise EdgeCSPError("no class names given; pass at least one class name")
         files = sorted(p for p in self.images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise EdgeCSPError(f"no images found in {self.images_dir}; the dataset is empty")
@@ -67,6 +78,13 @@ class YoloDataset(DetectionDataset):
             self.images.append(rec)
             self._boxes.append(boxes)
             self._labels.append(labels)
+        # A label file no image uses is usually a naming mismatch (a.jpg vs a.JPG): its boxes are lost.
+        used = {self.labels_dir / Path(rec.file_name).with_suffix(".txt") for rec in self.images}
+        orphans = sorted(p for p in self.labels_dir.rglob("*.txt") if p not in used and p.is_file())
+        if orphans:
+            warnings.warn(f"{len(orphans)} label files in {self.labels_dir} have no image (first: "
+                          f"{_short(orphans[0].relative_to(self.labels_dir).as_posix())}); their boxes are ignored",
+                          DataWarning, stacklevel=2)
         if counts["clipped"]:
             warnings.warn(
                 f"clipped {counts['clipped']} YOLO boxes that extend outside their image", DataWarning, stacklevel=2
@@ -81,22 +99,22 @@ class YoloDataset(DetectionDataset):
     def _read_labels(self, path: Path, rec: ImageRecord, counts: dict) -> tuple[np.ndarray, np.ndarray]:
         boxes, labels = [], []
         if path.is_file():
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            for n, line in enumerate(_read_text(path).splitlines(), start=1):
                 parts = line.split()
                 if not parts:
                     continue
                 if len(parts) != 5:
-                    raise EdgeCSPError(f"{path}:{n}: expected 'class cx cy w h', got {len(parts)} values")
+                    raise EdgeCSPError(f"{_shown(path)}:{n}: expected 'class cx cy w h', got {len(parts)} values")
                 try:
                     cls = int(parts[0])
                     cx, cy, bw, bh = (float(v) for v in parts[1:])
                 except ValueError:
                     raise EdgeCSPError(
-                        f"{path}:{n}: expected 'class cx cy w h' numbers, got {line.strip()!r}"
+                        f"{_shown(path)}:{n}: expected 'class cx cy w h' numbers, got {_short(line.strip())}"
                     ) from None
                 if not 0 <= cls < len(self.class_names):
                     raise EdgeCSPError(
-                        f"{path}:{n}: class {cls} is outside the {len(self.class_names)} class names; "
+                        f"{_shown(path)}:{n}: class {cls} is outside the {len(self.class_names)} class names; "
                         f"fix the label or the class names file"
                     )
                 xywh = [(cx - bw / 2) * rec.width, (cy - bh / 2) * rec.height, bw * rec.width, bh * rec.height]
