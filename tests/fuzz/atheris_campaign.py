@@ -102,8 +102,8 @@ SEEDS = {
     "target_profile": sorted((REPO / "targets").glob("*.toml")),
     "calibration_recipe": sorted((REPO / "calibration").glob("*.toml")),
     "benchmark_suite": [REPO / "benchmarks" / "nightly.toml"],
-    "checkpoint": [REPO / "edgecsp" / "assets" / "demo" / "csp-tiny-efm-shapes.safetensors"],
 }
+CHECKPOINT_SEED = REPO / "edgecsp" / "assets" / "demo" / "csp-tiny-efm-shapes.safetensors"
 
 
 def _generated_seeds(name: str) -> dict[str, bytes]:
@@ -117,6 +117,14 @@ def _generated_seeds(name: str) -> dict[str, bytes]:
                 "backend": {"name": "onnxruntime", "version": "1", "info": {}},
                 "model": {"input_size": [320, 320], "class_names": ["a"], "num_classes": 1},
                 "inputs": [{"name": "images", "shape": [1, 3, 320, 320]}]}
+    if name == "checkpoint":  # the demo's real description over one small tensor: header and JSON paths
+        import torch
+        from safetensors import safe_open
+        from safetensors.torch import save as save_bytes
+
+        with safe_open(str(CHECKPOINT_SEED), framework="pt") as f:
+            meta = f.metadata()
+        return {"small.safetensors": save_bytes({"w": torch.zeros(2)}, metadata=meta)}
     if name == "manifest":
         return {"manifest.json": json.dumps(manifest).encode()}
     if name == "coco":
