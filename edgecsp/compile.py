@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-bundle", type=Path, metavar="DIR",
                         help="on the device: build the TensorRT engine of a Jetson bundle (docs/jetson.md)")
     args = parser.parse_args(argv)
-    progress = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    # Flushed: in a CI log or behind a pipe the steps show as they happen, not at the end.
+    progress = (lambda line: print(line, file=sys.stderr if args.json else sys.stdout, flush=True))
 
     if args.from_bundle is not None:  # Jetson: engine from a bundle compiled elsewhere
         from edgecsp.jetson.bundle import build_from_bundle

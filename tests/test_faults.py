@@ -39,7 +39,7 @@ def env(tmp_path, shapes_small):
     (tmp_path / "tmp").mkdir()
     (tmp_path / "tiny.toml").write_text(TINY_RECIPE)
     e = {**os.environ, "EDGECSP_CACHE_DIR": str(tmp_path / "cache"), "TMPDIR": str(tmp_path / "tmp"),
-         "OMP_NUM_THREADS": "1"}
+         "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     e.pop("EDGECSP_FAILPOINT", None)
     return {"env": e, "data": shapes_small["val"], "root": tmp_path}
 
