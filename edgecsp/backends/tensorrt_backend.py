@@ -15,8 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgecsp.backends.base import Backend, BuildRequest, BuildResult, Runner
 from edgecsp.errors import EdgeCSPError
 
@@ -39,38 +37,6 @@ def can_build_here() -> tuple[bool, str]:
     if gpu is None:
         return False, "no CUDA GPU (or no cuda-python) here"
     return True, f"TensorRT {trt.__version__} on {gpu['gpu']} (sm_{gpu['compute_capability'].replace('.', '')})"
-
-
-class OnnxModelRunner(Runner):
-    """A bundle's ONNX model (FP32, FP16 or Q/DQ) on ONNX Runtime's CPU provider."""
-
-    def __init__(self, path: Path, threads: int | None = None):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        try:
-            self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        except Exception as err:  # ORT raises its own exception types
-            line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            raise EdgeCSPError(f"ONNX Runtime cannot load {Path(path).name} ({line}); rebuild the bundle") from None
-        inp = self._session.get_inputs()[0]
-        self._input = inp.name
-        self._output = self._session.get_outputs()[0].name
-        self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inp.shape)
-        self._path = Path(path)
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        fixed = self.input_shape[0]
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        if fixed > 0 and len(x) != fixed:  # static-batch model: one call per chunk
-            return np.concatenate([self.run(x[i:i + fixed]) for i in range(0, len(x), fixed)])
-        return np.asarray(self._session.run([self._output], {self._input: x})[0], dtype=np.float32)
-
-    def describe(self) -> dict:
-        return {"runtime": "onnxruntime CPU", "model": self._path.name,
-                "note": "bundle: the TensorRT engine is built on the device"}
 
 
 class TensorRTBackend(Backend):
@@ -111,6 +77,8 @@ class TensorRTBackend(Backend):
         engine_path = Path(engine_path)
         libraries = user_libraries(options.get("libraries"), "TensorRT plugin")
         if engine_path.suffix == ".onnx":  # a bundle: the model TensorRT will build, on the CPU
+            from edgecsp.jetson.onnx_runner import OnnxModelRunner
+
             return OnnxModelRunner(engine_path, threads=options.get("threads"))
         from edgecsp.backends.tensorrt_runner import TensorRTRunner
 

@@ -248,7 +248,7 @@ def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str |
 def _verify_on_device(root: Path, manifest: dict, data: str | Path | None, images: int | None,
                       progress: Callable[[str], None]) -> dict:
     """Engine AP against the bundle's FP32 ONNX (ONNX Runtime) on the same images."""
-    from edgecsp.backends.tensorrt_backend import OnnxModelRunner
+    from edgecsp.jetson.onnx_runner import OnnxModelRunner
     from edgecsp.backends.tensorrt_runner import TensorRTRunner
     from edgecsp.data.coco import resolve_dataset
     from edgecsp.evaluation import evaluate

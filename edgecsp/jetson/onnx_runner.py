@@ -1,0 +1,46 @@
+"""A Jetson bundle's ONNX model (FP32, FP16 or Q/DQ) on ONNX Runtime's CPU provider.
+
+Without TensorRT, the compile pipeline measures the accuracy of exactly the model the device will
+build through this runner; ``compile --from-bundle`` uses it for the FP32 reference on the device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgecsp.backends.base import Runner, run_in_static_batches
+from edgecsp.errors import EdgeCSPError
+
+
+class OnnxModelRunner(Runner):
+    """A bundle's ONNX model (FP32, FP16 or Q/DQ) on ONNX Runtime's CPU provider."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        try:
+            self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as err:  # ORT raises its own exception types
+            line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise EdgeCSPError(f"ONNX Runtime cannot load {Path(path).name} ({line}); rebuild the bundle") from None
+        inp = self._session.get_inputs()[0]
+        self._input = inp.name
+        self._output = self._session.get_outputs()[0].name
+        self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inp.shape)
+        self._path = Path(path)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return run_in_static_batches(self._run, batch, max(self.input_shape[0], 0))
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return np.asarray(self._session.run([self._output], {self._input: x})[0], dtype=np.float32)
+
+    def describe(self) -> dict:
+        return {"runtime": "onnxruntime CPU", "model": self._path.name,
+                "note": "bundle: the TensorRT engine is built on the device"}
