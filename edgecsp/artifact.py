@@ -18,14 +18,13 @@ import posixpath
 import shutil
 import stat
 import tarfile
-import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from edgecsp.errors import EdgeCSPError
+from edgecsp.errors import EdgeCSPError, shown
 from edgecsp.faults import failpoint
-from edgecsp.fsutil import locked_dir, private_tmpdir, remove_stale
+from edgecsp.fsutil import locked_dir, private_tmpdir, private_tmpfile, remove_stale
 
 SCHEMA = "edgecsp-artifact/1"
 MANIFEST = "manifest.json"
@@ -33,6 +32,7 @@ MANIFEST = "manifest.json"
 MAX_MEMBERS = 10_000
 MAX_UNPACKED_BYTES = 8 << 30
 MAX_MANIFEST_BYTES = 16 << 20
+MAX_HEADER_BYTES = 1 << 20
 
 
 def sha256_file(path: Path) -> str:
@@ -53,54 +53,66 @@ def _leftover_prefixes(final: Path) -> list[str]:
 def staging_dir(final: Path) -> Path:
     """A fresh directory beside ``final`` (same file system, so the final rename is atomic).
 
-    What killed runs left beside ``final`` (their pid is gone) is removed first.
+    What killed runs left beside ``final`` is removed first. An existing ``final`` that is not an
+    artifact (a user's folder or file) is never replaced.
     """
+    if final.is_symlink() or (final.exists() and not (final / MANIFEST).is_file()):
+        raise EdgeCSPError(f"{shown(final)} exists and is not an edgecsp artifact; choose another --out or remove it")
     final.parent.mkdir(parents=True, exist_ok=True)
     for prefix in _leftover_prefixes(final):
         remove_stale(final.parent, prefix)
     return private_tmpdir(final.parent, f".{final.name}.partial-")
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def finalize(staging: Path, final: Path, manifest: dict[str, Any], tarball: bool = True) -> Path:
     """Hash every file, write the manifest, build the .tar.gz, then publish both.
 
-    Publishing holds a lock on ``final``'s folder, so two compiles writing the same path publish one
-    after the other (the last one wins, whole). The old .tar.gz is removed before the new
-    directory goes in: a kill between the two renames leaves a complete directory without a
-    .tar.gz, never a directory beside another build's .tar.gz.
+    Every file is on disk (fsync) before anything is published, so a power cut leaves the old
+    artifact or the new one. Publishing holds a lock on ``final``'s folder, so two compiles
+    writing the same path publish one after the other (the last one wins, whole); the new
+    directory replaces the old one in one atomic exchange where the kernel offers it. The old
+    .tar.gz is removed before the new directory goes in: a kill between the two leaves a complete
+    directory without a .tar.gz, never a directory beside another build's .tar.gz.
     """
     files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest = dict(manifest, schema=SCHEMA)
     manifest["files"] = {p.relative_to(staging).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                          for p in files}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    for p in [*files, staging / MANIFEST]:
+        _fsync(p)
     failpoint("artifact.manifest_written")
     tar_tmp = None
     try:
         if tarball:
-            fd, tar_tmp = tempfile.mkstemp(prefix=f".{final.name}.tar.{os.getpid()}-", dir=final.parent)
-            os.close(fd)
+            tar_tmp = private_tmpfile(final.parent, f".{final.name}.tar.")
             with tarfile.open(tar_tmp, "w:gz") as tar:
                 for p in sorted(staging.rglob("*")):
                     if p.is_file():
                         tar.add(p, arcname=f"{final.name}/{p.relative_to(staging).as_posix()}")
+            _fsync(tar_tmp)
             # mkdtemp/mkstemp create owner-only entries; an artifact is meant to be shared and deployed.
             os.chmod(tar_tmp, 0o644)
             failpoint("artifact.tarball_written")
         staging.chmod(0o755)
         tar_final = final.with_name(final.name + ".tar.gz")
         with locked_dir(final.parent):
-            old = None
-            if final.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-{os.getpid()}-", dir=final.parent))
-                os.replace(final, old / final.name)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tar_final)
-            os.replace(staging, final)
+            old = _replace_dir(staging, final)
             failpoint("artifact.dir_published")
             if tar_tmp:
                 os.replace(tar_tmp, tar_final)
                 tar_tmp = None
+            _fsync(final.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return final
@@ -108,6 +120,38 @@ def finalize(staging: Path, final: Path, manifest: dict[str, Any], tarball: bool
         if tar_tmp:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tar_tmp)
+
+
+def _replace_dir(new: Path, final: Path) -> Path | None:
+    """Put directory ``new`` at ``final``; return where the old one went (to be removed), if any.
+
+    Linux: one renameat2(RENAME_EXCHANGE), so ``final`` is never missing and never half of
+    either. Elsewhere (or on a file system without it): the old one is moved aside first.
+    """
+    if not final.exists():
+        os.replace(new, final)
+        return None
+    if _exchange(new, final):
+        return new  # now holds the old artifact
+    old = private_tmpdir(final.parent, f".{final.name}.old-")
+    os.replace(final, old / final.name)
+    os.replace(new, final)
+    return old
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # glibc < 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -125,34 +169,55 @@ def _safe_member_name(name: str) -> str | None:
     return norm
 
 
+class _ArchiveRefused(tarfile.TarError):
+    pass
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses oversized pax / GNU long-name headers before tarfile reads them into memory (a few
+    compressed bytes can declare gigabytes of header) and sparse members."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                         tarfile.GNUTYPE_LONGLINK) and self.size > MAX_HEADER_BYTES:
+            raise _ArchiveRefused(f"an extended header of {self.size} bytes (limit {MAX_HEADER_BYTES})")
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _ArchiveRefused(f"a sparse member ({self.name!r})")
+        return super()._proc_member(tarfile_)
+
+
 def check_archive(tar: tarfile.TarFile, tar_path: Path) -> None:
     """Refuse an archive holding anything but regular files and directories inside one root."""
-    members = tar.getmembers()
-    if len(members) > MAX_MEMBERS:
-        raise EdgeCSPError(f"artifact {tar_path} has {len(members)} entries (limit {MAX_MEMBERS}); it is not "
-                           "an edgecsp artifact")
-    total, roots = 0, set()
-    for m in members:
+    total, roots, count = 0, set(), 0
+    for m in tar:  # one member at a time: a million-entry archive is refused at entry 10,001
+        count += 1
+        if count > MAX_MEMBERS:
+            raise EdgeCSPError(f"artifact {shown(tar_path)} has over {MAX_MEMBERS} entries; it is not an edgecsp "
+                               "artifact")
         name = _safe_member_name(m.name)
         if name is None:
-            raise EdgeCSPError(f"artifact {tar_path} has an unsafe path {m.name!r} (absolute or '..'); refused, "
-                               "nothing extracted")
+            raise EdgeCSPError(f"artifact {shown(tar_path)} has an unsafe path {m.name[:80]!r} (absolute or '..'); "
+                               "refused, nothing extracted")
         kind = ("symlink" if m.issym() else "hard link" if m.islnk() else "device file" if m.isdev()
                 else "fifo" if m.isfifo() else None if m.isfile() or m.isdir() else "special entry")
         if kind:
-            raise EdgeCSPError(f"artifact {tar_path} holds a {kind} ({m.name!r}); artifacts hold only regular "
-                               "files: refused, nothing extracted")
+            raise EdgeCSPError(f"artifact {shown(tar_path)} holds a {kind} ({m.name[:80]!r}); artifacts hold only "
+                               "regular files: refused, nothing extracted")
         roots.add(name.split("/", 1)[0])
         total += m.size
-    if total > MAX_UNPACKED_BYTES:
-        raise EdgeCSPError(f"artifact {tar_path} unpacks to {total / 2**30:.1f} GiB (limit "
-                           f"{MAX_UNPACKED_BYTES / 2**30:.0f} GiB); refused")
+        if total > MAX_UNPACKED_BYTES:
+            raise EdgeCSPError(f"artifact {shown(tar_path)} unpacks to over {MAX_UNPACKED_BYTES / 2**30:.0f} GiB; "
+                               "refused")
     if len(roots) != 1:
-        raise EdgeCSPError(f"artifact {tar_path} should hold one artifact directory, found {len(roots)}")
+        raise EdgeCSPError(f"artifact {shown(tar_path)} should hold one artifact directory, found {len(roots)}")
 
 
 def _extract(tar_path: Path) -> Path:
-    """Unpack a .tar.gz artifact once into the cache (keyed by the tarball's hash)."""
+    """Unpack a .tar.gz artifact once into the cache (keyed by the tarball's hash).
+
+    A complete extraction is never removed: a process extracting the same archive at the same
+    time discards its own copy instead, so a reader's files never vanish under it.
+    """
     from edgecsp.paths import cache_dir
 
     key = sha256_file(tar_path)[:16]
@@ -162,24 +227,27 @@ def _extract(tar_path: Path) -> Path:
         remove_stale(parent, ".extract-")
         tmp = private_tmpdir(parent, ".extract-")
         try:
-            with tarfile.open(tar_path, "r:gz") as tar:
+            with tarfile.open(tar_path, "r:gz", tarinfo=_BoundedTarInfo) as tar:
                 check_archive(tar, tar_path)
                 tar.extractall(tmp, filter="data")  # a second guard: the standard library's own checks
         except (tarfile.TarError, EOFError, OSError, ValueError) as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise EdgeCSPError(f"artifact {tar_path} is not a readable .tar.gz ({err}); copy it again") from None
+            why = str(err)[:160] if isinstance(err, _ArchiveRefused) else f"{type(err).__name__}: {str(err)[:120]}"
+            raise EdgeCSPError(f"artifact {shown(tar_path)} is not a readable edgecsp .tar.gz ({shown(why)}); "
+                               "copy it again") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         (tmp / ".complete").touch()
-        shutil.rmtree(dest, ignore_errors=True)
+        if dest.exists() and not (dest / ".complete").exists():
+            shutil.rmtree(dest, ignore_errors=True)  # left by an older edgecsp that renamed before marking
         try:
             os.rename(tmp, dest)
-        except OSError:  # another process extracted the same archive meanwhile
+        except OSError:  # another process published the same extraction meanwhile: use theirs
             shutil.rmtree(tmp, ignore_errors=True)
     roots = [p for p in dest.iterdir() if p.is_dir()]
     if len(roots) != 1:
-        raise EdgeCSPError(f"artifact {tar_path} should hold one artifact directory, found {len(roots)}")
+        raise EdgeCSPError(f"artifact {shown(tar_path)} should hold one artifact directory, found {len(roots)}")
     return roots[0]
 
 
@@ -212,36 +280,88 @@ def validate_manifest(manifest: Any, where: Path) -> dict[str, Any]:
 
 
 def verify_files(root: Path, manifest: dict[str, Any]) -> None:
-    """Every listed file: a regular file (no link) inside ``root`` with the recorded size and sha256."""
+    """The folder holds exactly the listed files, each a regular file (no link) inside ``root``
+    with the recorded size and sha256. An unlisted file is refused too: a backend may read files
+    beside its engine by itself (ONNX external data, an OpenVINO .bin), and only verified ones may
+    be there to read."""
     real_root = root.resolve()
-    for name, entry in manifest["files"].items():
+    listed = manifest["files"]
+    extra = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                   if not p.is_dir() and p.relative_to(root).as_posix() not in listed and p.name != MANIFEST)
+    if extra:
+        raise EdgeCSPError(f"artifact {shown(root)} holds files its manifest does not list ({shown(', '.join(extra[:3]))}"
+                           f"{' ...' if len(extra) > 3 else ''}); refused: remove them or rebuild the artifact")
+    for name, entry in listed.items():
         f = root / name
         try:
             st = f.lstat()
+            if not stat.S_ISREG(st.st_mode) or not f.resolve().is_relative_to(real_root):
+                raise EdgeCSPError(f"artifact file {shown(f)} is not a regular file inside the artifact (a link?); "
+                                   "refused")
+            intact = st.st_size == entry["bytes"] and sha256_file(f) == entry["sha256"]
         except (FileNotFoundError, NotADirectoryError):
-            raise EdgeCSPError(f"artifact {root} is missing {name}; rebuild it with python -m edgecsp.compile") from None
-        if not stat.S_ISREG(st.st_mode) or not f.resolve().is_relative_to(real_root):
-            raise EdgeCSPError(f"artifact file {f} is not a regular file inside the artifact (a link?); refused")
-        if st.st_size != entry["bytes"] or sha256_file(f) != entry["sha256"]:
-            raise EdgeCSPError(f"artifact file {f} fails its sha256 check (tampered or truncated); "
+            raise EdgeCSPError(f"artifact {shown(root)} is missing {shown(name)}; rebuild it with "
+                               "python -m edgecsp.compile") from None
+        except OSError as err:
+            raise EdgeCSPError(f"artifact file {shown(f)} cannot be read ({err.strerror}); check it or rebuild the "
+                               "artifact") from None
+        if not intact:
+            raise EdgeCSPError(f"artifact file {shown(f)} fails its sha256 check (tampered or truncated); "
                                "rebuild it with python -m edgecsp.compile")
 
 
 def open_artifact(path: str | Path, verify: bool = True) -> tuple[Path, dict[str, Any]]:
-    """Resolve a directory or .tar.gz artifact; check the manifest and every file's sha256."""
-    path = Path(path)
+    """Resolve a directory or .tar.gz artifact; check the manifest and every file's sha256.
+
+    When the directory is replaced by a new build while it is being checked (a nightly rebuild,
+    a compile beside a benchmark), the check starts again on the new one instead of failing.
+    """
+    for attempt in range(3):
+        try:
+            return _open_artifact(Path(path), verify)
+        except EdgeCSPError:
+            if attempt == 2 or not _replaced_meanwhile(Path(path)):
+                raise
+    raise AssertionError("unreachable")
+
+
+_SEEN: dict[str, tuple[int, int]] = {}
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+        return st.st_dev, st.st_ino
+    except OSError:
+        return None
+
+
+def _replaced_meanwhile(path: Path) -> bool:
+    import time
+
+    time.sleep(0.05)
+    now = _identity(path)
+    return now is not None and now != _SEEN.get(str(path))
+
+
+def _open_artifact(path: Path, verify: bool) -> tuple[Path, dict[str, Any]]:
     if not path.exists():
-        raise EdgeCSPError(f"artifact {path} does not exist; build one with python -m edgecsp.compile --target ...")
+        raise EdgeCSPError(f"artifact {shown(path)} does not exist; build one with python -m edgecsp.compile --target ...")
+    _SEEN[str(path)] = _identity(path) or (0, 0)
     root = _extract(path) if path.is_file() else path
     manifest_path = root / MANIFEST
-    if not manifest_path.is_file() or manifest_path.is_symlink():
-        raise EdgeCSPError(f"{root} is not an edgecsp artifact (no {MANIFEST})")
-    if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise EdgeCSPError(f"{manifest_path} is {manifest_path.stat().st_size} bytes, too large for a manifest")
     try:
-        manifest = json.loads(manifest_path.read_bytes())
+        if not manifest_path.is_file() or manifest_path.is_symlink():
+            raise EdgeCSPError(f"{shown(root)} is not an edgecsp artifact (no {MANIFEST})")
+        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise EdgeCSPError(f"{shown(manifest_path)} is too large for a manifest")
+        raw = manifest_path.read_bytes()
+    except OSError as err:
+        raise EdgeCSPError(f"cannot read {shown(manifest_path)} ({err.strerror}); check the artifact") from None
+    try:
+        manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise EdgeCSPError(f"{manifest_path} is corrupt ({str(err)[:120]}); rebuild the artifact") from None
+        raise EdgeCSPError(f"{shown(manifest_path)} is corrupt ({shown(str(err)[:120])}); rebuild the artifact") from None
     validate_manifest(manifest, manifest_path)
     if verify:
         verify_files(root, manifest)

@@ -11,10 +11,10 @@ from edgecsp.errors import EdgeCSPError
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run a CLI main: a user error is one line on stderr and exit code 2, never a traceback.
 
-    A full disk, a read-only or unwritable location is the user's environment, not a bug: it
-    gets the same one line (naming the path and what to do).
+    A full disk, a read-only or unwritable location, a bad path is the user's environment, not a
+    bug: it gets the same one line (naming the path and what to do).
     """
-    from edgecsp.fsutil import write_problem
+    from edgecsp.fsutil import os_problem
 
     try:
         return int(main(argv) or 0)
@@ -22,7 +22,7 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        problem = write_problem(err)
+        problem = os_problem(err)
         if problem is None:
             raise
         print(f"error: {problem}", file=sys.stderr)

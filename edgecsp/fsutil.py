@@ -17,57 +17,107 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from edgecsp.errors import EdgeCSPError
+from edgecsp.errors import EdgeCSPError, shown
 
-# OS errors that mean "this location cannot take the write", i.e. the user's environment, not a bug.
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+# What to do about an OS error on a path, by errno.
+_ADVICE = {
+    errno.ENOSPC: "free some disk space or write elsewhere (--out, EDGECSP_CACHE_DIR, TMPDIR)",
+    errno.EDQUOT: "the disk quota is used up; free space or write elsewhere",
+    errno.EFBIG: "a file size limit stopped the write (ulimit -f); raise it or write elsewhere",
+    errno.EROFS: "the file system is read-only; choose a writable location (--out, EDGECSP_CACHE_DIR)",
+    errno.EACCES: "check its permissions or choose another location",
+    errno.EPERM: "check its permissions or choose another location",
+    errno.ENAMETOOLONG: "use a shorter path",
+    errno.EEXIST: "a file is in the way; remove it or choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; fix the path",
+    errno.EISDIR: "it is a folder; pass a file",
+    errno.ENOENT: "check the path",
+}
 
 
-def write_problem(err: OSError, where: str | Path | None = None) -> EdgeCSPError | None:
-    """A one-line EdgeCSPError for an OS error that means the output location is unusable."""
-    if err.errno not in WRITE_ERRNOS:
+def os_problem(err: OSError, where: str | Path | None = None) -> EdgeCSPError | None:
+    """A one-line EdgeCSPError for an OS error about a path (full disk, permissions, a bad path):
+    the user's environment to fix, not a bug. None for errors that name no path and no known cause."""
+    if err.errno is None or (err.errno not in _ADVICE and err.filename is None):
         return None
-    place = err.filename or where or "the output location"
-    advice = {errno.ENOSPC: "free some disk space or write elsewhere (--out, EDGECSP_CACHE_DIR, TMPDIR)",
-              errno.EDQUOT: "the disk quota is used up; free space or write elsewhere",
-              errno.EFBIG: "a file size limit stopped the write (ulimit -f); raise it or write elsewhere",
-              errno.EROFS: "the file system is read-only; choose a writable location (--out, EDGECSP_CACHE_DIR)"}
-    return EdgeCSPError(f"cannot write {place}: {os.strerror(err.errno or 0)}; "
-                        f"{advice.get(err.errno or 0, 'check its permissions or choose a writable location')}")
+    place = shown(err.filename or where or "the output location")
+    return EdgeCSPError(f"{place}: {os.strerror(err.errno)}; {_ADVICE.get(err.errno, 'check the path')}")
+
+
+# Temporaries this process is writing: path -> an open fd holding an exclusive flock on it. The
+# lock, not the pid in the name, is what marks a temporary as alive: it works across containers
+# and hosts sharing a folder (whose pids mean nothing here) and the kernel drops it on any death.
+_HELD: dict[str, int] = {}
+_MIN_AGE_S = 1.0  # a temporary younger than this may not be locked yet by its creator
+
+
+def _hold(path: Path) -> None:
+    for held, fd in list(_HELD.items()):  # temporaries renamed into place or removed: let go
+        if not os.path.lexists(held):
+            os.close(_HELD.pop(held))
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _HELD[str(path)] = fd
 
 
 def private_tmpdir(parent: Path, prefix: str) -> Path:
-    """A new directory ``parent/<prefix><pid>-XXXX`` (same file system as its destination)."""
+    """A new directory ``parent/<prefix><pid>-XXXX`` (same file system as its destination), held
+    locked by this process until it is renamed or removed."""
     parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+    _hold(path)
+    return path
 
 
-def _pid_alive(pid: int) -> bool:
+def private_tmpfile(parent: Path, prefix: str) -> Path:
+    """A new empty file ``parent/<prefix><pid>-XXXX``, held locked like ``private_tmpdir``."""
+    parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
+    os.close(fd)
+    _hold(Path(name))
+    return Path(name)
+
+
+def _unlocked(entry: Path) -> int | None:
+    """An fd holding ``entry``'s lock when nobody else holds it, else None."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
+        fd = os.open(entry, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError:  # held: its writer is alive, wherever it runs
+        os.close(fd)
+        return None
 
 
 def remove_stale(parent: Path, prefix: str) -> list[Path]:
-    """Remove ``<prefix><pid>-*`` entries in ``parent`` whose writing process is gone (killed)."""
+    """Remove ``<prefix>*`` temporaries in ``parent`` that no live process holds (killed runs')."""
+    import time
+
     removed: list[Path] = []
     if not parent.is_dir():
         return removed
     for entry in parent.iterdir():
-        if not entry.name.startswith(prefix):
+        if not entry.name.startswith(prefix) or str(entry) in _HELD:
             continue
-        pid_text = entry.name[len(prefix):].split("-", 1)[0]
-        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+        try:
+            if time.time() - entry.lstat().st_mtime < _MIN_AGE_S:
+                continue
+        except OSError:
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
+        fd = _unlocked(entry)
+        if fd is None:
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+        finally:
+            os.close(fd)
         removed.append(entry)
     return removed
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any
 from edgecsp import __version__
 from edgecsp.errors import EdgeCSPError
 from edgecsp.faults import failpoint
-from edgecsp.fsutil import atomic_write_text, private_tmpdir, publish_dir_once, remove_stale, write_problem
+from edgecsp.fsutil import atomic_write_text, os_problem, private_tmpdir, publish_dir_once, remove_stale
 
 Progress = Callable[[str], None]
 
@@ -72,7 +73,8 @@ def _cache_write(write: Callable[[], object]) -> None:
     try:
         write()
     except OSError as err:
-        print(f"note: cache not written ({err.strerror}: {err.filename}); the next compile redoes this step")
+        print(f"note: cache not written ({err.strerror}: {err.filename}); the next compile redoes this step",
+              file=sys.stderr)
 
 
 def compile_artifact(opts: CompileOptions, progress: Progress = print) -> tuple[Path, dict[str, Any]]:
@@ -80,7 +82,7 @@ def compile_artifact(opts: CompileOptions, progress: Progress = print) -> tuple[
     try:
         return _compile(opts, progress)
     except OSError as err:  # disk full, read-only or unwritable output: the user's to fix, one line
-        problem = write_problem(err, opts.out)
+        problem = os_problem(err, opts.out)
         if problem is None:
             raise
         raise problem from None

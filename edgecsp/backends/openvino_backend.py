@@ -461,7 +461,8 @@ class OpenVINOBackend(Backend):
             raise EdgeCSPError(f"OpenVINO engine {engine_path} (or its .bin) is missing; rebuild the artifact "
                                "with python -m edgecsp.compile")
         listed = manifest.get("files")
-        if listed is not None and engine_path.with_suffix(".bin").name not in listed:
+        bin_key = Path(str(manifest.get("engine", engine_path.name))).with_suffix(".bin").as_posix()
+        if listed is not None and bin_key not in listed:
             # OpenVINO reads the .bin beside the .xml by itself: it must be a verified file too.
             raise EdgeCSPError(f"{engine_path.with_suffix('.bin').name} is not listed (and checksummed) in the "
                                "manifest; refused: rebuild the artifact")

@@ -237,7 +237,8 @@ class TensorRTRunner(Runner):
         self._runtime = trt.Runtime(self._logger)
         # An engine may embed plugin code (version-compatible builds): never run it. Plugin
         # libraries come only from the user's --library, never from the artifact.
-        self._runtime.engine_host_code_allowed = False
+        if hasattr(self._runtime, "engine_host_code_allowed"):  # TensorRT >= 8.6; older cannot embed code
+            self._runtime.engine_host_code_allowed = False
         for lib in libraries:
             try:
                 self._runtime.get_plugin_registry().load_library(str(lib))

@@ -28,10 +28,10 @@ _ALPHA_BACKGROUND = (PAD_VALUE, PAD_VALUE, PAD_VALUE)
 _EXIF_ORIENTATION_TAG = 0x0112
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 # Larger images are refused before decoding: a few bytes can declare 100000x100000 pixels (a
-# decompression bomb) and Pillow's own limit (89 M) only warns below twice its value. 6144x6144
-# (37.7 M) is above any camera frame a detector is fed; loading one at the limit peaks under 1 GB
-# (RGBA or 32-bit greyscale; 8192x8192 took 1.5 GB).
-MAX_IMAGE_PIXELS = 6144 * 6144
+# decompression bomb) and Pillow's own limit (89 M) only warns below twice its value. 8192x8192
+# (67 M) takes 48-61 MP camera photos and aerial tiles; loading one at the limit peaks at about
+# 1.5 GB (RGBA or 32-bit greyscale; 6144x6144 stays under 1 GB).
+MAX_IMAGE_PIXELS = 8192 * 8192
 # What Pillow raises on a corrupt EXIF block.
 _EXIF_ERRORS = (OSError, ValueError, TypeError, KeyError, SyntaxError)
 

@@ -200,6 +200,7 @@ def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str |
     profile = load_target(target)
     if profile.backend != "tensorrt":
         raise EdgeCSPError(f"target {profile.name} is not a TensorRT target; use --target jetson")
+    _check_bundle(bundle, manifest, root)
     precision = manifest["precision"]
     profile.check_precision(precision)
     build = {**bundle["build"], **{k: v for k, v in profile.build.items() if k in _BUILD_KEYS}}
@@ -243,6 +244,21 @@ def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str |
     finally:
         if not done:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_bundle(bundle: Any, manifest: dict, root: Path) -> None:
+    """The bundle description drives the build: its shape is checked, and every model it names
+    must be a listed (so checksummed, inside the artifact) file."""
+    ok = (isinstance(bundle, dict) and isinstance(bundle.get("build"), dict) and isinstance(bundle.get("files"), dict)
+          and isinstance(bundle.get("input"), dict) and isinstance(bundle["input"].get("shape"), list))
+    if not ok:
+        raise EdgeCSPError(f"{root} has a damaged bundle description (backend.info.bundle); rebuild the bundle with "
+                           "python -m edgecsp.compile --target jetson")
+    listed = manifest.get("files", {})
+    for name in bundle["files"].values():
+        if isinstance(name, str) and name not in listed:
+            raise EdgeCSPError(f"{root}: the bundle names {name!r}, which its manifest does not list and checksum; "
+                               "refused: rebuild the bundle")
 
 
 def _verify_on_device(root: Path, manifest: dict, data: str | Path | None, images: int | None,

@@ -23,7 +23,7 @@ TRIED: collections.Counter[str] = collections.Counter()
 REJECTED: collections.Counter[str] = collections.Counter()
 
 
-class Hang(Exception):
+class Hang(BaseException):  # not Exception: broad "except Exception" in a parser must not swallow it
     pass
 
 
