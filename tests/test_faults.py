@@ -115,6 +115,8 @@ def test_a_compile_killed_at_any_step_leaves_no_partial_artifact_and_the_next_on
 def test_a_compile_killed_from_outside_during_the_engine_build_leaves_nothing(env):
     """SIGKILL from another process (an OOM killer, a CI timeout) at an unplanned moment."""
     out = env["root"] / "artifacts" / "demo"
+    # 96 calibration images: step 3 lasts seconds even on a fast machine, so the kill lands inside it
+    (env["root"] / "tiny.toml").write_text(TINY_RECIPE.replace("num_images = 24", "num_images = 96"))
     proc = subprocess.Popen(compile_cmd(env, out, "int8"), env=env["env"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
@@ -126,8 +128,10 @@ def test_a_compile_killed_from_outside_during_the_engine_build_leaves_nothing(en
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
     assert_consistent(env, out)
+    assert leftovers(env, out)
     assert run(env, out, "int8").returncode == 0
-    assert_consistent(env, out) or leftovers(env, out) == []
+    assert_consistent(env, out)
+    assert leftovers(env, out) == []
 
 
 # -- the disk fills up, the output is read-only -----------------------------------------------------------
@@ -256,24 +260,25 @@ def _write_history(db: str, tag: str, n: int, start) -> None:
 
 
 def test_nightly_runs_writing_one_history_database_at_once_lose_no_row(tmp_path):
-    """Before BEGIN IMMEDIATE and one-transaction table creation, 2 of 3 such starts failed with
-    "table edgecsp_runs already exists" or "database is locked"."""
-    db = tmp_path / "history.sqlite"
-    ctx = multiprocessing.get_context("spawn")
-    writers, rows = 6, 40
-    start = ctx.Barrier(writers)
-    procs = [ctx.Process(target=_write_history, args=(str(db), str(k), rows, start)) for k in range(writers)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(300)
-    assert [p.exitcode for p in procs] == [0] * writers
+    """Before BEGIN IMMEDIATE and one-transaction table creation, such starts failed in 2 of 3 and
+    4 of 9 trials ("table edgecsp_runs already exists"); three trials here."""
     import sqlite3
 
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert conn.execute("SELECT COUNT(*) FROM edgecsp_results").fetchone()[0] == writers * rows
-        assert conn.execute("SELECT COUNT(*) FROM edgecsp_runs WHERE status = 'ok'").fetchone()[0] == writers
+    ctx = multiprocessing.get_context("spawn")
+    writers, rows = 6, 30
+    for trial in range(3):  # a new database each time: the first-open race is the likeliest failure
+        db = tmp_path / f"history{trial}.sqlite"
+        start = ctx.Barrier(writers)
+        procs = [ctx.Process(target=_write_history, args=(str(db), str(k), rows, start)) for k in range(writers)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(300)
+        assert [p.exitcode for p in procs] == [0] * writers
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            assert conn.execute("SELECT COUNT(*) FROM edgecsp_results").fetchone()[0] == writers * rows
+            assert conn.execute("SELECT COUNT(*) FROM edgecsp_runs WHERE status = 'ok'").fetchone()[0] == writers
 
 
 def test_a_real_job_whose_backend_crashes_is_recorded_as_that_jobs_failure(env, monkeypatch, tmp_path):
@@ -292,3 +297,14 @@ def test_a_real_job_whose_backend_crashes_is_recorded_as_that_jobs_failure(env, 
     suite = load_suite(suite_file)
     with pytest.raises(JobFailed, match="signal SIGSEGV"):
         isolated_executor()(Job("demo", "onnxruntime", "fp32"), suite, tmp_path / "job")
+
+
+def test_a_bad_output_path_is_one_line(env):
+    blocker = env["root"] / "a-file"
+    blocker.write_text("not a folder")
+    r = run(env, blocker / "demo")  # a file where a folder is needed
+    assert r.returncode == 2
+    assert "a-file" in _one_error_line(r.stderr)
+    r = run(env, env["root"] / ("x" * 250))  # a name the file system refuses once a suffix is added
+    assert r.returncode == 2
+    assert "File name too long" in _one_error_line(r.stderr)

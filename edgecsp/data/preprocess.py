@@ -28,10 +28,10 @@ _ALPHA_BACKGROUND = (PAD_VALUE, PAD_VALUE, PAD_VALUE)
 _EXIF_ORIENTATION_TAG = 0x0112
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 # Larger images are refused before decoding: a few bytes can declare 100000x100000 pixels (a
-# decompression bomb) and Pillow's own limit (89 M) only warns below twice its value. 8192x8192
-# (67 M) takes 48-61 MP camera photos and aerial tiles; loading one at the limit peaks at about
-# 1.5 GB (RGBA or 32-bit greyscale; 6144x6144 stays under 1 GB).
-MAX_IMAGE_PIXELS = 8192 * 8192
+# decompression bomb) and Pillow's own limit (89 M) only warns below twice its value. 50 M pixels
+# takes 48 MP phone and 45 MP camera photos (8064x6048); the worst format at the limit (RGBA or
+# 32-bit greyscale) peaks near 1.2 GB, where a 67 M-pixel TIFF measured 1.6 GB.
+MAX_IMAGE_PIXELS = 50_000_000
 # What Pillow raises on a corrupt EXIF block.
 _EXIF_ERRORS = (OSError, ValueError, TypeError, KeyError, SyntaxError)
 

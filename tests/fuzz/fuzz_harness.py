@@ -31,14 +31,43 @@ def _alarm(signum, frame):
     raise Hang(f"no result after {HANG_S} s")
 
 
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's peak RSS since the last reset (Linux VmHWM), else its lifetime peak."""
+    peak = _status_mb("VmHWM:")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
+
+
+def _current_rss_mb() -> float:
+    now = _status_mb("VmRSS:")
+    return now if now is not None else _peak_rss_mb()
+
+
+def _reset_peak() -> None:
+    """Start the peak over at the current RSS, so each input's own peak is seen (not hidden under
+    an earlier fixture's high-water mark)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def expect_clean(target: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call ``fn``; return its result, or None when it refused the input with EdgeCSPError."""
     TRIED[target] += 1
-    before = _peak_rss_mb()
+    _reset_peak()
+    before = _current_rss_mb()
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(HANG_S)
     t0 = time.monotonic()

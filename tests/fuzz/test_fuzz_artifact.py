@@ -107,17 +107,19 @@ def test_damaged_tarballs_load_or_fail_in_one_line(tmp_path_factory, monkeypatch
 member_names = st.one_of(
     st.text(st.sampled_from("ab./\\-_~\x00"), min_size=1, max_size=24),
     st.sampled_from(["/etc/x", "../x", "a/../../x", "a/./b", "a//b", "./a", "a/", "~/x", "a\\..\\x"]),
+    st.integers(90, 400).map(lambda n: "art/" + "d/" * (n // 2)),  # long names: pax / GNU long-name headers
 )
 member_kinds = st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE,
                                 tarfile.BLKTYPE, tarfile.FIFOTYPE])
 
 
 @settings(max_examples=examples(150))
-@given(members=st.lists(st.tuples(member_names, member_kinds, member_names, st.binary(max_size=64)), max_size=6))
-def test_archives_of_any_shape_never_write_outside(tmp_path_factory, monkeypatch_module, members):
+@given(members=st.lists(st.tuples(member_names, member_kinds, member_names, st.binary(max_size=64)), max_size=6),
+       fmt=st.sampled_from([tarfile.GNU_FORMAT, tarfile.PAX_FORMAT]))
+def test_archives_of_any_shape_never_write_outside(tmp_path_factory, monkeypatch_module, members, fmt):
     root = tmp_path_factory.mktemp("z")
     path = root / "art.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
+    with tarfile.open(path, "w:gz", format=fmt) as tar:
         for name, kind, link, data in members:
             info = tarfile.TarInfo(name)
             info.type, info.linkname = kind, link
@@ -127,12 +129,16 @@ def test_archives_of_any_shape_never_write_outside(tmp_path_factory, monkeypatch
     expect_clean("artifact .tar.gz (crafted)", _load_and_predict, path)
     assert set(root.parent.iterdir()) == before  # nothing new beside the archive's folder
     assert sorted(p.name for p in root.iterdir()) == ["art.tar.gz"]
+    extracted = Path(monkeypatch_module.cache) / "artifacts"  # where a "../x" from .extract-* would land
+    if extracted.exists():  # only complete extractions of good archives, no strays or temporaries
+        assert [p.name for p in extracted.iterdir() if not (p / ".complete").is_file()] == []
 
 
 @pytest.fixture(scope="module")
 def monkeypatch_module(tmp_path_factory):
     """Extraction goes to a cache of this module's own (checked for strays by the tests)."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("EDGECSP_CACHE_DIR", str(tmp_path_factory.mktemp("fuzz-cache")))
+    mp.cache = str(tmp_path_factory.mktemp("fuzz-cache"))
+    mp.setenv("EDGECSP_CACHE_DIR", mp.cache)
     yield mp
     mp.undo()
