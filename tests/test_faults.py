@@ -220,13 +220,16 @@ def test_two_compiles_writing_the_same_output_path_leave_one_whole_artifact(env)
     assert leftovers(env, out) == []
 
 
-def _publish_many(final: str, tag: str, n: int) -> None:
+def _publish_many(final: str, tag: str, n: int, pause_s: float = 0.0) -> None:
     from edgecsp.artifact import finalize, staging_dir
 
     for i in range(n):
+        time.sleep(pause_s)
         staging = staging_dir(Path(final))
         (staging / "engine.bin").write_bytes(os.urandom(2048))
-        finalize(staging, Path(final), {"writer": tag, "round": i})
+        finalize(staging, Path(final), {"writer": tag, "round": i, "engine": "engine.bin", "precision": "fp32",
+                                        "backend": {"name": "onnxruntime"}, "inputs": [{"shape": [1, 3, 320, 320]}],
+                                        "model": {"input_size": [320, 320], "class_names": ["a"]}})
 
 
 def test_many_concurrent_publishes_of_one_path_never_mix_two_builds(tmp_path):
@@ -308,3 +311,39 @@ def test_a_bad_output_path_is_one_line(env):
     r = run(env, env["root"] / ("x" * 250))  # a name the file system refuses once a suffix is added
     assert r.returncode == 2
     assert "File name too long" in _one_error_line(r.stderr)
+
+
+def _read_until(final: str, stop, errors) -> None:
+    from edgecsp.artifact import open_artifact as open_
+    from edgecsp.errors import EdgeCSPError
+
+    reads = 0
+    while not stop.is_set() or reads == 0:
+        try:
+            open_(final)
+        except (EdgeCSPError, OSError) as err:
+            errors.put(f"{type(err).__name__}: {err}")
+        reads += 1
+
+
+def test_readers_never_see_a_half_replaced_artifact(tmp_path):
+    """A benchmark or evaluate reading an artifact while a nightly rebuild republishes it."""
+    final = tmp_path / "demo"
+    _publish_many(str(final), "first", 1)
+    ctx = multiprocessing.get_context("spawn")
+    stop, errors = ctx.Event(), ctx.Queue()
+    readers = [ctx.Process(target=_read_until, args=(str(final), stop, errors)) for _ in range(2)]
+    for r in readers:
+        r.start()
+    # Republishing 10 times a second, far more often than any nightly rebuild.
+    writer = ctx.Process(target=_publish_many, args=(str(final), "w", 40, 0.1))
+    writer.start()
+    writer.join(300)
+    stop.set()
+    for r in readers:
+        r.join(120)
+    assert writer.exitcode == 0 and [r.exitcode for r in readers] == [0, 0]
+    seen = []
+    while not errors.empty():
+        seen.append(errors.get())
+    assert seen == []
