@@ -1,9 +1,10 @@
 """Crash-safe file system steps shared by compile, the caches and the artifact code.
 
 The rules they follow: write into a private temporary beside the destination and rename it into
-place (a reader sees the old file or the new one, never half of one); name every temporary with
-the writing process's pid, so the next run can remove what a killed run left behind; serialize
-the publishing of one destination across processes with a lock file.
+place (a reader sees the old file or the new one, never half of one); hold every temporary under
+an flock while its writer lives (and name it with the writer's pid), so the next run removes what
+a killed run left behind and nothing a live one, here or in another container, is using;
+serialize the publishing of one destination across processes with a lock on its folder.
 """
 
 from __future__ import annotations
@@ -56,7 +57,11 @@ def _hold(path: Path) -> None:
         if not os.path.lexists(held):
             os.close(_HELD.pop(held))
     fd = os.open(path, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without locks: the temporary is then never judged stale
+        os.close(fd)
+        return
     _HELD[str(path)] = fd
 
 
@@ -78,8 +83,23 @@ def private_tmpfile(parent: Path, prefix: str) -> Path:
     return Path(name)
 
 
+def _pid_alive(name: str, prefix: str) -> bool:
+    """Whether the pid in a temporary's name is a live process here (a second, local check)."""
+    pid = name[len(prefix):].split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
 def _unlocked(entry: Path) -> int | None:
-    """An fd holding ``entry``'s lock when nobody else holds it, else None."""
+    """An fd holding ``entry``'s lock when nobody else holds it, else None (also when the file
+    system cannot lock: then nothing is ever removed, which only leaks a temporary)."""
     try:
         fd = os.open(entry, os.O_RDONLY)
     except OSError:
@@ -100,7 +120,7 @@ def remove_stale(parent: Path, prefix: str) -> list[Path]:
     if not parent.is_dir():
         return removed
     for entry in parent.iterdir():
-        if not entry.name.startswith(prefix) or str(entry) in _HELD:
+        if not entry.name.startswith(prefix) or str(entry) in _HELD or _pid_alive(entry.name, prefix):
             continue
         try:
             if time.time() - entry.lstat().st_mtime < _MIN_AGE_S:
