@@ -86,11 +86,9 @@ def markdown(result: Any, trend_files: dict[str, Path]) -> str:
 
 
 def trend_plots(result: Any, history: Any, out_dir: Path, runs: int = 60) -> dict[str, Path]:
-    import matplotlib
+    from edgecsp.bench.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     keys = sorted({o.record.job for o in result.outcomes if o.status == "ok"})
     files = {}
     for metric, label in TREND_METRICS:
@@ -106,11 +104,7 @@ def trend_plots(result: Any, history: Any, out_dir: Path, runs: int = 60) -> dic
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6)
         ax.set_title(f"{label}: last {runs} runs on {result.device}")
-        fig.tight_layout()
-        path = out_dir / f"trend_{metric}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        files[metric] = path
+        files[metric] = save_figure(fig, out_dir / f"trend_{metric}.png", dpi=100)
     return files
 
 

@@ -166,7 +166,8 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display on CI machines or devices)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,13 +176,21 @@ def _plt():
     return plt
 
 
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write the PNG and free the figure (pyplot keeps every open figure alive)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return Path(path)
+
+
 def _label(r: dict[str, Any]) -> str:
     return f"{r['name']} ({r['scenario']})"
 
 
 def plot_latency(report: dict[str, Any], path: Path) -> Path:
     """Latency distribution: the CDF of every result's query latencies (log x)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for r in report["results"]:
         q = r.get("latency_quantiles_ms")
@@ -194,15 +203,12 @@ def plot_latency(report: dict[str, Any], path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title("latency distribution")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_throughput(report: dict[str, Any], path: Path) -> Path:
     """FPS per result (target / precision / baseline), grouped by scenario."""
-    plt = _plt()
+    plt = pyplot()
     results = report["results"]
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * max(1, len(results))))
     labels = [f"{r['name']} [{r.get('target') or r.get('backend')}, {r.get('precision')}] {r['scenario']}" for r in results]
@@ -215,15 +221,12 @@ def plot_throughput(report: dict[str, Any], path: Path) -> Path:
         ax.text(r["fps"], i, f" {r['fps']:.1f}", va="center", fontsize=7)
     ax.set_xlabel("frames per second")
     ax.set_title("throughput per target and precision")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_roofline(report: dict[str, Any], path: Path) -> Path:
     """Each result as a roofline point: MACs per byte of modelled traffic vs achieved GMAC/s."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     peak = report.get("platform_peak") or {}
     pts = [(r["compute"]["arithmetic_intensity"], r["compute"]["achieved_gmacs"], _label(r))
@@ -248,10 +251,7 @@ def plot_roofline(report: dict[str, Any], path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title("roofline")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def write_all(report: dict[str, Any], out_dir: Path, plots: bool = True) -> dict[str, Path]:
