@@ -47,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--remeasure-platform", action="store_true", help="measure the platform peak again")
     parser.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"), help="with --target: where artifacts live")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, only the table")
-    parser.add_argument("--library", type=Path, action="append", default=[], metavar="PATH",
-                        help="a native library the backend may load: OpenVINO extension, TensorRT plugin, ONNX Runtime "
-                             "custom ops (repeatable; nothing in an artifact can make edgecsp load a library)")
+    cli.add_library_option(parser)
     args = parser.parse_args(argv)
 
     from edgecsp.bench import report as rep

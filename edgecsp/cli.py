@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from edgecsp.errors import EdgeCSPError
 
@@ -30,3 +32,10 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def add_library_option(parser: argparse.ArgumentParser) -> None:
+    """``--library PATH``: the one way a native backend library gets loaded (see backends.libraries)."""
+    parser.add_argument("--library", type=Path, action="append", default=[], metavar="PATH",
+                        help="a native library the backend may load: OpenVINO extension, TensorRT plugin, ONNX Runtime "
+                             "custom ops (repeatable; nothing in an artifact can make edgecsp load a library)")

@@ -25,9 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, help="image folder (overrides --data's)")
     parser.add_argument("--input-size", type=int, help="override the model's input size")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--library", type=Path, action="append", default=[], metavar="PATH",
-                        help="a native library the backend may load: OpenVINO extension, TensorRT plugin, ONNX Runtime "
-                             "custom ops (repeatable; nothing in an artifact can make edgecsp load a library)")
+    cli.add_library_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 
