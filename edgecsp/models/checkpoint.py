@@ -8,7 +8,6 @@ classes, input size, anchors, preprocessing, training metadata and the edgecsp v
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile
@@ -147,14 +146,6 @@ def config_from_json(config: dict) -> dict:
         if isinstance(out.get(key), list):
             out[key] = tuple(out[key])
     return out
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_model(spec: str | None, num_classes: int | None = None) -> tuple[Detector, dict[str, Any]]:
