@@ -9,12 +9,12 @@ campaign script can report how many were tried.
 from __future__ import annotations
 
 import collections
-import resource
 import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
+from edgecsp.bench.memory import MB, PeakRSS
 from edgecsp.errors import EdgeCSPError
 
 HANG_S = 30  # one parse taking this long is a hang, not a slow machine
@@ -31,48 +31,21 @@ def _alarm(signum, frame):
     raise Hang(f"no result after {HANG_S} s")
 
 
-def _status_mb(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak RSS since the last reset (Linux VmHWM), else its lifetime peak."""
-    peak = _status_mb("VmHWM:")
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
-
-
-def _current_rss_mb() -> float:
-    now = _status_mb("VmRSS:")
-    return now if now is not None else _peak_rss_mb()
-
-
-def _reset_peak() -> None:
-    """Start the peak over at the current RSS, so each input's own peak is seen (not hidden under
-    an earlier fixture's high-water mark)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
+def memory_growth_mb(memory: PeakRSS) -> float:
+    """Peak RSS over one measured window above the RSS it started from (VmHWM reset per window)."""
+    return (memory.peak - memory.before) / MB
 
 
 def expect_clean(target: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call ``fn``; return its result, or None when it refused the input with EdgeCSPError."""
     TRIED[target] += 1
-    _reset_peak()
-    before = _current_rss_mb()
+    memory = PeakRSS()
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(HANG_S)
     t0 = time.monotonic()
     try:
-        return fn(*args, **kwargs)
+        with memory:
+            return fn(*args, **kwargs)
     except EdgeCSPError as err:
         message = str(err)
         assert message.strip(), f"{target}: EdgeCSPError with an empty message"
@@ -84,7 +57,7 @@ def expect_clean(target: str, fn: Callable[..., Any], *args: Any, **kwargs: Any)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-        grown = _peak_rss_mb() - before
+        grown = memory_growth_mb(memory)
         assert grown < MEMORY_MB, f"{target}: one input grew peak memory by {grown:.0f} MB"
 
 

@@ -146,16 +146,18 @@ def test_image_corpus(path):
 
 @pytest.mark.parametrize("seed", ["png_huge", "png_big", "jpeg_huge", "gif_huge", "bmp_huge"])
 def test_decompression_bomb_refused_before_decoding(tmp_path, seed):
-    from fuzz_harness import _peak_rss_mb
+    from fuzz_harness import memory_growth_mb
+
+    from edgecsp.bench.memory import PeakRSS
 
     path = tmp_path / "bomb.png"
     path.write_bytes(SEEDS[seed])
-    before = _peak_rss_mb()
-    for fn in (load_image_rgb, image_size):
-        with pytest.raises(Exception) as info:
-            fn(path)
-        assert type(info.value).__name__ == "EdgeCSPError" and "pixels" in str(info.value), str(info.value)
-    assert _peak_rss_mb() - before < 100, "the bomb was decoded before being refused"
+    with PeakRSS() as memory:
+        for fn in (load_image_rgb, image_size):
+            with pytest.raises(Exception) as info:
+                fn(path)
+            assert type(info.value).__name__ == "EdgeCSPError" and "pixels" in str(info.value), str(info.value)
+    assert memory_growth_mb(memory) < 100, "the bomb was decoded before being refused"
 
 
 def test_directory_named_like_an_image(tmp_path):
