@@ -59,8 +59,7 @@ def staging_dir(final: Path) -> Path:
     if final.is_symlink() or (final.exists() and not (final / MANIFEST).is_file()):
         raise EdgeCSPError(f"{shown(final)} exists and is not an edgecsp artifact; choose another --out or remove it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    for prefix in _leftover_prefixes(final):
-        remove_stale(final.parent, prefix)
+    remove_stale(final.parent, *_leftover_prefixes(final))
     return private_tmpdir(final.parent, f".{final.name}.partial-")
 
 
@@ -316,16 +315,15 @@ def open_artifact(path: str | Path, verify: bool = True) -> tuple[Path, dict[str
     When the directory is replaced by a new build while it is being checked (a nightly rebuild,
     a compile beside a benchmark), the check starts again on the new one instead of failing.
     """
+    path = Path(path)
     for attempt in range(3):
+        before = _identity(path)
         try:
-            return _open_artifact(Path(path), verify)
+            return _open_artifact(path, verify)
         except EdgeCSPError:
-            if attempt == 2 or not _replaced_meanwhile(Path(path)):
+            if attempt == 2 or not _replaced_since(path, before):
                 raise
     raise AssertionError("unreachable")
-
-
-_SEEN: dict[str, tuple[int, int]] = {}
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -336,18 +334,17 @@ def _identity(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def _replaced_meanwhile(path: Path) -> bool:
+def _replaced_since(path: Path, before: tuple[int, int] | None) -> bool:
     import time
 
-    time.sleep(0.05)
+    time.sleep(0.05)  # a publish in flight finishes its swap
     now = _identity(path)
-    return now is not None and now != _SEEN.get(str(path))
+    return now is not None and now != before
 
 
 def _open_artifact(path: Path, verify: bool) -> tuple[Path, dict[str, Any]]:
     if not path.exists():
         raise EdgeCSPError(f"artifact {shown(path)} does not exist; build one with python -m edgecsp.compile --target ...")
-    _SEEN[str(path)] = _identity(path) or (0, 0)
     root = _extract(path) if path.is_file() else path
     manifest_path = root / MANIFEST
     try:

@@ -112,7 +112,7 @@ def _unlocked(entry: Path) -> int | None:
         return None
 
 
-def remove_stale(parent: Path, prefix: str) -> list[Path]:
+def remove_stale(parent: Path, *prefixes: str) -> list[Path]:
     """Remove ``<prefix>*`` temporaries in ``parent`` that no live process holds (killed runs')."""
     import time
 
@@ -120,7 +120,8 @@ def remove_stale(parent: Path, prefix: str) -> list[Path]:
     if not parent.is_dir():
         return removed
     for entry in parent.iterdir():
-        if not entry.name.startswith(prefix) or str(entry) in _HELD or _pid_alive(entry.name, prefix):
+        prefix = next((p for p in prefixes if entry.name.startswith(p)), None)
+        if prefix is None or str(entry) in _HELD or _pid_alive(entry.name, prefix):
             continue
         try:
             if time.time() - entry.lstat().st_mtime < _MIN_AGE_S:
