@@ -143,16 +143,22 @@ def remove_stale(parent: Path, *prefixes: str) -> list[Path]:
     return removed
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a pid-named temporary and a rename."""
+def atomic_write(path: Path, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` via a pid-named temporary, fsync and a rename: readers see the
+    old file or the new one. The file gets the usual permissions (mkstemp's are owner-only)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+        return path
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

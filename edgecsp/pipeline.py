@@ -20,7 +20,7 @@ from typing import Any
 from edgecsp import __version__
 from edgecsp.errors import EdgeCSPError
 from edgecsp.faults import failpoint
-from edgecsp.fsutil import atomic_write_text, os_problem, private_tmpdir, publish_dir_once, remove_stale
+from edgecsp.fsutil import atomic_write, os_problem, private_tmpdir, publish_dir_once, remove_stale
 
 Progress = Callable[[str], None]
 
@@ -64,7 +64,7 @@ def reference_metrics(model, model_hash: str, dataset, size: int, max_images: in
     except (OSError, ValueError):  # absent, or damaged by an older crash: measure again
         pass
     metrics = evaluate(torch_predict_fn(model), dataset, size, progress=False, max_images=max_images)
-    _cache_write(lambda: atomic_write_text(path, json.dumps(metrics)))
+    _cache_write(lambda: atomic_write(path, json.dumps(metrics)))
     return metrics
 
 

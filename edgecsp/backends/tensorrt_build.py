@@ -17,8 +17,6 @@ tensorrt is imported inside the functions only.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecsp.errors import EdgeCSPError
+from edgecsp.fsutil import atomic_write
 
 
 @dataclass
@@ -81,18 +80,6 @@ def plan_build(trt_major: int, files: dict[str, str], opts: EngineOptions) -> Bu
     if p == "int8" and not cache:
         raise EdgeCSPError("bundle has no calibration cache for TensorRT 8.x INT8; rebuild the bundle")
     return BuildPlan(onnx=pick("fp32"), strongly_typed=False, flags=flags, calibration_cache=cache)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def build_engine(root: Path, files: dict[str, str], opts: EngineOptions, input_shape: list[int | str],
@@ -186,9 +173,9 @@ def build_engine(root: Path, files: dict[str, str], opts: EngineOptions, input_s
     if serialized is None:
         raise EdgeCSPError(f"TensorRT {version} failed to build the engine (see its log above); "
                            "try --precision fp16, a larger workspace_mb, or dla_core = -1")
-    _atomic_write(root / engine_name, bytes(serialized))
+    atomic_write(root / engine_name, bytes(serialized))
     if opts.timing_cache:
-        _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+        atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
     return {
         "tensorrt_version": version, "gpu": gpu["gpu"], "compute_capability": gpu["compute_capability"],
         "cuda_runtime": gpu["cuda_runtime"], "onnx": plan.onnx, "strongly_typed": plan.strongly_typed,

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from edgecsp.bench import machine
+from edgecsp.fsutil import atomic_write
 
 SCHEMA = "edgecsp-platform-peak/2"
 BLOCK = 32 * 1024  # float64 elements per triad block: 256 KiB, inside every L2 we target
@@ -179,10 +180,7 @@ def platform_peak(threads: int | None = None, refresh: bool = False, cache: bool
             "cached": False,
         }
         if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=1))
-            tmp.replace(path)
+            atomic_write(path, json.dumps(result, indent=1))  # a private temporary: two benchmarks may write it
     hardware = hardware or {}
     if hardware.get("peak_dram_gbps"):  # the datasheet figure, shown beside the measured one
         result["datasheet_peak_gbs"] = float(hardware["peak_dram_gbps"])

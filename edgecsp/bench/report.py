@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from edgecsp.fsutil import atomic_write
 
 SCHEMA = "edgecsp-benchmark/1"
 REQUIRED_RESULT_KEYS = ("name", "scenario", "fps", "latency_ms", "peak_rss_mb", "bandwidth")
@@ -39,21 +39,8 @@ def validate(report: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is an ordinary file
-    os.replace(tmp, path)
-    return path
-
-
 def write_json(report: dict[str, Any], path: Path) -> Path:
-    return _atomic_write(path, json.dumps(report, indent=1, default=str) + "\n")
+    return atomic_write(Path(path), json.dumps(report, indent=1, default=str) + "\n")
 
 
 CSV_COLUMNS = [
