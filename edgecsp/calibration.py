@@ -121,22 +121,22 @@ def _image_files(recipe: CalibrationRecipe) -> list[Path]:
     return files
 
 
-def calibration_set(recipe: CalibrationRecipe, input_size: int) -> CalibrationSet:
-    """Select ``num_images`` images (seeded) and letterbox them like inference does."""
+def calibration_set(recipe: CalibrationRecipe, input_size: int, resize: str = "letterbox") -> CalibrationSet:
+    """Select ``num_images`` images (seeded) and letterbox (or stretch) them like inference does."""
     from edgecsp.data.preprocess import letterbox, load_image_rgb, to_tensor_batch
 
     files = _image_files(recipe)
     rng = np.random.default_rng(recipe.seed)
     if len(files) > recipe.num_images:
         files = [files[i] for i in sorted(rng.choice(len(files), recipe.num_images, replace=False))]
-    h = hashlib.sha256(f"letterbox:{input_size}:114".encode())
+    h = hashlib.sha256(f"{resize}:{input_size}:114".encode())
     boxed = []
     for path in files:
         try:
             image = load_image_rgb(path)
         except EdgeCSPError as err:
             raise EdgeCSPError(f"calibration image unreadable: {err}") from None
-        boxed.append(letterbox(image, input_size)[0])
+        boxed.append(letterbox(image, input_size, mode=resize)[0])
         failpoint("calibration.image")
         h.update(path.name.encode())
         h.update(Path(path).read_bytes())

@@ -39,3 +39,25 @@ def add_library_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--library", type=Path, action="append", default=[], metavar="PATH",
                         help="a native library the backend may load: OpenVINO extension, TensorRT plugin, ONNX Runtime "
                              "custom ops (repeatable; nothing in an artifact can make edgecsp load a library)")
+
+
+def add_model_options(parser: argparse.ArgumentParser, default: str | None = "demo", required: bool = False,
+                      group=None) -> None:
+    """``--model`` (checkpoint, zoo name, 'demo' or a Darknet .cfg) with ``--weights`` and ``--names``
+    for Darknet models: the same three options in every command that takes a model."""
+    where = group or parser
+    where.add_argument("--model", default=default, required=required,
+                       help="edgecsp .safetensors checkpoint, zoo detector name, 'demo'"
+                            + (f" (default: {default})" if default else "") + ", or a Darknet .cfg")
+    parser.add_argument("--weights", metavar="FILE.weights",
+                        help="with a Darknet .cfg --model: its trained .weights (without: an untrained cfg)")
+    parser.add_argument("--names", metavar="FILE.names",
+                        help="with a Darknet .cfg --model: its class names, one per line (default: from the data, "
+                             "else class0..N-1)")
+
+
+def model_source(args: argparse.Namespace):
+    """The ModelSource of parsed model options (see add_model_options)."""
+    from edgecsp.models.checkpoint import ModelSource
+
+    return ModelSource(args.model or "demo", args.weights, args.names)

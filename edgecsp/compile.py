@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgecsp.compile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", required=True, help=f"profile name ({', '.join(list_targets())}) or a .toml path")
-    parser.add_argument("--model", default="demo", help="checkpoint, zoo detector name or 'demo' (default)")
+    cli.add_model_options(parser)
     parser.add_argument("--precision", help="fp32, fp16, bf16 or int8 (default: the target's)")
     parser.add_argument("--calibration", help="calibration recipe name (calibration/*.toml) or path (default: default)")
     parser.add_argument("--data", type=Path, help="validation set for the accuracy check (default: shapes val split)")
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgecsp.pipeline import CompileOptions, compile_artifact
 
     batch = None if args.batch is None else (args.batch if args.batch == "dynamic" else int(args.batch))
-    opts = CompileOptions(target=args.target, model=args.model, precision=args.precision, calibration=args.calibration,
+    opts = CompileOptions(target=args.target, model=cli.model_source(args), precision=args.precision, calibration=args.calibration,
                           data=args.data, out=args.out, allow_accuracy_drop=args.allow_accuracy_drop, batch=batch,
                           verify_images=args.verify_images, nms=args.nms)
     out, manifest = compile_artifact(opts, progress=progress)

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgecsp.detect", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", type=Path)
-    parser.add_argument("--model", default="demo", help="checkpoint path, zoo name or 'demo' (default)")
+    cli.add_model_options(parser)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--score", type=float, default=0.3, help="minimum score to keep (default 0.3)")
     parser.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
@@ -43,17 +43,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgecsp.data.preprocess import letterbox, load_image_rgb, to_tensor_batch
     from edgecsp.evaluation import torch_predict_fn
-    from edgecsp.models.checkpoint import resolve_model
+    from edgecsp.models.checkpoint import resize_of, resolve_model
     from edgecsp.postprocess import postprocess
 
-    model, description = resolve_model(args.model)
+    model, description = resolve_model(cli.model_source(args))
     names = description["class_names"]
     predict = torch_predict_fn(model)
     images = [(path, load_image_rgb(path)) for path in args.images]  # fail on a bad path before writing
     args.out.mkdir(parents=True, exist_ok=True)
     report = []
     for path, image in images:
-        lb, info = letterbox(image, model.config.input_size)
+        lb, info = letterbox(image, model.config.input_size, mode=resize_of(model))
         det = postprocess(predict(to_tensor_batch([lb]))[0], info, args.score, args.iou)
         draw(image, det, names).save(args.out / f"{path.stem}.png")
         report.append({"image": str(path), "detections": [

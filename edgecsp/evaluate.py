@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgecsp.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", default="demo", help="checkpoint path, zoo detector name, or 'demo' (default)")
+    cli.add_model_options(parser, group=source)
     source.add_argument("--artifact", type=Path, help="compiled artifact directory or .tar.gz")
     parser.add_argument("--data", type=Path, help="directory with annotations.json (or instances_*.json) and images/")
     parser.add_argument("--annotations", type=Path, help="COCO annotations JSON (overrides --data's)")
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgecsp.data.coco import resolve_dataset
     from edgecsp.evaluation import evaluate, torch_predict_fn
-    from edgecsp.models.checkpoint import resolve_model
+    from edgecsp.models.checkpoint import resize_of, resolve_model
 
     if args.data is None and args.annotations is None:
         from edgecsp.paths import default_val_dir
@@ -43,14 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         predictor = edgecsp.load(args.artifact, **({"libraries": args.library} if args.library else {}))
         if args.input_size and args.input_size != predictor.input_size:
             raise EdgeCSPError(f"the artifact was built for input {predictor.input_size}; drop --input-size")
-        size, predict = predictor.input_size, predictor.predict_batch
+        size, predict, resize = predictor.input_size, predictor.predict_batch, predictor.resize
         if predictor.class_names and len(predictor.class_names) != dataset.num_classes:
             raise EdgeCSPError(f"the artifact has {len(predictor.class_names)} classes, {dataset.annotations_path} "
                                f"has {dataset.num_classes}")
     else:
-        model, _ = resolve_model(args.model, num_classes=dataset.num_classes)
+        model, description = resolve_model(cli.model_source(args), num_classes=dataset.num_classes)
         size, predict = args.input_size or model.config.input_size, torch_predict_fn(model)
-    metrics = evaluate(predict, dataset, size, args.batch, progress=not args.json)
+        resize = resize_of(model)
+    metrics = evaluate(predict, dataset, size, args.batch, progress=not args.json, resize=resize)
     metrics["model"] = str(args.artifact) if args.artifact else args.model
     metrics["input_size"] = size
     print_metrics(metrics, args.json)

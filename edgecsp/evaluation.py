@@ -35,8 +35,10 @@ def torch_predict_fn(model) -> PredictFn:
 
 
 def predict_dataset(predict: PredictFn, dataset: CocoDataset, input_size: int, batch_size: int = 8,
-                    progress: bool = True, max_images: int | None = None) -> list[dict]:
-    """Run over the data set; returns COCO result dicts in original image coordinates."""
+                    progress: bool = True, max_images: int | None = None, resize: str = "letterbox") -> list[dict]:
+    """Run over the data set; returns COCO result dicts in original image coordinates.
+
+    ``resize`` is the model's preprocessing ("letterbox" or "stretch", edgecsp.data.preprocess)."""
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     results = []
     bar = tqdm(total=n, desc="evaluating", unit="img", disable=not progress, leave=False)
@@ -45,7 +47,7 @@ def predict_dataset(predict: PredictFn, dataset: CocoDataset, input_size: int, b
         boxed, infos = [], []
         for i in idx:
             image, _, _ = dataset[i]
-            lb, info = letterbox(image, input_size)
+            lb, info = letterbox(image, input_size, mode=resize)
             boxed.append(lb)
             infos.append(info)
         out = predict(to_tensor_batch(boxed))
@@ -96,7 +98,7 @@ def coco_metrics(dataset: CocoDataset, results: list[dict], image_ids: list[int]
 
 
 def evaluate(predict: PredictFn, dataset: CocoDataset, input_size: int, batch_size: int = 8,
-             progress: bool = True, max_images: int | None = None) -> dict:
-    results = predict_dataset(predict, dataset, input_size, batch_size, progress, max_images)
+             progress: bool = True, max_images: int | None = None, resize: str = "letterbox") -> dict:
+    results = predict_dataset(predict, dataset, input_size, batch_size, progress, max_images, resize)
     ids = None if max_images is None else [dataset.images[i].id for i in range(min(len(dataset), max_images))]
     return coco_metrics(dataset, results, ids)

@@ -26,7 +26,7 @@ def _batch(text: str) -> int | str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgecsp.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="demo", help="checkpoint path, zoo detector name, or 'demo' (default)")
+    cli.add_model_options(parser)
     parser.add_argument("--out", type=Path, default=Path("model.onnx"), help="output file (default model.onnx)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, 11 to 20 (default 17)")
     parser.add_argument("--batch", type=_batch, default=1, help="fixed batch size or 'dynamic' (default 1)")
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgecsp.onnx_export import NMSOptions, export_onnx
 
     options = NMSOptions(iou=args.iou, score=args.score, max_det=args.max_det) if args.nms else None
-    model, description = resolve_model(args.model)
+    model, description = resolve_model(cli.model_source(args))
     report = export_onnx(model, args.out, opset=args.opset, batch=args.batch, input_size=args.input_size,
                          nms=args.nms, nms_options=options, simplify=not args.no_simplify, description=description)
     if args.json:

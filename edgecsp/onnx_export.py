@@ -144,9 +144,10 @@ def export_onnx(
     supplies the class names and model name for the metadata.
     """
     start = time.perf_counter()
+    from edgecsp.models.darknet_detector import DarknetDetector
     from edgecsp.models.detector import Detector
 
-    if not isinstance(model, Detector):
+    if not isinstance(model, (Detector, DarknetDetector)):
         raise EdgeCSPError(f"export_onnx needs an edgecsp Detector, got {type(model).__name__}; "
                            "load one with edgecsp.models.checkpoint.resolve_model")
     opset = _check_opset(opset)
@@ -440,9 +441,10 @@ def _set_output_shape(proto, model, size: tuple[int, int], batch: int | str) -> 
     """Spell out (batch, K, 5 + C): shape inference through the decode leaves made-up dim names."""
     from onnx import TensorProto, helper
 
+    from edgecsp.models.checkpoint import output_rows
+
     c = model.config
-    per_level = len(c.anchors) // len(c.strides)
-    k = sum(per_level * (size[0] // s) * (size[1] // s) for s in c.strides)
+    k = output_rows(model, size)
     b = "batch" if batch == "dynamic" else batch
     out = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [b, k, 5 + c.num_classes])
     proto.graph.output[0].CopyFrom(out)
@@ -624,7 +626,7 @@ def _match_detections(got: np.ndarray, want: np.ndarray, opts: NMSOptions) -> fl
 def _metadata(model, size: tuple[int, int], batch: int | str, opts: NMSOptions | None,
               description: dict | None) -> dict[str, str]:
     from edgecsp import __version__
-    from edgecsp.models.checkpoint import PREPROCESSING
+    from edgecsp.models.checkpoint import config_as_json, preprocessing_of
 
     c = model.config
     description = description or {}
@@ -642,8 +644,8 @@ def _metadata(model, size: tuple[int, int], batch: int | str, opts: NMSOptions |
         "batch": str(batch),
         "anchors": json.dumps([list(a) for a in c.anchors]),
         "strides": json.dumps(list(c.strides)),
-        "preprocessing": json.dumps(PREPROCESSING),
-        "detector_config": json.dumps(dataclasses.asdict(c)),
+        "preprocessing": json.dumps(preprocessing_of(model)),
+        "detector_config": json.dumps(config_as_json(model)),
     }
     if opts is not None:
         meta["nms"] = json.dumps(dataclasses.asdict(opts))

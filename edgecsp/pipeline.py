@@ -42,7 +42,9 @@ class CompileOptions:
 def model_hash_of(model) -> str:
     import hashlib
 
-    h = hashlib.sha256(json.dumps(asdict(model.config), sort_keys=True, default=str).encode())
+    from edgecsp.models.checkpoint import config_as_json
+
+    h = hashlib.sha256(json.dumps(config_as_json(model), sort_keys=True, default=str).encode())
     for k, v in model.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
@@ -55,7 +57,7 @@ def reference_metrics(model, model_hash: str, dataset, size: int, max_images: in
     from edgecsp.evaluation import evaluate, torch_predict_fn
     from edgecsp.paths import cache_dir
 
-    key = f"{model_hash}-{sha256_file(dataset.annotations_path)[:16]}-{size}-{max_images or 'all'}"
+    key = f"{model_hash}-{sha256_file(dataset.annotations_path)[:16]}-{size}-{max_images or 'all'}-v2"
     path = cache_dir() / "reference" / f"{key}.json"
     try:
         cached = json.loads(path.read_text())
@@ -63,7 +65,10 @@ def reference_metrics(model, model_hash: str, dataset, size: int, max_images: in
             return cached
     except (OSError, ValueError):  # absent, or damaged by an older crash: measure again
         pass
-    metrics = evaluate(torch_predict_fn(model), dataset, size, progress=False, max_images=max_images)
+    from edgecsp.models.checkpoint import resize_of
+
+    metrics = evaluate(torch_predict_fn(model), dataset, size, progress=False, max_images=max_images,
+                       resize=resize_of(model))
     _cache_write(lambda: atomic_write(path, json.dumps(metrics)))
     return metrics
 
@@ -101,20 +106,24 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
         raise EdgeCSPError(f"backend {backend.name} cannot build {precision}; it builds {', '.join(backend.precisions)}")
 
     from edgecsp.data.coco import resolve_dataset
-    from edgecsp.models.checkpoint import resolve_model
+    from edgecsp.models.checkpoint import is_darknet, resize_of, resolve_model
 
-    model, description = resolve_model(opts.model)
-    size = profile.input_size or model.config.input_size
-    batch = opts.batch or profile.batch
-    model_hash = model_hash_of(model)
-    model_name = description.get("name", opts.model)
-    out = Path(opts.out or Path("artifacts") / f"{Path(str(opts.model or 'demo')).stem}-{profile.name}-{precision}")
     if opts.data is None:
         from edgecsp.paths import default_val_dir
 
         progress("preparing the default validation set (shapes task, generated once and cached)")
         opts.data = default_val_dir()
     dataset = resolve_dataset(opts.data)
+    # An untrained Darknet cfg takes the data's class count; any trained model must match it.
+    model, description = resolve_model(opts.model, num_classes=dataset.num_classes)
+    if is_darknet(model) and not getattr(opts.model, "names", None):
+        description["class_names"] = list(dataset.class_names)  # no .names: the data set's names
+    resize = resize_of(model)  # letterbox, or stretch for Darknet cfgs trained that way
+    size = profile.input_size or model.config.input_size
+    batch = opts.batch or profile.batch
+    model_hash = model_hash_of(model)
+    model_name = description.get("name", opts.model)
+    out = Path(opts.out or Path("artifacts") / f"{Path(str(opts.model or 'demo')).stem}-{profile.name}-{precision}")
     if dataset.num_classes != model.config.num_classes:
         raise EdgeCSPError(f"validation set {opts.data} has {dataset.num_classes} classes, "
                            f"the model has {model.config.num_classes}; pass the model's own validation data with --data")
@@ -147,7 +156,7 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
             t = time.time()
             recipe = load_recipe(opts.calibration)
             progress(f"[2/4] calibration data: recipe {recipe.name} ({recipe.method}, {recipe.num_images} images)")
-            calib = calibration_set(recipe, size)
+            calib = calibration_set(recipe, size, resize)
             timings["calibration_data_s"] = round(time.time() - t, 2)
         else:
             progress(f"[2/4] calibration: not needed for {precision}")
@@ -170,7 +179,8 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
             progress(f"[3/4] build {backend.name} {precision} engine")
 
             def validate(predict) -> float:
-                return evaluate(predict, dataset, size, progress=False, max_images=opts.verify_images)["AP50"]
+                return evaluate(predict, dataset, size, progress=False, max_images=opts.verify_images,
+                                resize=resize)["AP50"]
 
             request = BuildRequest(onnx_path=work / "model.onnx", precision=precision, profile=profile,
                                    out_dir=staging, calibration=calib, validate=validate,
@@ -194,7 +204,8 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
             from edgecsp.predictor import Predictor
 
             predictor = Predictor(staging, draft, runner)
-            measured = evaluate(predictor.predict_batch, dataset, size, progress=False, max_images=opts.verify_images)
+            measured = evaluate(predictor.predict_batch, dataset, size, progress=False, max_images=opts.verify_images,
+                                resize=resize)
         finally:
             runner.close()
         timings["verify_s"] = round(time.time() - t, 2)
@@ -288,15 +299,19 @@ def _store_engine(key: str, staging: Path, meta: dict) -> None:
 
 def _manifest(model, description, model_hash, opts, profile, precision, backend_name, backend_version,
               result_meta, report, recipe, calib, size, batch) -> dict[str, Any]:
+    from edgecsp.models.checkpoint import config_as_json, output_rows
+
     c = model.config
-    k = sum((size // s) ** 2 for s in c.strides) * (len(c.anchors) // len(c.strides))
+    k = output_rows(model, size)
+    files = opts.model.as_dict() if hasattr(opts.model, "as_dict") else {}
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "edgecsp_version": __version__,
         "model": {"name": description.get("name"), "source": str(opts.model or "demo"), "hash": model_hash,
+                  **{k: v for k, v in files.items() if k in ("weights", "names")},
                   "class_names": description["class_names"], "num_classes": c.num_classes,
                   "input_size": [size, size], "anchors": [list(a) for a in c.anchors], "strides": list(c.strides),
-                  "config": asdict(c)},
+                  "config": config_as_json(model)},
         "target": profile.as_dict(),
         "backend": {"name": backend_name, "version": backend_version, "info": result_meta["info"]},
         "precision": precision,

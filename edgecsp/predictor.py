@@ -16,7 +16,7 @@ import numpy as np
 from edgecsp.artifact import open_artifact
 from edgecsp.backends import Runner, get_backend
 from edgecsp.backends.base import run_in_static_batches
-from edgecsp.data.preprocess import letterbox, load_image_rgb, to_tensor_batch
+from edgecsp.data.preprocess import letterbox, load_image_rgb, resize_mode, to_tensor_batch
 from edgecsp.postprocess import Detections, postprocess
 
 
@@ -25,6 +25,7 @@ class Predictor:
         self.root, self.manifest, self.runner = root, manifest, runner
         self.input_size = int(manifest["model"]["input_size"][0])
         self.class_names: list[str] = list(manifest["model"]["class_names"])
+        self.resize = resize_mode(manifest.get("preprocessing"))  # letterbox, or stretch (Darknet's default)
         self.batch = int(manifest["inputs"][0]["shape"][0]) if isinstance(manifest["inputs"][0]["shape"][0], int) else 0
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
@@ -39,7 +40,7 @@ class Predictor:
         boxed, infos = [], []
         for item in images:
             image = load_image_rgb(item) if isinstance(item, (str, Path)) else item
-            lb, info = letterbox(image, self.input_size)
+            lb, info = letterbox(image, self.input_size, mode=self.resize)
             boxed.append(lb)
             infos.append(info)
         out = self.predict_batch(to_tensor_batch(boxed))

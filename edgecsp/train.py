@@ -1,8 +1,10 @@
-"""python -m edgecsp.train (--model NAME | --darknet-cfg CFG [--darknet-weights W]) --data DIR [--epochs E] [--out CKPT]
+"""python -m edgecsp.train (--model NAME | --model X.cfg [--weights X.weights] | --darknet-cfg CFG) --data DIR
 
-Trains a zoo detector from scratch, or fine-tunes a published Darknet detector: the cfg is matched
-to its native zoo twin, its .weights load by layer order, and with a different number of classes
-every layer but the prediction convolutions keeps its weights."""
+Trains a zoo detector or any Darknet [yolo] cfg from scratch, or fine-tunes a Darknet detector from
+its .weights: with a different number of classes every layer but the convolutions feeding the
+[yolo] layers keeps its weights. A model trained from a cfg keeps the cfg in its checkpoint and
+writes back to .cfg + .weights (python -m edgecsp.export --format darknet). --darknet-cfg matches a
+published CSP cfg to its native zoo twin instead."""
 
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ from edgecsp import cli
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgecsp.train", description=__doc__)
-    parser.add_argument("--model", default="csp-tiny-efm", help="zoo detector name (default: csp-tiny-efm)")
+    parser.add_argument("--model", default="csp-tiny-efm",
+                        help="zoo detector name (default: csp-tiny-efm) or a Darknet .cfg (with --weights to fine-tune)")
+    parser.add_argument("--weights", type=Path, help="with a .cfg --model: start from these Darknet .weights")
+    parser.add_argument("--names", type=Path, help="with a .cfg --model: class names (default: the data set's)")
     parser.add_argument("--darknet-cfg", type=Path, help="fine-tune from a Darknet detector cfg (CSP PANet-SPP family)")
     parser.add_argument("--darknet-weights", type=Path, help="its .weights (default: train the cfg from scratch)")
     parser.add_argument("--data", required=True, type=Path, help="COCO-format training set directory")
@@ -39,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     dataset = resolve_dataset(args.data)
     fit = not args.no_fit_anchors
+    class_names = None
     if args.darknet_cfg is not None:
         from edgecsp.models.from_darknet import detector_from_cfg
 
@@ -49,6 +55,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.darknet_cfg.name} is the zoo's {twin}; fine-tuning it on {dataset.num_classes} classes")
     elif args.darknet_weights is not None:
         parser.error("--darknet-weights needs --darknet-cfg")
+    elif _is_cfg(args.model):
+        from edgecsp.models.darknet_detector import load_darknet_detector
+
+        model, description = load_darknet_detector(Path(args.model), args.weights, args.names,
+                                                   num_classes=dataset.num_classes, input_size=args.input_size)
+        class_names = description["class_names"] if args.names else list(dataset.class_names)
+        fit = fit and args.weights is None  # trained weights go with their cfg's anchors
+        start = f"its weights from {args.weights.name}" if args.weights else "random weights"
+        print(f"training {Path(args.model).name} ({model.config.input_size}x{model.config.input_size}, "
+              f"{dataset.num_classes} classes) from {start}")
+        args.model = Path(args.model).stem
+    elif args.weights is not None or args.names is not None:
+        parser.error("--weights and --names go with a Darknet .cfg --model")
     else:
         model = build_detector(args.model, num_classes=dataset.num_classes, input_size=args.input_size)
     import torch
@@ -56,9 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     settings = TrainSettings(epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                              workers=args.workers, device=device, stop_after=args.stop_after)
-    out = train(model, dataset, args.out, settings, name=args.model, resume=args.resume, fit=fit)
+    out = train(model, dataset, args.out, settings, name=args.model, resume=args.resume, fit=fit,
+                class_names=class_names)
     print(f"saved {out}")
     return 0
+
+
+def _is_cfg(model: str) -> bool:
+    from edgecsp.models.darknet_detector import looks_like_cfg
+
+    path = Path(model)
+    return path.is_file() and looks_like_cfg(path)
 
 
 if __name__ == "__main__":

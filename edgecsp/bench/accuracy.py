@@ -29,7 +29,9 @@ def check_accuracy(predict_batch: Any, manifest: dict, data: Path | None = None,
     from edgecsp.models.checkpoint import resolve_model
     from edgecsp.pipeline import model_hash_of, reference_metrics
 
-    spec = model_spec or (manifest.get("model") or {}).get("source") or "demo"
+    from edgecsp.models.checkpoint import source_of
+
+    spec = model_spec or source_of(manifest)
     try:
         model, _ = resolve_model(spec)
     except EdgeCSPError as err:
@@ -49,7 +51,10 @@ def check_accuracy(predict_batch: Any, manifest: dict, data: Path | None = None,
         raise EdgeCSPError(f"validation set {data} has {dataset.num_classes} classes, the model has "
                            f"{model.config.num_classes}; pass the model's own validation data with --data")
     reference = reference_metrics(model, model_hash, dataset, size, max_images)
-    measured = evaluate(predict_batch, dataset, size, progress=False, max_images=max_images)
+    from edgecsp.data.preprocess import resize_mode
+
+    measured = evaluate(predict_batch, dataset, size, progress=False, max_images=max_images,
+                        resize=resize_mode(manifest.get("preprocessing")))
     tol = tolerance_points(manifest)
     ap50_drop = round((reference["AP50"] - measured["AP50"]) * 100, 3)
     return {

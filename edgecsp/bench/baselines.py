@@ -90,7 +90,9 @@ def model_for(manifest: dict, model_spec: str | None = None) -> tuple[Any, str]:
     from edgecsp.bench.traffic import model_from_manifest
     from edgecsp.models.checkpoint import resolve_model
 
-    spec = model_spec or (manifest.get("model") or {}).get("source") or "demo"
+    from edgecsp.models.checkpoint import source_of
+
+    spec = model_spec or source_of(manifest)
     try:
         model, _ = resolve_model(spec)
     except EdgeCSPError as err:

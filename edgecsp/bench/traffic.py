@@ -45,14 +45,12 @@ def _sig(x: float, digits: int = 5) -> float:
 def model_from_manifest(manifest: dict) -> Any:
     """The artifact's architecture as a PyTorch module (random weights: counts do not depend on them)."""
     from edgecsp.errors import EdgeCSPError
-    from edgecsp.models.checkpoint import config_from_json
-    from edgecsp.models.detector import DetectorConfig, build_detector
+    from edgecsp.models.checkpoint import model_from_config_json
 
     try:
-        config = DetectorConfig(**config_from_json(manifest["model"]["config"]))
+        return model_from_config_json(manifest["model"]["config"]).eval()
     except (KeyError, TypeError) as err:
         raise EdgeCSPError(f"the artifact's manifest has no usable model config ({err}); rebuild it") from None
-    return build_detector(config).eval()
 
 
 def graph_counts(model: Any, input_size: int) -> dict[str, int]:

@@ -23,6 +23,7 @@ _ALIASES = {
     "conn": "connected",
     "max": "maxpool",
     "avg": "avgpool",
+    "local_avg": "local_avgpool",
     "soft": "softmax",
 }
 
@@ -72,10 +73,11 @@ _SCHEMA: dict[str, tuple[set[str], dict[str, str | None]]] = {
          "coordconv": "0", "flipped": "0", "reverse": "0", "deform": "0"},
     ),
     "maxpool": (
-        {"size", "stride", "stride_x", "stride_y", "padding"},
-        {"maxpool_depth": "0", "out_channels": "1", "antialiasing": "0",
-         "maxpool_zero_nonmax": "0"},
+        {"size", "stride", "stride_x", "stride_y", "padding", "maxpool_depth", "out_channels"},
+        {"antialiasing": "0", "maxpool_zero_nonmax": "0"},
     ),
+    "local_avgpool": ({"size", "stride", "stride_x", "stride_y", "padding"}, {}),
+    "reorg3d": ({"stride"}, {"reverse": "0"}),
     "avgpool": (set(), {}),
     "route": ({"layers", "groups", "group_id"}, {}),
     "shortcut": ({"from", "activation"}, {"weights_type": "none", "weights_normalization": "none"}),
@@ -93,9 +95,16 @@ _SCHEMA: dict[str, tuple[set[str], dict[str, str | None]]] = {
 # Real Darknet layer types this importer does not build: a clearer message than "unknown".
 _DARKNET_UNSUPPORTED = {
     "local", "activation", "crnn", "gru", "lstm", "conv_lstm", "history", "rnn", "crop",
-    "detection", "region", "gaussian_yolo", "local_avg", "local_avgpool", "reorg3d", "lrn",
+    "detection", "region", "gaussian_yolo", "lrn",
     "normalization", "batchnorm", "contrastive", "empty", "silence", "implicit",
     "deconvolutional",
+}
+
+
+# Layer types of detectors edgecsp does not take, with what they are (named in the refusal).
+_OUT_OF_SCOPE = {
+    "region": "a YOLOv2 head", "detection": "a YOLOv1 head", "gaussian_yolo": "Gaussian YOLOv3's head",
+    "crnn": "a recurrent layer of a tracking cfg", "contrastive": "a training-time embedding layer",
 }
 
 
@@ -284,6 +293,9 @@ def parse_cfg_text(text: str, path: str = "<cfg>") -> DarknetCfg:
 def _new_section(raw_type: str, path: str, line: int, name: str) -> Section:
     kind = _ALIASES.get(raw_type, raw_type)
     if kind not in _SCHEMA:
+        if kind in _OUT_OF_SCOPE:
+            raise EdgeCSPError(f"{name}:{line}: [{raw_type}] ({_OUT_OF_SCOPE[kind]}) is outside what edgecsp "
+                               "deploys: it takes [yolo]-headed detectors (YOLOv3 generation and later)")
         if kind in _DARKNET_UNSUPPORTED:
             raise EdgeCSPError(
                 f"{name}:{line}: Darknet layer [{raw_type}] is not supported by edgecsp; "

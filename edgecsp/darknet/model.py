@@ -8,7 +8,7 @@ padding/2 with the rest on the right/bottom. Conv/BatchNorm/Linear modules appea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,13 +17,14 @@ from torch import nn
 
 from edgecsp.darknet.cfg import DarknetCfg, Section, parse_cfg
 from edgecsp.darknet.weights import load_darknet_weights_into, save_darknet_weights_from
+from edgecsp.resources import BYTES_PER_PARAM, BYTES_PER_VALUE, available_memory, gib
 
 BN_EPS = 1e-5
 # Limits checked before anything is allocated, so a cfg with a typo like filters=1000000000 or
-# width=1000000 is refused instead of exhausting memory. Both are 1 GiB of float32, far above
-# the published CSPNet cfgs (at most 64M parameters, 24M values per map at 608x608).
-MAX_PARAMS = 2**28
-MAX_VALUES = 2**28  # values in one layer's input or output map, for one image
+# width=1000000 is refused instead of exhausting memory. They scale with the machine: a model
+# is refused only when the memory available now cannot hold it (edgecsp.resources); the
+# largest published detector (cspx-p7-mish, 276M parameters, 75M values per map at 1536) loads
+# where a few GiB are free.
 
 
 class DarknetActivation(nn.Module):
@@ -139,6 +140,52 @@ class MaxPoolLayer(nn.MaxPool2d):
             return F.max_pool2d(x, self.kernel_size, self.stride, padding=self.before)
         x = F.pad(x, (self.before, self.after, self.before, self.after), value=float("-inf"))
         return F.max_pool2d(x, self.kernel_size, self.stride)
+
+
+class ChannelMaxout(nn.Module):
+    """[maxpool] maxpool_depth=1 out_channels=N: output channel g is the max over input channels
+    g, g+N, g+2N, ... at each pixel (Darknet's channel maxout; EFM's Maxout compression)."""
+
+    def __init__(self, out_channels: int):
+        super().__init__()
+        self.out_channels = out_channels
+
+    def extra_repr(self) -> str:
+        return f"out_channels={self.out_channels}"
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        return x.reshape(n, c // self.out_channels, self.out_channels, h, w).amax(1)
+
+
+class LocalAvgPool(nn.Module):
+    """[local_avgpool]: a windowed average like [maxpool]'s windows (offset by -padding/2), over
+    the in-image pixels only, as Darknet counts them."""
+
+    def __init__(self, size: int, stride_y: int, stride_x: int, padding: int):
+        super().__init__()
+        self.size, self.stride = size, (stride_y, stride_x)
+        self.pad = (padding // 2, padding - padding // 2) * 2
+
+    def forward(self, x):
+        total = F.avg_pool2d(F.pad(x, self.pad), self.size, self.stride)
+        count = F.avg_pool2d(F.pad(torch.ones_like(x[:, :1]), self.pad), self.size, self.stride)
+        return total / count
+
+
+class Reorg3dLayer(nn.Module):
+    """[reorg3d]: space-to-depth by ``stride``; output channel (dy*s + dx)*C + c holds input
+    channel c at pixel (y*s + dy, x*s + dx), Darknet's channel order (not pixel_unshuffle's)."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        s = self.stride
+        y = x.reshape(b, c, h // s, s, w // s, s).permute(0, 3, 5, 1, 2, 4)
+        return y.reshape(b, s * s * c, h // s, w // s)
 
 
 class GlobalAvgPool(nn.AdaptiveAvgPool2d):
@@ -318,22 +365,26 @@ class _Context:
 
     shapes: list[Shape]
     params: int = 0
+    memory: int = field(default_factory=available_memory)
 
     def add_params(self, s: Section, count: int) -> None:
         self.params += count
-        if self.params > MAX_PARAMS:
+        need = self.params * BYTES_PER_PARAM
+        if need > self.memory:
             raise s.error(
-                f"brings the model to {self.params:,} parameters, over edgecsp's limit of {MAX_PARAMS:,}; "
-                "check filters=, size= and output="
+                f"brings the model to {self.params:,} parameters, which need about {gib(need)} of memory; "
+                f"this machine has {gib(self.memory)} available (free memory, or check filters=, size=, output=)"
             )
 
 
-def _check_values(s: Section, shape: Shape, what: str) -> None:
+def _check_values(s: Section, shape: Shape, what: str, memory: int | None = None) -> None:
     c, h, w = shape
-    if c * h * w > MAX_VALUES:
+    memory = available_memory() if memory is None else memory
+    need = c * h * w * BYTES_PER_VALUE * 2  # the map and the next layer's
+    if need > memory:
         raise s.error(
-            f"{what} would be {c} x {h} x {w} values per image, over edgecsp's limit of {MAX_VALUES:,}; "
-            "use a smaller input size or fewer filters"
+            f"{what} would be {c} x {h} x {w} values per image, about {gib(need)} of memory; this machine "
+            f"has {gib(memory)} available (use a smaller input size, fewer filters, or free memory)"
         )
 
 
@@ -405,7 +456,7 @@ def _conv(s: Section, shape: Shape, ctx: _Context):
     ow = (w + 2 * padding * dilation - span) // sx + 1
     if oh < 1 or ow < 1:
         raise s.error(f"input {h}x{w} is too small for size={size}; use a larger input size")
-    _check_values(s, (c, h + 2 * padding * dilation, w + 2 * padding * dilation), "the padded input")
+    _check_values(s, (c, h + 2 * padding * dilation, w + 2 * padding * dilation), "the padded input", ctx.memory)
     ctx.add_params(s, filters * (c // groups) * size * size + (4 * filters if bn else filters))
     conv = nn.Conv2d(c, filters, size, (sy, sx), padding * dilation, dilation, groups, bias=not bn)
     norm = nn.BatchNorm2d(filters, eps=BN_EPS) if bn else None
@@ -414,14 +465,41 @@ def _conv(s: Section, shape: Shape, ctx: _Context):
 
 def _maxpool(s: Section, shape: Shape, ctx: _Context):
     c, h, w = shape
+    if s.get_int("maxpool_depth", 0):
+        out = _at_least(s, "out_channels", 1)
+        if c % out:
+            raise s.error(f"out_channels={out} must divide the {c} input channels (channel maxout)", "out_channels")
+        return ChannelMaxout(out), (out, h, w), ()
     sy, sx = _strides(s)
     size = _at_least(s, "size", s.get_int("stride", 1))
     padding = _at_least(s, "padding", size - 1, low=0)
     oh, ow = (h + padding - size) // sy + 1, (w + padding - size) // sx + 1
     if oh < 1 or ow < 1:
         raise s.error(f"input {h}x{w} is too small for size={size}; use a larger input size")
-    _check_values(s, (c, h + padding, w + padding), "the padded input")
+    _check_values(s, (c, h + padding, w + padding), "the padded input", ctx.memory)
     return MaxPoolLayer(size, sy, sx, padding), (c, oh, ow), ()
+
+
+def _local_avgpool(s: Section, shape: Shape, ctx: _Context):
+    c, h, w = shape
+    sy, sx = _strides(s)
+    size = _at_least(s, "size", s.get_int("stride", 1))
+    padding = _at_least(s, "padding", size - 1, low=0)
+    oh, ow = (h + padding - size) // sy + 1, (w + padding - size) // sx + 1
+    if oh < 1 or ow < 1:
+        raise s.error(f"input {h}x{w} is too small for size={size}; use a larger input size")
+    _check_values(s, (c, h + padding, w + padding), "the padded input", ctx.memory)
+    return LocalAvgPool(size, sy, sx, padding), (c, oh, ow), ()
+
+
+def _reorg3d(s: Section, shape: Shape, ctx: _Context):
+    stride = _at_least(s, "stride", 1)
+    c, h, w = shape
+    if s.get_int("reverse", 0):
+        raise s.error("reverse=1 is not supported by edgecsp for [reorg3d]", "reverse")
+    if h % stride or w % stride:
+        raise s.error(f"stride={stride} does not evenly divide the input {h}x{w}", "stride")
+    return Reorg3dLayer(stride), (c * stride * stride, h // stride, w // stride), ()
 
 
 def _avgpool(s: Section, shape: Shape, ctx: _Context):
@@ -550,7 +628,8 @@ _BUILDERS = {
     "convolutional": _conv, "maxpool": _maxpool, "avgpool": _avgpool, "route": _route,
     "shortcut": _shortcut, "upsample": _upsample, "yolo": _yolo, "sam": _sam,
     "scale_channels": _scale_channels, "softmax": _softmax, "connected": _connected,
-    "dropout": _identity, "cost": _identity, "reorg": _reorg,
+    "dropout": _identity, "cost": _identity, "reorg": _reorg, "reorg3d": _reorg3d,
+    "local_avgpool": _local_avgpool,
 }
 
 
@@ -581,14 +660,14 @@ class DarknetModel(nn.Module):
                 "needs height, width and channels (or pass input_size= and in_channels=)"
             )
         self.input_shape: Shape = (c, h, w)
-        _check_values(cfg.net, self.input_shape, "the input")
+        ctx = _Context([])
+        _check_values(cfg.net, self.input_shape, "the input", ctx.memory)
         self.layers = nn.ModuleList()
         self.layer_info: list[LayerInfo] = []
-        ctx = _Context([])
         shape = self.input_shape
         for section in cfg.layers:
             module, shape, sources = _BUILDERS[section.type](section, shape, ctx)
-            _check_values(section, shape, "the output")
+            _check_values(section, shape, "the output", ctx.memory)
             if isinstance(module, YoloLayer):
                 module.stride = h // shape[1]
             ctx.shapes.append(shape)

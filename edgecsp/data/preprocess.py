@@ -39,27 +39,38 @@ SizeLike = int | Sequence[int]
 PathLike = str | os.PathLike
 
 
+# How an image becomes the network input: "letterbox" keeps the aspect ratio and pads (edgecsp's
+# models, Darknet cfgs with [net] letter_box=1); "stretch" resizes each axis to the input size
+# (Darknet's default, which its cfgs without letter_box were trained and evaluated with).
+RESIZE_MODES = ("letterbox", "stretch")
+
+
 @dataclass(frozen=True)
 class LetterboxInfo:
-    """How one image was letterboxed: letterbox = original * scale + pad."""
+    """How one image was resized: network pixels = original * scale + pad (per axis)."""
 
     scale: float
     pad_x: float
     pad_y: float
     orig_w: int
     orig_h: int
+    scale_y: float | None = None  # stretch only: the vertical scale (None: the same as ``scale``)
+
+    def _scales(self) -> np.ndarray:
+        sy = self.scale if self.scale_y is None else self.scale_y
+        return np.array([self.scale, sy, self.scale, sy], dtype=np.float64)
 
     def to_letterbox(self, boxes: np.ndarray) -> np.ndarray:
         """Map xyxy boxes from original-image pixels to letterboxed pixels."""
         b = _as_boxes(boxes)
         offset = np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], dtype=np.float64)
-        return (b * self.scale + offset).astype(np.float32)
+        return (b * self._scales() + offset).astype(np.float32)
 
     def to_original(self, boxes: np.ndarray) -> np.ndarray:
         """Map xyxy boxes from letterboxed pixels back to the original image, clipped to it."""
         b = _as_boxes(boxes)
         offset = np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], dtype=np.float64)
-        out = (b - offset) / self.scale
+        out = (b - offset) / self._scales()
         out[..., 0::2] = out[..., 0::2].clip(0.0, self.orig_w)
         out[..., 1::2] = out[..., 1::2].clip(0.0, self.orig_h)
         return out.astype(np.float32)
@@ -96,15 +107,24 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def letterbox(image: np.ndarray, size: SizeLike, pad_value: int = PAD_VALUE) -> tuple[np.ndarray, LetterboxInfo]:
+def letterbox(image: np.ndarray, size: SizeLike, pad_value: int = PAD_VALUE,
+              mode: str = "letterbox") -> tuple[np.ndarray, LetterboxInfo]:
     """Resize `image` (HxWx3 uint8 RGB) into `size` keeping its aspect ratio, padding centred.
 
     The resize samples exactly the source region [0, new/scale), so box mapping by
-    `LetterboxInfo` is exact rather than off by the rounding of the resized size.
+    `LetterboxInfo` is exact rather than off by the rounding of the resized size. With
+    ``mode="stretch"`` each axis is scaled to the input size instead (no padding).
     """
     image = _check_image(image)
     out_h, out_w = _hw(size)
     src_h, src_w = image.shape[:2]
+    if mode == "stretch":
+        if (src_h, src_w) == (out_h, out_w):
+            return image, LetterboxInfo(1.0, 0.0, 0.0, int(src_w), int(src_h), 1.0)
+        resized = np.asarray(Image.fromarray(image).resize((out_w, out_h), Image.Resampling.BILINEAR))
+        return resized, LetterboxInfo(out_w / src_w, 0.0, 0.0, int(src_w), int(src_h), out_h / src_h)
+    if mode != "letterbox":
+        raise EdgeCSPError(f"unknown resize mode {mode!r}; use one of {', '.join(RESIZE_MODES)}")
     scale = min(out_h / src_h, out_w / src_w)
     # floor (with slack for float error) so the sampled source region never exceeds the image
     new_w = max(1, min(out_w, math.floor(src_w * scale + 1e-6)))
@@ -119,6 +139,14 @@ def letterbox(image: np.ndarray, size: SizeLike, pad_value: int = PAD_VALUE) -> 
     canvas = np.full((out_h, out_w, 3), pad_value, dtype=np.uint8)
     canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
     return canvas, LetterboxInfo(float(scale), float(pad_x), float(pad_y), int(src_w), int(src_h))
+
+
+def resize_mode(preprocessing: dict | None) -> str:
+    """The resize mode a model or artifact's ``preprocessing`` description asks for."""
+    mode = (preprocessing or {}).get("resize", "letterbox")
+    if mode not in RESIZE_MODES:
+        raise EdgeCSPError(f"preprocessing resize={mode!r:.40} is not one of {', '.join(RESIZE_MODES)}")
+    return mode
 
 
 def to_tensor_batch(images: Sequence[np.ndarray]) -> np.ndarray:
@@ -137,15 +165,15 @@ def to_tensor_batch(images: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def preprocess(
-    images: np.ndarray | PathLike | Sequence[np.ndarray | PathLike], size: SizeLike
+    images: np.ndarray | PathLike | Sequence[np.ndarray | PathLike], size: SizeLike, mode: str = "letterbox"
 ) -> tuple[np.ndarray, list[LetterboxInfo]]:
-    """Load (if paths), letterbox and batch images: returns (NCHW float32 batch, infos)."""
+    """Load (if paths), letterbox (or stretch) and batch images: returns (NCHW float32 batch, infos)."""
     if isinstance(images, (np.ndarray, str, os.PathLike)):
         images = [images]
     boxed, infos = [], []
     for item in images:
         arr = item if isinstance(item, np.ndarray) else load_image_rgb(item)
-        lb, info = letterbox(arr, size)
+        lb, info = letterbox(arr, size, mode=mode)
         boxed.append(lb)
         infos.append(info)
     return to_tensor_batch(boxed), infos

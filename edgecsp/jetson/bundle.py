@@ -282,7 +282,8 @@ def _verify_on_device(root: Path, manifest: dict, data: str | Path | None, image
                         ("reference", lambda: OnnxModelRunner(root / FILES["fp32"]))):
         r = runner()
         try:
-            metrics[key] = evaluate(Predictor(root, manifest, r).predict_batch, dataset, size, progress=False,
+            predictor = Predictor(root, manifest, r)
+            metrics[key] = evaluate(predictor.predict_batch, dataset, size, progress=False, resize=predictor.resize,
                                     max_images=images)
         finally:
             r.close()

@@ -25,18 +25,55 @@ DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "demo" / "
 PREPROCESSING = {"resize": "letterbox", "pad_value": 114, "color": "RGB", "scale": 1 / 255, "layout": "NCHW"}
 
 
+def is_darknet(model) -> bool:
+    """Whether ``model`` is a detector described by a Darknet cfg (edgecsp.models.darknet_detector)."""
+    return hasattr(model.config, "cfg_text")
+
+
+def architecture_of(model) -> dict[str, Any]:
+    """The checkpoint's ``architecture``: a zoo detector config, or the Darknet cfg it was built from."""
+    if is_darknet(model):
+        return {"darknet_config": model.config.as_json()}
+    return {"detector_config": dataclasses.asdict(model.config)}
+
+
+def config_as_json(model) -> dict[str, Any]:
+    return next(iter(architecture_of(model).values()))
+
+
+def output_rows(model, size: int | tuple[int, int]) -> int:
+    """K of the decoded (N, K, 5 + C) output at an input size: anchors x cells, summed over levels."""
+    h, w = (size, size) if isinstance(size, int) else size
+    c = model.config
+    per_level = ([len(lv.anchors) for lv in c.levels] if is_darknet(model)
+                 else [len(c.anchors) // len(c.strides)] * len(c.strides))
+    return sum(a * (h // s) * (w // s) for a, s in zip(per_level, c.strides))
+
+
+def input_size_of(model) -> int:
+    return int(model.config.input_size)
+
+
+def resize_of(model) -> str:
+    """How images become this model's input: Darknet stretches unless [net] letter_box=1."""
+    return "stretch" if is_darknet(model) and not model.config.letter_box else "letterbox"
+
+
+def preprocessing_of(model) -> dict[str, Any]:
+    return {**PREPROCESSING, "resize": resize_of(model)}
+
+
 def describe(model: Detector, class_names: list[str], training: dict | None = None, name: str = "") -> dict[str, Any]:
-    config = dataclasses.asdict(model.config)
     return {
         "format": FORMAT,
         "name": name or model.config.backbone,
-        "architecture": {"detector_config": config},
+        "architecture": architecture_of(model),
         "num_classes": model.config.num_classes,
         "class_names": list(class_names),
         "input_size": [model.config.input_size, model.config.input_size],
         "anchors": [list(a) for a in model.config.anchors],
         "strides": list(model.config.strides),
-        "preprocessing": PREPROCESSING,
+        "preprocessing": preprocessing_of(model),
         "training": training or {},
         "edgecsp_version": __version__,
     }
@@ -99,10 +136,8 @@ def load_checkpoint(path: str | Path) -> tuple[Detector, dict[str, Any]]:
     tensors, description = read_checkpoint(path)
     architecture = description.get("architecture")
     try:
-        if not isinstance(architecture, dict) or "detector_config" not in architecture:
-            raise EdgeCSPError("has no architecture.detector_config")
-        config = DetectorConfig(**config_from_json(architecture["detector_config"]))
-        model = build_detector(config)  # checks every field and the size before allocating
+        model = build_from_architecture(architecture)  # checks every field and the size before allocating
+        config = model.config
     except EdgeCSPError as err:  # add which file: the config checks do not know it
         raise EdgeCSPError(f"checkpoint {shown(path)}: {err}; re-export it with edgecsp.train") from None
     names = description.get("class_names")
@@ -128,6 +163,30 @@ def load_checkpoint(path: str | Path) -> tuple[Detector, dict[str, Any]]:
     return model, description
 
 
+def build_from_architecture(architecture: Any):
+    """A detector from a checkpoint's (or manifest's) architecture description, weights uninitialised."""
+    if isinstance(architecture, dict) and "darknet_config" in architecture:
+        from edgecsp.models.darknet_detector import DarknetDetector, darknet_config_from_json
+
+        return DarknetDetector(darknet_config_from_json(architecture["darknet_config"]))
+    if not isinstance(architecture, dict) or "detector_config" not in architecture:
+        raise EdgeCSPError("has no architecture.detector_config")
+    return build_detector(DetectorConfig(**config_from_json(architecture["detector_config"])))
+
+
+def model_from_config_json(config: Any):
+    """A detector (weights uninitialised) from a manifest's ``model.config``: a zoo config or a Darknet cfg."""
+    if isinstance(config, dict) and "cfg_text" in config:
+        return build_from_architecture({"darknet_config": config})
+    return build_from_architecture({"detector_config": config})
+
+
+def source_of(manifest: dict) -> ModelSource:
+    """The FP32 model an artifact was built from, as its manifest names it (model, weights, names)."""
+    model = manifest.get("model") or {}
+    return ModelSource(str(model.get("source") or "demo"), model.get("weights"), model.get("names"))
+
+
 def config_from_json(config: dict) -> dict:
     """DetectorConfig keyword arguments from its JSON form; check_config checks the values."""
     if not isinstance(config, dict):
@@ -148,16 +207,72 @@ def config_from_json(config: dict) -> dict:
     return out
 
 
-def resolve_model(spec: str | None, num_classes: int | None = None) -> tuple[Detector, dict[str, Any]]:
-    """'demo' (or None), a checkpoint path, or a zoo detector name (random weights)."""
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """What ``--model [--weights] [--names]`` name: a checkpoint, zoo name or 'demo', or a Darknet
+    cfg with its .weights and .names. ``str()`` is the model path or name."""
+
+    model: str = "demo"
+    weights: str | None = None
+    names: str | None = None
+
+    def __str__(self) -> str:
+        return self.model
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: str(v) for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def resolve_model(spec: str | ModelSource | None, num_classes: int | None = None, weights: str | Path | None = None,
+                  names: str | Path | None = None) -> tuple[Detector, dict[str, Any]]:
+    """'demo' (or None), a checkpoint path, a zoo detector name (random weights), or a Darknet
+    ``.cfg`` with optional ``weights`` (.weights) and ``names`` (.names; else class0..N-1)."""
     from edgecsp.models.detector import DETECTORS
 
+    if isinstance(spec, ModelSource):
+        spec, weights, names = spec.model, weights or spec.weights, names or spec.names
+
+    if spec is not None and _is_darknet_spec(spec):
+        from edgecsp.models.darknet_detector import load_darknet_detector
+
+        # An untrained cfg takes the data's class count; trained weights keep theirs (the caller
+        # compares it with the data: changing it is fine-tuning, python -m edgecsp.train).
+        return load_darknet_detector(Path(spec), weights, names, num_classes if weights is None else None)
+    if weights is not None:
+        raise EdgeCSPError(f"--weights {shown(weights)} is a Darknet .weights file; it goes with a Darknet .cfg "
+                           f"as --model, not with {shown(spec or 'demo')}")
+    if names is not None:
+        raise EdgeCSPError(f"--names {shown(names)} names the classes of a Darknet .cfg model; "
+                           f"{shown(spec or 'demo')} carries its own class names")
     if spec in (None, "demo"):
         if not DEMO_CHECKPOINT.is_file():
             raise EdgeCSPError(f"the built-in demo detector is missing ({DEMO_CHECKPOINT}); reinstall edgecsp")
         return load_checkpoint(DEMO_CHECKPOINT)
     if spec in DETECTORS:
         model = build_detector(spec, num_classes=num_classes).eval()
-        names = [f"class{i}" for i in range(model.config.num_classes)]
-        return model, describe(model, names, name=spec)
+        return model, describe(model, [f"class{i}" for i in range(model.config.num_classes)], name=spec)
+    _refuse_wrong_type(Path(spec))
     return load_checkpoint(spec)
+
+
+def _is_darknet_spec(spec: str | Path) -> bool:
+    from edgecsp.models.darknet_detector import looks_like_cfg
+
+    path = Path(spec)
+    try:
+        return path.is_file() and looks_like_cfg(path)
+    except OSError:
+        return False
+
+
+def _refuse_wrong_type(path: Path) -> None:
+    """A Darknet .weights or .names given where a checkpoint is expected: say which file goes where."""
+    suffix = path.suffix.lower()
+    if suffix == ".weights":
+        raise EdgeCSPError(f"{shown(path)} is a Darknet .weights file; pass its .cfg as --model and this file "
+                           "as --weights")
+    if suffix == ".names":
+        raise EdgeCSPError(f"{shown(path)} is a Darknet .names file; pass it as --names with a .cfg --model")
+    if suffix in (".onnx", ".pt", ".pth", ".pkl"):
+        raise EdgeCSPError(f"{shown(path)} is not a model edgecsp reads: --model takes an edgecsp .safetensors "
+                           "checkpoint, a Darknet .cfg (with --weights), a zoo name or 'demo'")

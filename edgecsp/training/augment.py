@@ -10,10 +10,13 @@ from edgecsp.data.preprocess import PAD_VALUE
 
 
 def random_letterbox(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, size: int,
-                     rng: np.random.Generator, scale_range=(0.6, 1.3)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     rng: np.random.Generator, scale_range=(0.6, 1.3),
+                     stretch: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random scale and placement; ``stretch`` scales each axis to ``size`` first (Darknet's resize)."""
     h, w = image.shape[:2]
-    s = min(size / h, size / w) * rng.uniform(*scale_range)
-    nw, nh = max(8, round(w * s)), max(8, round(h * s))
+    k = rng.uniform(*scale_range)
+    sx, sy = (size / w * k, size / h * k) if stretch else (min(size / h, size / w) * k,) * 2
+    nw, nh = max(8, round(w * sx)), max(8, round(h * sy))
     resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
     ox = int(rng.integers(min(0, size - nw), max(0, size - nw) + 1))
     oy = int(rng.integers(min(0, size - nh), max(0, size - nh) + 1))
@@ -21,7 +24,7 @@ def random_letterbox(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, s
     x0, y0 = max(ox, 0), max(oy, 0)
     x1, y1 = min(ox + nw, size), min(oy + nh, size)
     canvas[y0:y1, x0:x1] = resized[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
-    b = boxes * s + np.array([ox, oy, ox, oy], np.float32)
+    b = boxes * np.array([sx, sy, sx, sy], np.float32) + np.array([ox, oy, ox, oy], np.float32)
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     b = b.clip(0, size)
     kept_area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
@@ -50,7 +53,7 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return img.clip(0, 255).astype(np.uint8)
 
 
-def augment(image, boxes, labels, size, rng):
-    image, boxes, labels = random_letterbox(image, boxes, labels, size, rng)
+def augment(image, boxes, labels, size, rng, stretch: bool = False):
+    image, boxes, labels = random_letterbox(image, boxes, labels, size, rng, stretch=stretch)
     image, boxes = flip(image, boxes, rng)
     return color_jitter(image, rng), boxes, labels

@@ -14,7 +14,9 @@ from torch import nn
 
 from edgecsp.models.head import YoloHead
 
-LEVEL_BALANCE = (4.0, 1.0, 0.4)  # finer maps have more cells, so their objectness weighs more
+# Finer maps have more cells, so their objectness weighs more; by stride, so 2-level tiny models
+# and 4-5 level P6/P7 models weigh each map like the 3-level ones do.
+LEVEL_BALANCE = {2: 16.0, 4: 8.0, 8: 4.0, 16: 1.0, 32: 0.4, 64: 0.1, 128: 0.03}
 
 
 def box_ciou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -63,7 +65,7 @@ class YoloLoss(nn.Module):
                 cls_t = torch.zeros_like(ps[:, 5:])
                 cls_t[torch.arange(len(gt)), gt[:, 1].long()] = 1.0
                 cls_loss = cls_loss + self.bce(ps[:, 5:], cls_t)
-            balance = LEVEL_BALANCE[li] if li < len(LEVEL_BALANCE) else 0.4
+            balance = LEVEL_BALANCE.get(int(level.stride), 0.4)
             obj_loss = obj_loss + self.bce(p[..., 4], obj_target) * balance
         n = raws[0].shape[0]
         parts = {"box": box_loss * self.box_weight, "obj": obj_loss * self.obj_weight, "cls": cls_loss * self.cls_weight}

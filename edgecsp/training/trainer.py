@@ -17,7 +17,7 @@ from tqdm import tqdm
 from edgecsp import __version__
 from edgecsp.data.coco import CocoDataset
 from edgecsp.errors import EdgeCSPError
-from edgecsp.models.checkpoint import describe, read_checkpoint, save_checkpoint
+from edgecsp.models.checkpoint import architecture_of, describe, input_size_of, read_checkpoint, resize_of, save_checkpoint
 from edgecsp.models.detector import Detector
 from edgecsp.training.anchors import anchor_fitness, fit_anchors
 from edgecsp.training.augment import augment
@@ -75,8 +75,11 @@ def load_training_images(dataset: CocoDataset, max_side: int) -> list[tuple[np.n
     return items
 
 
-def box_sizes(items, size: int) -> np.ndarray:
-    """Every box's (w, h) as it appears after letterboxing to ``size``."""
+def box_sizes(items, size: int, stretch: bool = False) -> np.ndarray:
+    """Every box's (w, h) as it appears after letterboxing (or stretching) to ``size``."""
+    if stretch:
+        return np.concatenate([(b[:, 2:] - b[:, :2]) * size / np.array(im.shape[1::-1], np.float32)
+                               for im, b, _ in items])
     return np.concatenate([(b[:, 2:] - b[:, :2]) * size / max(im.shape[:2]) for im, b, _ in items])
 
 
@@ -84,8 +87,9 @@ class AugmentedSet(torch.utils.data.Dataset):
     """Training samples with augmentation; sample i of epoch e always gets the same random draw
     (its RNG is seeded by seed, epoch and index), so results do not depend on loader workers."""
 
-    def __init__(self, items, size: int, seed: int):
+    def __init__(self, items, size: int, seed: int, stretch: bool = False):
         self.items, self.size, self.seed, self.epoch = items, size, seed, 0
+        self.stretch = stretch
 
     def __len__(self) -> int:
         return len(self.items)
@@ -93,7 +97,7 @@ class AugmentedSet(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         image, boxes, labels = self.items[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        img, b, lab = augment(image, boxes, labels, self.size, rng)
+        img, b, lab = augment(image, boxes, labels, self.size, rng, self.stretch)
         cxcywh = np.concatenate([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], axis=1)
         return torch.from_numpy(img), torch.from_numpy(np.concatenate([lab[:, None], cxcywh], 1).astype(np.float32))
 
@@ -122,10 +126,11 @@ def train(model: Detector, dataset: CocoDataset, out: Path, settings: TrainSetti
     if dataset.num_classes != model.config.num_classes:
         raise EdgeCSPError(
             f"the data set has {dataset.num_classes} classes but the model was built for {model.config.num_classes}")
-    size = model.config.input_size
+    size = input_size_of(model)
+    stretch = resize_of(model) == "stretch"
     items = load_training_images(dataset, max_side=round(size * 1.3))
     if fit:
-        wh = box_sizes(items, size)
+        wh = box_sizes(items, size, stretch)
         anchors = fit_anchors(wh, k=len(model.config.anchors), seed=settings.seed)
         fitness = anchor_fitness(wh, anchors)
         tqdm.write(f"anchors fitted to the data (mean best IoU {fitness:.3f}): {anchors}")
@@ -144,7 +149,7 @@ def train(model: Detector, dataset: CocoDataset, out: Path, settings: TrainSetti
         start_epoch, history = _restore(state_path, model, ema, optimizer)
         tqdm.write(f"resuming from {state_path} at epoch {start_epoch + 1}")
     names = class_names or list(dataset.class_names)
-    samples = AugmentedSet(items, size, settings.seed)
+    samples = AugmentedSet(items, size, settings.seed, stretch)
     t0 = time.time()
     model.train()
     for epoch in range(start_epoch, settings.epochs):
@@ -194,7 +199,7 @@ def _save_state(path: Path, model, ema, optimizer, epoch: int, history: list) ->
             extra[f"train.opt.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
     meta = {"format": "edgecsp-checkpoint/1", "resume": True, "epoch": epoch, "history": history,
             "ema_updates": ema.updates, "edgecsp_version": __version__,
-            "architecture": {"detector_config": asdict(model.config)}}
+            "architecture": architecture_of(model)}
     save_checkpoint(path, model, meta, extra)
 
 
