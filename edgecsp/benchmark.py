@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from edgecsp import cli
+from edgecsp.errors import EdgeCSPError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--artifact", type=Path, help="compiled artifact directory or .tar.gz")
     source.add_argument("--target", help="build (or reuse) the artifact for this target, then benchmark it")
-    parser.add_argument("--model", help="with --target: the model to compile (default demo); with --artifact: its "
-                                        "FP32 model for baselines/accuracy (default: the manifest's source)")
+    parser.add_argument("--model", help="with --target: the model to compile (default demo; a checkpoint, zoo name or "
+                                        "Darknet .cfg); with --artifact: its FP32 model for baselines/accuracy "
+                                        "(default: the manifest's source)")
+    parser.add_argument("--weights", help="with a Darknet .cfg --model: its .weights")
+    parser.add_argument("--names", help="with a Darknet .cfg --model: its .names")
     parser.add_argument("--precision", help="with --target: fp32, fp16, bf16 or int8 (default: the target's)")
     parser.add_argument("--scenario", choices=["latency", "throughput", "both"],
                         help="default: the target profile's [benchmark] scenario")
@@ -55,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
 
     scenarios = None if args.scenario is None else (["latency", "throughput"] if args.scenario == "both"
                                                      else [args.scenario])
-    opts = BenchmarkOptions(artifact=args.artifact, target=args.target, model=args.model, precision=args.precision,
+    model = cli.model_source(args) if args.model else None
+    if model is None and (args.weights or args.names):
+        raise EdgeCSPError("--weights and --names go with a Darknet .cfg --model")
+    opts = BenchmarkOptions(artifact=args.artifact, target=args.target, model=model, precision=args.precision,
                             scenarios=scenarios, duration_s=args.duration, warmup_s=args.warmup,
                             min_queries=args.min_queries, batch=args.batch, streams=args.streams,
                             compare=args.compare, accuracy=args.accuracy, eval_images=args.eval_images,

@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                                f"has {dataset.num_classes}")
     else:
         model, description = resolve_model(cli.model_source(args), num_classes=dataset.num_classes)
+        if model.config.num_classes != dataset.num_classes:
+            raise EdgeCSPError(f"the model has {model.config.num_classes} classes, {dataset.annotations_path} has "
+                               f"{dataset.num_classes}; evaluate on the model's own data (or fine-tune it with "
+                               "python -m edgecsp.train)")
         size, predict = args.input_size or model.config.input_size, torch_predict_fn(model)
         resize = resize_of(model)
     metrics = evaluate(predict, dataset, size, args.batch, progress=not args.json, resize=resize)

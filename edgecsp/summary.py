@@ -426,8 +426,12 @@ def markdown_pairs(summaries: Sequence[dict]) -> str:
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgecsp.summary", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="+", metavar="MODEL",
+    parser.add_argument("model", nargs="*", metavar="MODEL",
                         help="zoo backbone or detector name, or a Darknet .cfg path (several with --markdown)")
+    parser.add_argument("--model", dest="model_option", action="append", default=[], metavar="MODEL",
+                        help="the same, as in the other commands (repeatable)")
+    parser.add_argument("--weights", help="accepted for symmetry with the other commands: complexity does not "
+                                          "depend on the weights")
     parser.add_argument("--input-size", type=int, default=None, help="square input size in pixels")
     parser.add_argument("--width", type=float, default=None, help="channel multiplier (zoo models)")
     parser.add_argument("--depth", type=float, default=None, help="block-count multiplier (zoo models)")
@@ -436,6 +440,9 @@ def _main(argv: list[str] | None = None) -> int:
     out.add_argument("--markdown", action="store_true", help="print a markdown table of the models")
     parser.add_argument("--pairs", action="store_true", help="with --markdown: compare the models two by two")
     args = parser.parse_args(argv)
+    args.model = list(args.model) + list(args.model_option)
+    if not args.model:
+        raise EdgeCSPError("name a model: python -m edgecsp.summary MODEL (or --model MODEL)")
     if args.pairs and not args.markdown:
         raise EdgeCSPError("--pairs goes with --markdown")
     if len(args.model) > 1 and not args.markdown:

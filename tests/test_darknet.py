@@ -507,7 +507,7 @@ def test_dangling_route(tmp_path, layers, words):
     "body,words",
     [
         ("[shortcut]\nfrom=-1\nweights_type=per_channel\n", ["t.cfg:8:", "weights_type=per_channel", "not supported"]),
-        ("[maxpool]\nsize=2\nstride=2\nmaxpool_depth=1\n", ["t.cfg:9:", "maxpool_depth", "not supported"]),
+        ("[maxpool]\nsize=2\nstride=2\nantialiasing=1\n", ["t.cfg:9:", "antialiasing", "not supported"]),
         ("[convolutional]\nfilters=2\nactivation=sparkle\n", ["t.cfg:8:", "unknown activation=sparkle"]),
         ("[convolutional]\nfilters=two\n", ["t.cfg:7:", "filters=two", "not an integer"]),
         ("[convolutional]\nfilters=254\nsize=1\n[yolo]\nmask=0,1,2\nnum=3\nanchors=1,2,3,4,5,6\nclasses=80\n",

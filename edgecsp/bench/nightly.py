@@ -179,7 +179,7 @@ def records_from(job: Job, out: dict) -> list[tuple[str, Record, dict]]:
         details = {"result": {k: v for k, v in r.items() if k != "latency_quantiles_ms"}, "accuracy": acc,
                    "artifact": out.get("artifact"), "built": out.get("built")}
         recs.append((r["scenario"], Record(
-            job=job.key(r["scenario"]), status="ok", model=job.model, target=job.target, precision=job.precision,
+            job=job.key(r["scenario"]), status="ok", model=str(job.model), target=job.target, precision=job.precision,
             scenario=r["scenario"], fps=r.get("fps"), latency_p50_ms=lat.get("p50"), latency_p99_ms=lat.get("p99"),
             ap=acc.get("AP"), ap50=acc.get("AP50"), peak_rss_mb=r.get("peak_rss_mb"),
             achieved_gbs=(r.get("bandwidth") or {}).get("achieved_gbs"), details=details), acc))
@@ -216,7 +216,7 @@ def run_suite(suite: Suite, db: str | Path | None = None, report_dir: Path | Non
             if reason:
                 progress(f"skip {job.name}: {reason}")
                 for sc in suite.scenarios:
-                    rec = Record(job=job.key(sc), status="skipped", model=job.model, target=job.target,
+                    rec = Record(job=job.key(sc), status="skipped", model=str(job.model), target=job.target,
                                  precision=job.precision, scenario=sc, error=reason)
                     history.record(run_id, device, rec)
                     outcomes.append(JobOutcome(job, sc, "skipped", rec, reason=reason))
@@ -235,7 +235,7 @@ def run_suite(suite: Suite, db: str | Path | None = None, report_dir: Path | Non
                 msg = str(err) if isinstance(err, (EdgeCSPError, JobFailed)) else f"{type(err).__name__}: {err}"
                 progress(f"  FAILED: {msg}")
                 for sc in suite.scenarios:
-                    rec = Record(job=job.key(sc), status="failed", model=job.model, target=job.target,
+                    rec = Record(job=job.key(sc), status="failed", model=str(job.model), target=job.target,
                                  precision=job.precision, scenario=sc, error=msg[:2000],
                                  details={"traceback": details} if details else None)
                     history.record(run_id, device, rec)

@@ -26,13 +26,13 @@ _KEYS = {
 
 @dataclass(frozen=True)
 class Job:
-    model: str
+    model: Any  # a name or path (str), or a ModelSource: a Darknet cfg with its weights and names
     target: str
     precision: str
 
     @property
     def name(self) -> str:
-        return f"{Path(self.model).stem}/{self.target}/{self.precision}"
+        return f"{Path(str(self.model)).stem}/{self.target}/{self.precision}"
 
     def key(self, scenario: str) -> str:
         return f"{self.name}/{scenario}"
@@ -42,7 +42,7 @@ class Job:
 class Suite:
     name: str
     path: str
-    models: list[str]
+    models: list[Any]  # str or ModelSource (see _models)
     targets: list[str]
     precisions: list[str]
     scenarios: list[str] = field(default_factory=lambda: ["latency", "throughput"])
@@ -62,12 +62,13 @@ class Suite:
 
     def matrix(self) -> list[Job]:
         jobs = [Job(m, t, p) for m in self.models for t in self.targets for p in self.precisions]
-        return [j for j in jobs if not any(all(getattr(j, k) == v for k, v in ex.items()) for ex in self.exclude)]
+        return [j for j in jobs if not any(all(str(getattr(j, k)) == v for k, v in ex.items()) for ex in self.exclude)]
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         d = asdict(self)
+        d["models"] = [m if isinstance(m, str) else m.as_dict() for m in self.models]
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
@@ -76,6 +77,30 @@ def _list(table: Table, key: str, default: list[str]) -> list[str]:
     if isinstance(table.data.get(key), str):
         return [table.data[key]]
     return list(table.get(key, "strings", default))
+
+
+def _models(table: Table, path: Path) -> list[Any]:
+    """[suite] models: names or paths, and Darknet models as {cfg = "x.cfg", weights = "x.weights", names = "x.names"}
+    (relative paths from the suite file's folder)."""
+    from edgecsp.models.checkpoint import ModelSource
+
+    raw = table.data.get("models")
+    raw = [raw] if isinstance(raw, (str, dict)) else raw
+    if not isinstance(raw, list):
+        raise EdgeCSPError(f"suite {path}: [suite] models must be a list of names, paths or {{cfg, weights, names}} tables")
+    out: list[Any] = []
+    for entry in raw:
+        if isinstance(entry, str) and entry:
+            out.append(entry)
+            continue
+        if not isinstance(entry, dict) or "cfg" not in entry or not set(entry) <= {"cfg", "weights", "names"} or \
+                not all(isinstance(v, str) and v for v in entry.values()):
+            raise EdgeCSPError(f"suite {path}: [suite] models entry {str(entry)[:60]!r} must be a name or path, or a "
+                               "table {cfg = \"x.cfg\", weights = \"x.weights\", names = \"x.names\"} (weights, names optional)")
+        here = path.resolve().parent
+        files = {k: str(Path(v) if Path(v).is_absolute() else here / v) for k, v in entry.items()}
+        out.append(ModelSource(files["cfg"], files.get("weights"), files.get("names")))
+    return out
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -96,7 +121,7 @@ def load_suite(path: str | Path) -> Suite:
     for key in ("models", "targets"):
         if not s.data.get(key):
             raise EdgeCSPError(f"suite {path}: [suite] {key} is missing or empty")
-    models = _list(s, "models", [])
+    models = _models(s, path)
     targets = _list(s, "targets", [])
     for t in targets:
         try:
