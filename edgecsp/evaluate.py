@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             raise EdgeCSPError(f"the artifact has {len(predictor.class_names)} classes, {dataset.annotations_path} "
                                f"has {dataset.num_classes}")
     else:
-        model, description = resolve_model(cli.model_source(args), num_classes=dataset.num_classes)
+        model, _ = resolve_model(cli.model_source(args), num_classes=dataset.num_classes)
         if model.config.num_classes != dataset.num_classes:
             raise EdgeCSPError(f"the model has {model.config.num_classes} classes, {dataset.annotations_path} has "
                                f"{dataset.num_classes}; evaluate on the model's own data (or fine-tune it with "

@@ -14,7 +14,6 @@ the loss and the native head expect.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -299,9 +298,6 @@ def rewrite_anchors(text: str, source: str, anchors, config: DarknetDetectorConf
 
 def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:.2f}"
-
-
-_SECTION = re.compile(r"^\s*\[", re.M)
 
 
 def looks_like_cfg(path: Path) -> bool:
