@@ -16,7 +16,14 @@ BYTES_PER_VALUE = 4
 
 
 def available_memory() -> int:
-    """Bytes of memory available now (MemAvailable; the physical total where that is unknown)."""
+    """Bytes of memory a model may use: MemAvailable now (the physical total where that is unknown),
+    capped by ``EDGECSP_MAX_MEMORY_MB`` when set (a container's share, a shared build box, tests)."""
+    cap = os.environ.get("EDGECSP_MAX_MEMORY_MB", "")
+    limit = int(cap) * 2**20 if cap.isdigit() and int(cap) > 0 else 2**62
+    return min(limit, _system_available())
+
+
+def _system_available() -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -31,4 +38,5 @@ def available_memory() -> int:
 
 
 def gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB"
+    """Bytes for a message: MiB below 1 GiB, else GiB with one decimal."""
+    return f"{n / 2**20:.0f} MiB" if n < 2**30 else f"{n / 2**30:.1f} GiB"

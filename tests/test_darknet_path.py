@@ -318,3 +318,19 @@ def test_nightly_suite_takes_darknet_models(darknet_files, tmp_path):
     (tmp_path / "bad.toml").write_text('[suite]\nmodels = [{weights = "x.weights"}]\ntargets = ["onnxruntime"]\n')
     with pytest.raises(EdgeCSPError, match="must be a name or path, or a table"):
         load_suite(tmp_path / "bad.toml")
+
+
+def test_size_limits_follow_the_machines_memory(monkeypatch):
+    """A model is refused only when the memory it needs is not there, and the message says so."""
+    from edgecsp.resources import available_memory
+
+    monkeypatch.setenv("EDGECSP_MAX_MEMORY_MB", "16")
+    assert available_memory() == 16 * 2**20
+    wide = TINY_CFG.replace("filters=32\nsize=3", "filters=1024\nsize=3")  # ~300k params: 3.5 MB at 12 B each
+    config_from_cfg_text(wide, "wide.cfg")  # fits in 16 MB
+    wider = TINY_CFG.replace("filters=32\nsize=3", "filters=20000\nsize=3")  # ~5.8 M params: 69 MB
+    with pytest.raises(EdgeCSPError, match=r"wider.cfg:\d+: .*parameters, which need about \d+ MiB of memory; "
+                                           r"this machine has 16 MiB available"):
+        config_from_cfg_text(wider, "wider.cfg")
+    monkeypatch.delenv("EDGECSP_MAX_MEMORY_MB")
+    config_from_cfg_text(wider, "wider.cfg")  # the same cfg where the memory is there

@@ -20,6 +20,9 @@ settings.register_profile("ci", max_examples=int(os.environ.get("EDGECSP_FUZZ_EX
 settings.register_profile("campaign", max_examples=int(os.environ.get("EDGECSP_FUZZ_EXAMPLES", 20000)),
                           deadline=None, suppress_health_check=_checks, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+# Model size limits follow the machine's free memory; the harness allows each input +1.5 GB, so
+# the fuzzed models get a 1 GB budget (the same check, the limit users set in a container).
+os.environ.setdefault("EDGECSP_MAX_MEMORY_MB", "1024")
 
 
 def pytest_terminal_summary(terminalreporter):
