@@ -26,7 +26,10 @@ from edgecsp.darknet import (
 )
 from edgecsp.errors import EdgeCSPError
 
-CFG_DIR = Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"
+# The shared test data sit next to the checkout (/work/shared beside /work/main) or, for a
+# worktree, a level further up.
+CFG_DIR = next((p / "shared" / "darknet-cfg" for p in Path(__file__).resolve().parents[1:4]
+                if (p / "shared" / "darknet-cfg").is_dir()), Path("/nonexistent/shared/darknet-cfg"))
 ALL_CFGS = sorted(p.name for p in CFG_DIR.glob("*.cfg")) if CFG_DIR.is_dir() else []
 DETECTORS = [n for n in ALL_CFGS if "panet" in n]
 CLASSIFIERS = [n for n in ALL_CFGS if n not in DETECTORS]
@@ -494,6 +497,23 @@ def test_duplicate_option(tmp_path):
     assert_one_line(err, "t.cfg:8:", "filters", "line 7")
 
 
+def test_duplicate_net_option_takes_the_first_as_darknet(tmp_path):
+    # Darknet's option_find returns the first match; cfgs rely on it ("# Testing" batch=1 before
+    # "# Training" batch=64, e.g. yolov3-openimages.cfg).
+    path = tmp_path / "n.cfg"
+    path.write_text("[net]\nbatch=1\nheight=16\nwidth=16\nchannels=3\nbatch=64\nheight=32\n\n"
+                    "[convolutional]\nfilters=2\nsize=1\n")
+    cfg = parse_cfg(path)
+    assert cfg.net.get_int("batch") == 1 and cfg.height == 16 and cfg.net.options["batch"].line == 2
+
+
+def test_blank_between_numbers_is_refused(tmp_path):
+    body = "[convolutional]\nfilters=18\nsize=1\n\n[yolo]\nmask=0,1,2\nanchors=1,2, 3,4    5,6\nnum=3\nclasses=1\n"
+    with pytest.raises(EdgeCSPError) as err:
+        parse_cfg(write_cfg(tmp_path, body))
+    assert_one_line(err, "t.cfg:12:", "anchors=", "'4    5'", "comma is missing", "45")
+
+
 @pytest.mark.parametrize("layers,words", [("-99", "points before the first layer"), ("1", "not an earlier one"),
                                           ("-1,5", "not an earlier one")])
 def test_dangling_route(tmp_path, layers, words):
@@ -508,6 +528,7 @@ def test_dangling_route(tmp_path, layers, words):
     [
         ("[shortcut]\nfrom=-1\nweights_type=per_channel\n", ["t.cfg:8:", "weights_type=per_channel", "not supported"]),
         ("[maxpool]\nsize=2\nstride=2\nantialiasing=1\n", ["t.cfg:9:", "antialiasing", "not supported"]),
+        ("[maxpool]\nmaxpool_depth=1\nout_channels=2\n", ["t.cfg:8:", "out_channels=2", "divide the 3"]),
         ("[convolutional]\nfilters=2\nactivation=sparkle\n", ["t.cfg:8:", "unknown activation=sparkle"]),
         ("[convolutional]\nfilters=two\n", ["t.cfg:7:", "filters=two", "not an integer"]),
         ("[convolutional]\nfilters=254\nsize=1\n[yolo]\nmask=0,1,2\nnum=3\nanchors=1,2,3,4,5,6\nclasses=80\n",

@@ -8,6 +8,7 @@ Darknet itself strips every blank from a line before reading it.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import overload
@@ -67,9 +68,9 @@ _SCHEMA: dict[str, tuple[set[str], dict[str, str | None]]] = {
     "convolutional": (
         {"filters", "size", "stride", "stride_x", "stride_y", "pad", "padding", "groups",
          "batch_normalize", "cbn", "activation", "dilation", "angle", "grad_centr",
-         "assisted_excitation", "dot"},
-        {"binary": "0", "xnor": "0", "bin_output": "0", "sway": "0", "rotate": "0",
-         "stretch": "0", "stretch_sway": "0", "antialiasing": "0", "share_index": None,
+         "assisted_excitation", "dot", "xnor", "share_index", "bin_output"},
+        {"binary": "0", "sway": "0", "rotate": "0",
+         "stretch": "0", "stretch_sway": "0", "antialiasing": "0",
          "coordconv": "0", "flipped": "0", "reverse": "0", "deform": "0"},
     ),
     "maxpool": (
@@ -250,8 +251,8 @@ def parse_cfg_text(text: str, path: str = "<cfg>") -> DarknetCfg:
     """Parse cfg text; ``path`` is only used in messages."""
     name = shown(Path(path).name)
     sections: list[Section] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = "".join(line.split())  # Darknet drops every blank in a line
+    for number, raw_line in enumerate(text.splitlines(), start=1):
+        line = "".join(raw_line.split())  # Darknet drops every blank in a line
         if not line or line[0] in "#;":
             continue
         if line[0] == "[":
@@ -268,10 +269,16 @@ def parse_cfg_text(text: str, path: str = "<cfg>") -> DarknetCfg:
         value = value.split("#", 1)[0]  # Darknet's number readers stop at an inline comment
         section = sections[-1]
         _check_key(section, key, number, name)
+        _check_joined_numbers(raw_line, section.type, key, number, name)
         if key in section.options:
+            if section.type == "net":
+                # Darknet's option_find walks the options front to back: the first value wins.
+                # Published cfgs rely on it in [net] ("# Testing" then "# Training" batch=...).
+                continue
             first = section.options[key].line
             raise EdgeCSPError(
-                f"{name}:{number}: [{section.type}] {key} is set twice (first at line {first}); keep one"
+                f"{name}:{number}: [{section.type}] {key} is set twice (first at line {first}); Darknet "
+                "would silently use the first; keep one"
             )
         section.options[key] = Option(key, value, number)
 
@@ -288,6 +295,26 @@ def parse_cfg_text(text: str, path: str = "<cfg>") -> DarknetCfg:
     if not layers:
         raise EdgeCSPError(f"{name}: cfg has a [net] section but no layers")
     return DarknetCfg(path, net, layers)
+
+
+_JOINED = re.compile(r"[0-9.]([ \t]+)[-+0-9.]")
+
+
+def _check_joined_numbers(raw_line: str, kind: str, key: str, line: int, name: str) -> None:
+    """Refuse two numbers separated only by blanks: Darknet drops the blanks and reads one number
+    ("61,45    61,45" becomes 61,4561,45), which is never what the author meant."""
+    text = raw_line.split("=", 1)[1].split("#", 1)[0] if "=" in raw_line else ""
+    match = _JOINED.search(text)
+    if match is None:
+        return
+    start = text.rfind(",", 0, match.start()) + 1
+    end = text.find(",", match.end())
+    part = text[start:end if end >= 0 else len(text)].strip()
+    raise EdgeCSPError(
+        f"{name}:{line}: [{kind}] {key}= has '{part}', two numbers with only a blank between them: a comma "
+        f"is missing; Darknet drops blanks and would read one number, {''.join(part.split())}; "
+        "put a comma between them"
+    )
 
 
 def _new_section(raw_type: str, path: str, line: int, name: str) -> Section:

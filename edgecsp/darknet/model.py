@@ -106,6 +106,86 @@ class ConvLayer(nn.Module):
         return self.act(x)
 
 
+class XnorConv2d(nn.Conv2d):
+    """[convolutional] xnor=1 (XNOR-net), as Darknet computes it at inference.
+
+    Darknet's inference path (fuse_conv_batchnorm, then the bit-packed GEMM of
+    forward_convolutional_layer) gives, per filter f, mean|W_f| * sum(sign(W_f) * sign(x)), with
+    sign(v) = +1 if v > 0 else -1 for weights and inputs alike, and the zero padding of the input
+    packed as 0 bits, i.e. read as -1. BatchNorm after the conv equals Darknet's BN folded into the
+    weights before binarizing (the sign and the mean absolute value both carry the BN scale).
+    Training uses straight-through gradients (hardtanh for inputs, identity for weights), as
+    Darknet's backward does.
+    """
+
+    def forward(self, x):
+        w = self.weight
+        scale = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+        wb = torch.where(w > 0, scale, -scale)
+        xb = (x > 0).to(x.dtype) * 2 - 1
+        if self.training:
+            clipped = x.clamp(-1, 1)
+            xb = clipped + (xb - clipped).detach()
+            wb = w + (wb - w).detach()
+        pad_y, pad_x = self.padding  # type: ignore[misc]
+        if pad_y or pad_x:
+            xb = F.pad(xb, (pad_x, pad_x, pad_y, pad_y), value=-1.0)
+        return F.conv2d(xb, wb, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class SharedConv2d(nn.Conv2d):
+    """A convolution computed with another Conv2d's kernel and bias (Darknet's share_index).
+
+    It owns no parameters, so state_dict, ``parameters()`` and a .weights file hold the kernel
+    once (Darknet writes nothing for a shared layer); it is still a Conv2d to complexity counters
+    and exporters, with its own stride, padding and dilation.
+    """
+
+    def __init__(self, source: nn.Conv2d, stride: tuple[int, int], padding: int, dilation: int):
+        nn.Module.__init__(self)  # not Conv2d.__init__: that would create parameters of its own
+        self.in_channels, self.out_channels = source.in_channels, source.out_channels
+        self.kernel_size, self.groups = source.kernel_size, source.groups
+        self.stride, self.padding, self.dilation = stride, (padding, padding), (dilation, dilation)
+        self.transposed, self.output_padding, self.padding_mode = False, (0, 0), "zeros"
+        self._source = (source,)  # a tuple, so the source is not registered (and counted) twice
+
+    @property  # type: ignore[override]
+    def weight(self):
+        return self._source[0].weight
+
+    @property  # type: ignore[override]
+    def bias(self):
+        return self._source[0].bias
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class SharedConvLayer(nn.Module):
+    """[convolutional] share_index=N: layer N's kernel, bias and BatchNorm with this layer's
+    stride, padding, dilation and activation (TridentNet's branches)."""
+
+    def __init__(self, source: ConvLayer, stride: tuple[int, int], padding: int, dilation: int, act: str):
+        super().__init__()
+        self.conv = SharedConv2d(source.conv, stride, padding, dilation)
+        self._source = (source,)
+        self.act = DarknetActivation(act)
+
+    @property
+    def source(self) -> ConvLayer:
+        return self._source[0]
+
+    @property
+    def bn(self):
+        return self._source[0].bn
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.act(x)
+
+
 class ConnectedLayer(nn.Module):
     """[connected]: flatten (C, H, W), Linear, optional BatchNorm1d, activation -> (N, out, 1, 1)."""
 
@@ -364,6 +444,7 @@ class _Context:
     """What a layer builder sees besides its input shape: earlier outputs and the parameter count."""
 
     shapes: list[Shape]
+    modules: list[nn.Module] = field(default_factory=list)
     params: int = 0
     memory: int = field(default_factory=available_memory)
 
@@ -444,7 +525,8 @@ def _conv(s: Section, shape: Shape, ctx: _Context):
     c, h, w = shape
     filters, size = _at_least(s, "filters", 1), _at_least(s, "size", 1)
     sy, sx = _strides(s)
-    groups = _at_least(s, "groups", 1)
+    xnor = bool(s.get_int("xnor", 0))
+    groups = 1 if xnor else _at_least(s, "groups", 1)  # Darknet ignores groups= on xnor layers
     dilation = _at_least(s, "dilation", 1) if size > 1 else 1  # Darknet ignores it for 1x1
     padding = size // 2 if s.get_int("pad", 0) else _at_least(s, "padding", 0, low=0)
     bn = bool(s.get_int("batch_normalize", 0) or s.get_int("cbn", 0))
@@ -457,10 +539,50 @@ def _conv(s: Section, shape: Shape, ctx: _Context):
     if oh < 1 or ow < 1:
         raise s.error(f"input {h}x{w} is too small for size={size}; use a larger input size")
     _check_values(s, (c, h + 2 * padding * dilation, w + 2 * padding * dilation), "the padded input", ctx.memory)
+    if s.has("share_index"):
+        return _shared_conv(s, ctx, (c, filters, size, groups, bn, xnor), (sy, sx), padding, dilation, act), \
+            (filters, oh, ow), ()
+    if xnor and (sy != sx or dilation > 1):
+        raise s.error("xnor=1 with unequal strides or dilation is not supported by edgecsp (Darknet runs "
+                      "those through another, float path)", "xnor")
+    if s.get_int("bin_output", 0):
+        if not xnor:
+            raise s.error("bin_output=1 needs xnor=1 (Darknet only reads it on xnor layers)", "bin_output")
+        # Darknet's calculate_binary_weights makes such a layer's activation linear at inference
+        # (its output is only binarized by the next xnor layer).
+        act = "linear"
     ctx.add_params(s, filters * (c // groups) * size * size + (4 * filters if bn else filters))
-    conv = nn.Conv2d(c, filters, size, (sy, sx), padding * dilation, dilation, groups, bias=not bn)
+    kind = XnorConv2d if xnor else nn.Conv2d
+    conv = kind(c, filters, size, (sy, sx), padding * dilation, dilation, groups, bias=not bn)
     norm = nn.BatchNorm2d(filters, eps=BN_EPS) if bn else None
     return ConvLayer(conv, norm, act), (filters, oh, ow), ()
+
+
+def _shared_conv(s: Section, ctx: _Context, spec, stride, padding: int, dilation: int, act: str):
+    """[convolutional] share_index=N: layer N's kernel, bias and BatchNorm (all shared, as Darknet's
+    make_convolutional_layer points them at layer N's arrays); N counts back from here if negative."""
+    c, filters, size, groups, bn, xnor = spec
+    ref = s.get_int("share_index", 0)
+    target = ref if ref >= 0 else s.index + ref
+    if not 0 <= target < s.index:
+        raise s.error(f"share_index={ref} must name an earlier layer (this is layer {s.index})", "share_index")
+    source = ctx.modules[target]
+    if not isinstance(source, ConvLayer):
+        raise s.error(f"share_index={ref} names layer {target}, which is not a [convolutional]", "share_index")
+    if isinstance(source, SharedConvLayer):  # a share of a share uses the original's arrays, as in Darknet
+        source = source.source
+    conv = source.conv
+    theirs = (conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.groups, source.bn is not None,
+              isinstance(conv, XnorConv2d))
+    if theirs != (c, filters, size, groups, bn, xnor):
+        names = ("input channels", "filters", "size", "groups", "batch_normalize", "xnor")
+        diff = ", ".join(f"{n} {a} vs {b}" for n, a, b in zip(names, (c, filters, size, groups, bn, xnor), theirs)
+                         if a != b)
+        raise s.error(f"share_index={ref}: layer {target} differs ({diff}); a shared layer needs the same "
+                      "kernel shape and batch_normalize", "share_index")
+    if xnor:
+        raise s.error("xnor=1 together with share_index is not supported by edgecsp", "xnor")
+    return SharedConvLayer(source, stride, padding * dilation, dilation, act)
 
 
 def _maxpool(s: Section, shape: Shape, ctx: _Context):
@@ -553,12 +675,16 @@ def _yolo(s: Section, shape: Shape, ctx: _Context):
     classes, num = _at_least(s, "classes", 20), _at_least(s, "num", 1)
     mask = s.get_ints("mask", list(range(num)))
     anchors = s.get_floats("anchors", [])
+    if len(anchors) % 2:
+        raise s.error(f"anchors= has {len(anchors)} numbers, an odd count; anchors are width,height pairs "
+                      "(a comma missing or one too many?)", "anchors")
+    # Darknet reads at most num pairs into a num-pair buffer and does not check mask= against it: a
+    # mask >= num reads past the buffer (cspx-p7-mish.cfg: num=16, 20 anchors, masks up to 19). The
+    # anchors the cfg lists are explicit, so a mask is valid when it names a listed pair.
     for m in mask:
-        if not 0 <= m < num or 2 * m + 1 >= len(anchors):
-            uses = f"mask={s.raw('mask')} uses" if s.has("mask") else "without mask=, the layer uses"
-            raise s.error(
-                f"{uses} anchor {m}, but num={num} and {len(anchors) // 2} anchors are given", "mask"
-            )
+        if not 0 <= m < len(anchors) // 2:
+            uses = f"mask={s.raw('mask')} uses" if s.has("mask") else f"without mask=, num={num} uses"
+            raise s.error(f"{uses} anchor {m}, but anchors= lists {len(anchors) // 2} (numbered from 0)", "mask")
     expected = len(mask) * (classes + 5)
     if shape[0] != expected:
         raise s.error(
@@ -671,6 +797,7 @@ class DarknetModel(nn.Module):
             if isinstance(module, YoloLayer):
                 module.stride = h // shape[1]
             ctx.shapes.append(shape)
+            ctx.modules.append(module)
             self.layers.append(module)
             self.layer_info.append(LayerInfo(section.index, section.type, section.line, shape, sources))
         self._sources = [info.sources for info in self.layer_info]

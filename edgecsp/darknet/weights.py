@@ -8,7 +8,8 @@ then little-endian float32 parameters layer by layer:
 - connected: biases, weights (out x in), then gamma, rolling mean, rolling variance with BN
 
 A module's (Conv2d | Linear, BatchNorm or None) pairs are found in ``modules()`` order: a
-BatchNorm that immediately follows a Conv2d/Linear belongs to it.
+BatchNorm that immediately follows a Conv2d/Linear belongs to it. A conv that owns no weight
+(a share_index layer using another layer's) has no entries, as in Darknet's load/save_weights.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ def darknet_units(module: nn.Module) -> list[WeightUnit]:
     units: list[WeightUnit] = []
     prev = None
     for name, m in module.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and "weight" not in m._parameters:
+            pass  # uses another layer's kernel (share_index): Darknet writes nothing for it
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
             units.append(WeightUnit(name, m))
         elif isinstance(m, _BN):
             _attach_bn(units, prev, name, m)
