@@ -139,10 +139,11 @@ class DarknetExportReport:
 
     def lines(self) -> list[str]:
         f = self.files
-        return [f"wrote {f['cfg']} ({self.layers} layers), {f['weights']} ({self.floats:,} floats), "
-                f"{f['names']} ({self.classes} classes)",
-                f"  read back as a Darknet model vs PyTorch on {self.parity_images} images: boxes "
-                f"{self.max_box_diff:.2e} px, scores {self.max_score_diff:.2e}"]
+        wrote = (f"wrote {f['cfg']} ({self.layers} layers), {f['weights']} ({self.floats:,} floats), "
+                 f"{f['names']} ({self.classes} classes)")
+        parity = (f"  read back as a Darknet model vs PyTorch on {self.parity_images} images: boxes "
+                  f"{self.max_box_diff:.2e} px, scores {self.max_score_diff:.2e}")
+        return [wrote, parity]
 
 
 def export_darknet(model, description: dict, out_dir: str | Path, input_size: int | None = None,
