@@ -1,9 +1,15 @@
-"""python -m edgecsp.export [--model CKPT|demo|NAME] [--out model.onnx] [--opset N] [--batch 1|dynamic]
-                          [--nms [--iou T] [--score T] [--max-det N]] [--input-size N] [--no-simplify]
+"""python -m edgecsp.export [--model CKPT|demo|NAME|X.cfg --weights X.weights] [--format onnx|darknet] [--out PATH]
+                          [--opset N] [--batch 1|dynamic] [--nms [--iou T] [--score T] [--max-det N]]
+                          [--input-size N] [--no-simplify]
 
-Exports a detector to ONNX (input "images", output "predictions", or "detections" +
-"num_detections" with --nms; see docs/onnx-contract.md), checks it against PyTorch on real
-validation images and writes the file only when the check passes."""
+--format onnx (default) exports a detector to ONNX (input "images", output "predictions", or
+"detections" + "num_detections" with --nms; see docs/onnx-contract.md), checks it against PyTorch
+on real validation images and writes the file only when the check passes.
+
+--format darknet writes the detector as Darknet files OUT/<name>.cfg, .weights and .names (OUT is
+a folder, default the current one): a zoo detector as the Darknet layers that compute it, a model
+built or trained from a cfg as its own cfg. The files are read back as edgecsp reads any Darknet
+model and written only when they give the model's outputs on real validation images."""
 
 from __future__ import annotations
 
@@ -13,6 +19,10 @@ import sys
 from pathlib import Path
 
 from edgecsp import cli
+from edgecsp.errors import EdgeCSPError
+
+# ONNX-only options and their defaults: given with --format darknet they are refused, not ignored.
+_ONNX_ONLY = {"opset": 17, "batch": 1, "nms": False, "iou": 0.5, "score": 0.25, "max_det": 100, "no_simplify": False}
 
 
 def _batch(text: str) -> int | str:
@@ -27,25 +37,48 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgecsp.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_model_options(parser)
-    parser.add_argument("--out", type=Path, default=Path("model.onnx"), help="output file (default model.onnx)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset, 11 to 20 (default 17)")
-    parser.add_argument("--batch", type=_batch, default=1, help="fixed batch size or 'dynamic' (default 1)")
+    parser.add_argument("--format", choices=("onnx", "darknet"), default="onnx",
+                        help="onnx (default): one .onnx file; darknet: <name>.cfg, .weights and .names in the --out folder")
+    parser.add_argument("--out", type=Path,
+                        help="output: the .onnx file (default model.onnx), or with --format darknet the folder "
+                             "(default: the current folder)")
+    parser.add_argument("--opset", type=int, help="ONNX opset, 11 to 20 (default 17)")
+    parser.add_argument("--batch", type=_batch, help="fixed batch size or 'dynamic' (default 1)")
     parser.add_argument("--input-size", type=int, help="square input size (default: the model's own)")
     parser.add_argument("--nms", action="store_true", help="end the graph in NonMaxSuppression: fixed-size detections")
-    parser.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
-    parser.add_argument("--score", type=float, default=0.25, help="NMS score threshold (default 0.25)")
-    parser.add_argument("--max-det", type=int, default=100, help="detections per image with --nms (default 100)")
+    parser.add_argument("--iou", type=float, help="NMS IoU threshold (default 0.5)")
+    parser.add_argument("--score", type=float, help="NMS score threshold (default 0.25)")
+    parser.add_argument("--max-det", type=int, help="detections per image with --nms (default 100)")
     parser.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = parser.parse_args(argv)
 
-    from edgecsp.models.checkpoint import resolve_model
-    from edgecsp.onnx_export import NMSOptions, export_onnx
+    if args.format == "darknet":
+        given = [k for k in _ONNX_ONLY if getattr(args, k) is not None and getattr(args, k) is not False]
+        if given:
+            raise EdgeCSPError(f"--{given[0].replace('_', '-')} is an ONNX export option; --format darknet writes "
+                               "a .cfg and .weights (drop it, or use --format onnx)")
+    for key, default in _ONNX_ONLY.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
 
-    options = NMSOptions(iou=args.iou, score=args.score, max_det=args.max_det) if args.nms else None
+    from edgecsp.models.checkpoint import resolve_model
+
     model, description = resolve_model(cli.model_source(args))
-    report = export_onnx(model, args.out, opset=args.opset, batch=args.batch, input_size=args.input_size,
-                         nms=args.nms, nms_options=options, simplify=not args.no_simplify, description=description)
+    if args.format == "darknet":
+        from edgecsp.darknet.writer import export_darknet
+
+        out = args.out if args.out is not None else Path(".")
+        if out.exists() and not out.is_dir():
+            raise EdgeCSPError(f"--out {out} is a file; --format darknet writes three files into a folder")
+        report = export_darknet(model, description, out, input_size=args.input_size)
+    else:
+        from edgecsp.onnx_export import NMSOptions, export_onnx
+
+        options = NMSOptions(iou=args.iou, score=args.score, max_det=args.max_det) if args.nms else None
+        report = export_onnx(model, args.out or Path("model.onnx"), opset=args.opset, batch=args.batch,
+                             input_size=args.input_size, nms=args.nms, nms_options=options,
+                             simplify=not args.no_simplify, description=description)
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
