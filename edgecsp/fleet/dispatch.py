@@ -132,7 +132,8 @@ def _describe_failure(err: BaseException) -> tuple[str, str]:
     if cause is not None:
         return f"{type(cause).__name__}: {cause}", str(err)
     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return f"{type(err).__name__}: {first}"[:500], str(err)
+    first = first.split(". ")[0]  # Ray's messages go on with advice for Ray's own dashboard
+    return f"{type(err).__name__}: {first}"[:300], str(err)
 
 
 class Night:
