@@ -19,13 +19,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 from edgecsp import cli
 from edgecsp.errors import EdgeCSPError
 
 
-def _ray_version() -> Tuple[int, ...]:
+def _ray_version() -> tuple[int, ...]:
     try:
         from importlib.metadata import version
 
@@ -45,8 +44,8 @@ def ray_executable() -> str:
     return found
 
 
-def start_command(head: str, info: dict, node_ip: Optional[str] = None, num_cpus: Optional[int] = None,
-                  block: bool = False, extra: Optional[List[str]] = None) -> Tuple[List[str], Dict[str, str]]:
+def start_command(head: str, info: dict, node_ip: str | None = None, num_cpus: int | None = None,
+                  block: bool = False, extra: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
     """(``ray start`` argv, the EDGECSP_WORKER_* variables for the node) for this device."""
     from edgecsp.fleet import device
 
@@ -70,9 +69,9 @@ def start_command(head: str, info: dict, node_ip: Optional[str] = None, num_cpus
     return argv, env
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra: List[str] = []
+    extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]

@@ -54,18 +54,18 @@ def postgres(port: int | None = None) -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    run = dict(check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
     try:
         subprocess.run(as_user + [str(pg_bin("initdb")), "-D", str(data), "-U", "edgecsp", "--auth=trust",
-                                  "--no-sync", "-E", "UTF8"], **run)
+                                  "--no-sync", "-E", "UTF8"], check=True, **out)
         subprocess.run(as_user + [str(pg_bin("pg_ctl")), "-D", str(data), "-l", str(root / "server.log"), "-w",
                                   "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
-                                  "start"], **run)
+                                  "start"], check=True, **out)
         try:
             yield f"postgresql+psycopg://edgecsp@127.0.0.1:{port}/postgres"
         finally:
             subprocess.run(as_user + [str(pg_bin("pg_ctl")), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except subprocess.CalledProcessError as err:
         raise RuntimeError(f"PostgreSQL did not start: {err.stdout}") from None
     finally:

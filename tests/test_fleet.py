@@ -12,9 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import pgserver
+import pytest
 from fleetenv import need
 
 HERE = Path(__file__).resolve().parent
@@ -39,7 +38,7 @@ def facts(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("fleet")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     cmd = f"ip link set lo up && exec {sys.executable} {HERE / 'fleet_cluster.py'} {work}"
-    proc = subprocess.run(["unshare", "-n", "sh", "-c", cmd], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.run(["unshare", "-n", "sh", "-c", cmd], check=False, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=900)
     path = work / "facts.json"
     assert path.exists(), proc.stdout[-5000:]
@@ -119,10 +118,20 @@ def test_a_device_killed_mid_job_fails_that_job_and_the_others_finish(facts):
     assert n4["rc"] == 1
 
 
+def test_the_head_enforces_job_timeouts_on_every_device(facts):
+    n5 = facts["n5"]
+    live = {"x86-a", "x86-b", "orin-sim"} - {facts["n4"]["victim"]}
+    rows = [r for r in n5["rows"] if r["device"] != "(no live device)"]
+    assert {r["device"] for r in rows} == live, n5["out"]
+    for r in rows:
+        assert r["status"] == "failed" and r["error"] == "timed out after 3 s (suite job_timeout_s)", r
+
+
 def test_the_dashboard_is_written_from_the_postgresql_history(facts):
     assert facts["report"]["rc"] == 0, facts["report"]["out"]
     data = json.loads((Path(facts["work"]) / "site" / "data.json").read_text())
-    assert data["last_night"] == "n4"
+    assert data["last_night"] == "n5"
     statuses = {(r["device"], r["job"]): r["status"] for r in data["rows"]}
-    assert statuses[(facts["n4"]["victim"], "demo/onnxruntime/fp32/latency")] == "failed"
+    assert statuses[(facts["n4"]["victim"], "demo/onnxruntime/fp32/latency")] == "failed"  # its last night
+    assert data["devices"][facts["n4"]["victim"]]["alive_last_night"] is False
     assert (Path(facts["work"]) / "site" / "devices" / "orin-sim.html").exists()

@@ -7,12 +7,12 @@ import json
 import sqlite3
 from pathlib import Path
 
-import pytest
-
 import browser
+import pytest
+from fleetenv import need
+
 from edgecsp.bench.history import History, Record
 from edgecsp.fleet.dashboard import COLUMNS, collect, write_site
-from fleetenv import need
 
 DOCS_SHOT = Path(__file__).resolve().parents[1] / "docs" / "fleet.png"
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 
-import pytest
-
 import pgserver
+import pytest
+from fleetenv import need
+
 from edgecsp.bench.history import History, Record
 from edgecsp.errors import EdgeCSPError
-from fleetenv import need
 
 # The tables as edgecsp created them before migrations (SQLAlchemy create_all, schema mark "1").
 OLD_SCHEMA = """

@@ -111,7 +111,7 @@ def collect(h: History, nights: int = 14) -> dict[str, Any]:
         d["info"] = info.get("device") or info.get("machine") or d["info"]
         d["hostname"] = run["hostname"] or d["hostname"]
     last_night = order[-1] if order else None
-    for name, d in devices.items():
+    for d in devices.values():
         d["last_seen"] = d["nights"][-1]["night"]
         d["alive_last_night"] = d["last_seen"] == last_night
     return {"nights": order, "recent": recent, "last_night": last_night, "rows": rows, "devices": devices}
@@ -154,7 +154,7 @@ def _page(title: str, body: str) -> str:
 
 def _table(rows: list[Row], link: str = "devices/") -> str:
     head = "".join(f"<th>{h}</th>" for h in ("device", "job", "night", "status", *[c[1] for c in COLUMNS],
-                                              f"FPS trend", "note"))
+                                              "FPS trend", "note"))
     out = [f"<table><thead><tr>{head}</tr></thead><tbody>"]
     for r in rows:
         res = r.result

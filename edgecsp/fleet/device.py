@@ -17,7 +17,6 @@ import os
 import platform
 import re
 import socket
-from typing import Dict, List, Optional
 
 DEVICE_RESOURCE = "edgecsp-device"
 BUILDER_RESOURCE = "edgecsp-builder"
@@ -32,7 +31,7 @@ def target_resource(target: str) -> str:
     return TARGET_PREFIX + target
 
 
-def _version(module: str) -> Optional[str]:
+def _version(module: str) -> str | None:
     try:
         mod = importlib.import_module(module)
     except Exception:  # noqa: BLE001 - a broken install is "not available" here, the reason is not needed
@@ -40,7 +39,7 @@ def _version(module: str) -> Optional[str]:
     return str(getattr(mod, "__version__", "") or "unknown")
 
 
-def backend_versions() -> Dict[str, str]:
+def backend_versions() -> dict[str, str]:
     """The backends this machine really has, with their versions."""
     from edgecsp.backends.tensorrt_runner import load_tensorrt
 
@@ -61,8 +60,8 @@ def default_name() -> str:
     return str(machine.describe()["key"])
 
 
-def describe(name: Optional[str] = None, targets: Optional[List[str]] = None, standin: Optional[str] = None,
-             builder: Optional[bool] = None) -> dict:
+def describe(name: str | None = None, targets: list[str] | None = None, standin: str | None = None,
+             builder: bool | None = None) -> dict:
     """This device: name, host, arch, Jetson facts, backends, the targets it serves, builder or not.
 
     Arguments left None come from the EDGECSP_WORKER_* environment, then from detection."""
@@ -116,7 +115,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def resources(info: dict) -> Dict[str, float]:
+def resources(info: dict) -> dict[str, float]:
     """The Ray custom resources of this device."""
     res = {DEVICE_RESOURCE: 1.0}
     for t in info["targets"]:
@@ -132,7 +131,7 @@ def _label_value(text: str) -> str:
     return v or "unknown"
 
 
-def labels(info: dict) -> Dict[str, str]:
+def labels(info: dict) -> dict[str, str]:
     """Ray node labels: what the dashboard of Ray itself shows (edgecsp reads ``describe`` instead)."""
     out = {"edgecsp.device": info["name"], "edgecsp.model": info["model"], "edgecsp.host": info["hostname"]}
     jetson = info.get("jetson") or {}

@@ -15,12 +15,12 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any
 
 from edgecsp.errors import EdgeCSPError
 
 
-def describe_node() -> Dict[str, Any]:
+def describe_node() -> dict[str, Any]:
     from edgecsp.fleet.device import describe
 
     return describe()
@@ -57,7 +57,7 @@ def unpack(data: bytes, dest: Path) -> None:
                 shutil.copyfileobj(src, out)
 
 
-def build_artifact(job: Any, suite: Any) -> Tuple[Dict[str, Any], bytes]:
+def build_artifact(job: Any, suite: Any) -> tuple[dict[str, Any], bytes]:
     """On a builder: build or reuse the artifact (a bundle for a Jetson target) in this machine's
     cache; returns (facts, packed artifact)."""
     from edgecsp.bench.artifacts import ensure_artifact
@@ -79,7 +79,7 @@ def _has_torch() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def run_on_device(job: Any, suite: Any, facts: Dict[str, Any], data: bytes) -> Dict[str, Any]:
+def run_on_device(job: Any, suite: Any, facts: dict[str, Any], data: bytes) -> dict[str, Any]:
     """On the device: unpack, check, (on a Jetson) build the engine from the bundle, benchmark, and
     measure accuracy. Returns what edgecsp.bench.nightly.records_from reads, plus who ran it."""
     from edgecsp.artifact import open_artifact
