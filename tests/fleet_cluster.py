@@ -181,7 +181,7 @@ def main() -> None:
             # Night 2: the head (the nightly process) is killed after its first result, then rerun.
             t = time.time()
             lines = []
-            suite2 = suite_file(work, "n2", duration=2.0)
+            suite2 = suite_file(work, "n2", duration=1.0)
             p = nightly(work, db, "n2", suite2, "n2")
             wait_line(p, " FPS", lines)
             os.killpg(p.pid, signal.SIGKILL)
@@ -196,7 +196,7 @@ def main() -> None:
             # Night 3: a device is SIGKILLed mid-job; one-device placement retries its job elsewhere.
             t = time.time()
             lines = []
-            p = nightly(work, db, "n3", suite_file(work, "n3", duration=10.0, placement="one-device",
+            p = nightly(work, db, "n3", suite_file(work, "n3", duration=8.0, placement="one-device",
                                                    on_lost="retry"), "n3")
             line = wait_line(p, "run demo/onnxruntime/fp32 on x86-", lines)
             victim = line.strip().split(" on ")[-1].split()[0]
@@ -210,7 +210,7 @@ def main() -> None:
             worker(victim, "--target", "onnxruntime", "--no-build")
             wait_nodes(5)
             lines = []
-            p = nightly(work, db, "n4", suite_file(work, "n4", duration=10.0), "n4")
+            p = nightly(work, db, "n4", suite_file(work, "n4", duration=8.0), "n4")
             wait_line(p, f"run demo/onnxruntime/fp32 on {victim}", lines)
             time.sleep(2)
             kill(victim)

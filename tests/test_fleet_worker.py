@@ -97,6 +97,17 @@ def test_worker_and_nightly_refuse_bad_input_in_one_line(tmp_path, capsys):
     assert cli.run(nightly_main, ["--suite", str(suite), "--night", "n1", "--db", str(tmp_path / "h.sqlite")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--cluster" in err[0]
+    if ray_missing() is None:
+        import socket
+
+        with socket.socket() as s:  # a port nobody listens on: refused at once, not a wait for minutes
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        for cluster, match in ((f"127.0.0.1:{port}", "nothing answers at"), ("headonly", "HOST:PORT")):
+            args = ["--suite", str(suite), "--cluster", cluster, "--db", str(tmp_path / "h.sqlite")]
+            assert cli.run(nightly_main, args) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and match in err[0], err
 
 
 def test_the_device_unpacks_only_plain_files_inside_its_folder(tmp_path):

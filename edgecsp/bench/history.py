@@ -274,18 +274,7 @@ class History:
     def baseline(self, device: str, job: str, metric: str, last_n: int, before_run: int | None = None,
                  method: str = "median") -> tuple[float | None, int]:
         """(baseline value, number of runs it is from); None when there is no history yet."""
-        vals = self.values(device, job, metric, last_n, before_run)
-        if not vals:
-            return None, 0
-        if method == "median":
-            return float(statistics.median(vals)), len(vals)
-        if method == "mean":
-            return float(statistics.fmean(vals)), len(vals)
-        if method == "last":
-            return vals[0], 1
-        if method == "best":
-            return (min(vals) if metric.startswith("latency") else max(vals)), len(vals)
-        raise EdgeCSPError(f"unknown baseline method {method!r}; use median, mean, last or best")
+        return aggregate(self.values(device, job, metric, last_n, before_run), metric, method)
 
     def series(self, device: str, job: str, metric: str, limit: int = 60) -> list[tuple[int, str, float]]:
         """(run id, recorded at, value) of successful results, oldest first: the trend plots."""
@@ -311,6 +300,21 @@ class History:
         r = self.t["results"]
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(select(r).where(r.c.run_id == run_id).order_by(r.c.id))]
+
+
+def aggregate(vals: list[float], metric: str, method: str = "median") -> tuple[float | None, int]:
+    """(baseline, runs it is from) of ``vals`` (newest first); None when there are none."""
+    if not vals:
+        return None, 0
+    if method == "median":
+        return float(statistics.median(vals)), len(vals)
+    if method == "mean":
+        return float(statistics.fmean(vals)), len(vals)
+    if method == "last":
+        return vals[0], 1
+    if method == "best":
+        return (min(vals) if metric.startswith("latency") else max(vals)), len(vals)
+    raise EdgeCSPError(f"unknown baseline method {method!r}; use median, mean, last or best")
 
 
 def _short(err: BaseException) -> str:

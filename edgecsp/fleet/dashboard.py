@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecsp.bench.history import History
-from edgecsp.bench.regression import Thresholds, compare
+from edgecsp.bench.history import History, aggregate
+from edgecsp.bench.regression import CHECKS, Thresholds, judge
 
 # (column, heading, format): the dashboard's numbers; the browser test formats the database's the same way.
 COLUMNS = (("fps", "FPS", ".1f"), ("latency_p99_ms", "p99 ms", ".2f"), ("ap50", "AP50", ".4f"),
@@ -82,9 +82,12 @@ def collect(h: History, nights: int = 14) -> dict[str, Any]:
     recent = order[-nights:]
     latest: dict[tuple[str, str], dict] = {}
     series: dict[tuple[str, str], dict[str, float]] = {}
+    oks: dict[tuple[str, str], list[dict]] = {}  # successful results, oldest first: the baselines
     for r in results:
         key = (r["device"], r["job"])
         latest[key] = r  # ordered by id: the last one wins
+        if r["status"] == "ok":
+            oks.setdefault(key, []).append(r)
         night = _night_of(runs[r["run_id"]])
         if r["status"] == "ok" and r["fps"] is not None and night in recent:
             series.setdefault(key, {})[night] = float(r["fps"])
@@ -95,10 +98,7 @@ def collect(h: History, nights: int = 14) -> dict[str, Any]:
         row = Row(device, job, _night_of(run), r,
                   [(n, series[(device, job)][n]) for n in recent if n in series.get((device, job), {})])
         if r["status"] == "ok":
-            current = {"fps": r["fps"], "ap50": r["ap50"], "latency_p99_ms": r["latency_p99_ms"],
-                       "peak_rss_mb": r["peak_rss_mb"]}
-            findings = compare(h, device, job, current, _thresholds(info), before_run=r["run_id"])
-            row.regressions = [f.describe() for f in findings if f.regressed]
+            row.regressions = regressions(r, oks.get((device, job), []), _thresholds(info))
         rows.append(row)
     devices: dict[str, dict] = {}
     for run in runs.values():
@@ -115,6 +115,21 @@ def collect(h: History, nights: int = 14) -> dict[str, Any]:
         d["last_seen"] = d["nights"][-1]["night"]
         d["alive_last_night"] = d["last_seen"] == last_night
     return {"nights": order, "recent": recent, "last_night": last_night, "rows": rows, "devices": devices}
+
+
+def regressions(r: dict, history: list[dict], th: Thresholds) -> list[str]:
+    """The regressions of result ``r`` against the earlier successful results of its device and job
+    (oldest first): the nightly's rules (edgecsp.bench.regression), on rows already loaded, so a
+    dashboard of thousands of rows does not ask the database four questions per row."""
+    earlier = [x for x in reversed(history) if x["run_id"] < r["run_id"]]  # newest first
+    out = []
+    for metric, (column, *_rest) in CHECKS.items():
+        vals = [float(x[column]) for x in earlier if x[column] is not None][:th.baseline_runs]
+        base, runs = aggregate(vals, column, th.baseline)
+        f = judge(f"{r['device']}/{r['job']}", metric, r[column], base, runs, th)
+        if f is not None and f.regressed:
+            out.append(f.describe())
+    return out
 
 
 def sparkline(points: list[tuple[str, float]], width: int = 160, height: int = 36) -> str:

@@ -191,8 +191,9 @@ class Night:
 def run_fleet(suite: Suite, cluster: str, db: str | Path | None = None, night: str | None = None,
               report_dir: Path | None = None, progress: Progress = print, poll_s: float = 1.0) -> FleetResult:
     history = History(db)  # before any work: a database that cannot be opened stops here
-    ray = import_ray()
     try:
+        ray = import_ray()
+        _probe(cluster)
         try:
             ray.init(address=cluster, namespace="edgecsp-nightly", log_to_driver=False,
                      logging_level="warning", include_dashboard=False)
@@ -201,9 +202,23 @@ def run_fleet(suite: Suite, cluster: str, db: str | Path | None = None, night: s
                                "head with ray start --head and pass its address as HOST:PORT") from None
         return _run(ray, history, suite, night or default_night(suite), report_dir, progress, poll_s)
     finally:
-        if ray.is_initialized():
+        if "ray" in locals() and ray.is_initialized():
             ray.shutdown()
         history.close()
+
+
+def _probe(cluster: str, timeout_s: float = 10.0) -> None:
+    """One line at once when nothing listens at HOST:PORT (ray.init would wait for minutes)."""
+    import socket
+
+    host, _, port = cluster.rpartition(":")
+    if not host or not port.isdigit():
+        raise EdgeCSPError(f"--cluster {cluster!r}: give the head's Ray address as HOST:PORT (e.g. head:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise EdgeCSPError(f"nothing answers at {cluster} ({err.strerror or err}); start the head with "
+                           "ray start --head --port PORT there, or fix --cluster") from None
 
 
 def _run(ray: Any, history: History, suite: Suite, night: str, report_dir: Path | None, progress: Progress,
