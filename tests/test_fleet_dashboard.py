@@ -30,7 +30,10 @@ def plant(db: Path) -> None:
                     continue  # went dark
                 info = {"device": {"name": device, "model": "Jetson Orin Nano" if "jetson" in device else "Xeon",
                                    "arch": "aarch64" if "jetson" in device else "x86_64",
-                                   "backends": {"onnxruntime": "1.22.0"}, "python": "3.10.12",
+                                   "backends": {"onnxruntime": "1.22.0", **({"tensorrt": "10.3.0"} if "jetson" in device
+                                                                            else {"openvino": "2025.2.0"})},
+                                   "jetson": {"jetpack": "6.2"} if "jetson" in device else None,
+                                   "python": "3.10.12",
                                    "targets": sorted({k.split("/")[1] for k in keys})}}
                 run = h.start_run(device, "edge-nightly", info, device, night=night)
                 for i, key in enumerate(keys):

@@ -167,7 +167,7 @@ def _page(title: str, body: str) -> str:
             f"<body>{body}</body></html>\n")
 
 
-def _table(rows: list[Row], link: str = "devices/") -> str:
+def _table(rows: list[Row], link: str | None = "devices/") -> str:
     head = "".join(f"<th>{h}</th>" for h in ("device", "job", "night", "status", *[c[1] for c in COLUMNS],
                                               "FPS trend", "note"))
     out = [f"<table><thead><tr>{head}</tr></thead><tbody>"]

@@ -292,6 +292,12 @@ def _run(ray: Any, history: History, suite: Suite, night: str, report_dir: Path 
 
     while pending or running:
         now = time.monotonic()
+        # An artifact no job still needs leaves the object store (a night of 250 artifacts would
+        # otherwise keep them all, and the builders' stores would spill to disk).
+        needed = {u.job for u in pending} | {v[0].job for v in running.values()}
+        for job, (meta, packed) in list(builds.items()):
+            if packed is not None and job in build_state and job not in needed:
+                builds[job] = (meta, None)
         # Which builds finished (their facts are small; the packed artifact stays in the object store).
         waiting = [builds[j][0] for j in builds if j not in build_state]
         if waiting:
