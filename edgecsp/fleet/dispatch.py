@@ -406,12 +406,16 @@ def _job_failed(ray: Any, nt: Night, u: Unit, d: str, devices: dict[str, Node], 
     if isinstance(err, RayTaskError):  # the job raised: its own failure, the device is fine
         nt.fail(d, u.job, "failed", msg, details, seconds, extra)
         return
-    # The job's process or its whole node died. Ray needs a few seconds (its health checks) to
-    # declare a node dead: wait for that before telling "device lost" from "the process died".
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and devices[d].node_id in alive_node_ids(ray):
-        time.sleep(1)
-    if devices[d].node_id in alive_node_ids(ray):
+    # The job's process or its whole node died. Unless Ray already says the node died, wait for
+    # its health checks (about 15 s with Ray's defaults) before telling "device lost" from "the
+    # job's process died".
+    gone = type(err).__name__ == "NodeDiedError"
+    deadline = time.monotonic() + 30
+    while not gone and time.monotonic() < deadline:
+        gone = devices[d].node_id not in alive_node_ids(ray)
+        if not gone:
+            time.sleep(1)
+    if not gone:
         nt.fail(d, u.job, "failed", f"the job's process died ({msg})", details, seconds, extra)
         return
     lost.add(d)
