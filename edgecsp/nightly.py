@@ -6,8 +6,16 @@ accuracy against the FP32 PyTorch reference, benchmark it, store every result in
 database (a SQLite file by default, or a SQLAlchemy URL), compare with the baseline of this
 device's last runs, and write report.md (with trend plots), junit.xml and results.json.
 
-Exit status: 0 all measured and no regression; 1 a regression or a failed job; 2 bad input
-(suite, database). Scheduling from cron or CI: docs/benchmarking.md."""
+With --cluster HOST:PORT the night runs across a fleet (docs/fleet.md): the matrix goes to the
+devices of a Ray cluster (python -m edgecsp.worker on each), each job to every live device of its
+target, and this machine, the head, writes every result into --db as it arrives. --night names
+the night (default: suite name and UTC date): rerunning the same night runs only missing jobs.
+
+python -m edgecsp.nightly report --db URL --html DIR writes the fleet dashboard (a static site).
+
+Exit status: 0 all measured and no regression; 1 a regression or a failed job (fleet: or a
+target with no live device); 2 bad input (suite, database, cluster). Scheduling from cron or CI:
+docs/benchmarking.md."""
 
 from __future__ import annotations
 
@@ -16,9 +24,15 @@ import sys
 from pathlib import Path
 
 from edgecsp import cli
+from edgecsp.errors import EdgeCSPError
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        from edgecsp.fleet.dashboard import main as report_main
+
+        return report_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m edgecsp.nightly", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", type=Path, required=True, help="suite file (e.g. benchmarks/nightly.toml)")
@@ -28,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="name this device in the history (default: host name + hardware hash)")
     parser.add_argument("--no-isolate", action="store_true", help="run jobs in this process (debugging)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild every artifact instead of reusing it")
+    parser.add_argument("--cluster", metavar="HOST:PORT", help="run across the fleet's Ray cluster (docs/fleet.md)")
+    parser.add_argument("--night", help="with --cluster: the night's id (default: <suite name>-<UTC date>); "
+                                        "a rerun of a night runs only its missing jobs")
     args = parser.parse_args(argv)
 
     from dataclasses import replace
@@ -38,6 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     suite = load_suite(args.suite)
     if args.no_isolate or args.rebuild:
         suite = replace(suite, isolate=suite.isolate and not args.no_isolate, rebuild=suite.rebuild or args.rebuild)
+    if args.cluster:
+        from edgecsp.fleet.dispatch import run_fleet
+
+        fleet = run_fleet(suite, args.cluster, db=args.db, night=args.night, report_dir=args.report,
+                          progress=lambda line: print(line, flush=True))
+        print(f"\n{fleet.status.upper()}: night {fleet.night}, {len(fleet.outcomes)} result(s) written, "
+              f"{fleet.already_done} job(s) already done, {len(fleet.regressions)} regression(s), "
+              f"{len(fleet.failures)} failed"
+              + (f"; no live device for {', '.join(fleet.no_device_targets)}" if fleet.no_device_targets else ""))
+        return fleet.exit_code
+    if args.night:
+        raise EdgeCSPError("--night names a fleet night; it needs --cluster")
     result = run_suite(suite, db=args.db, report_dir=args.report, device=args.device,
                        progress=lambda line: print(line, flush=True))
     print(f"\n{result.status.upper()}: {len(result.regressions)} regression(s), {len(result.failures)} failed "

@@ -1,9 +1,10 @@
 """The history database: every nightly run and every job result, SQLAlchemy Core.
 
 A SQLite file by default; any SQLAlchemy URL (postgresql://..., mysql+pymysql://...) for a
-database shared by several devices. Append-only by design: tables are created when missing and
-never dropped or altered, each result is committed on its own as soon as it exists (a crash
-later in the run loses nothing recorded before it), and a database that holds tables but no
+database shared by several devices. Append-only by design: the schema is kept by Alembic
+migrations (edgecsp/bench/migrations) that only add, run on open under a lock (a PostgreSQL
+advisory lock; SQLite's write lock), each result is committed on its own as soon as it exists (a
+crash later in the run loses nothing recorded before it), and a database that holds tables but no
 edgecsp schema mark is refused rather than written into.
 """
 
@@ -51,6 +52,7 @@ def _tables(metadata: Any) -> dict[str, Any]:
         Column("edgecsp_version", String(32)),
         Column("status", String(32)),  # running, ok, regression, failed
         Column("info", Text),  # JSON: machine description, settings
+        Column("night", String(128), index=True),  # fleet: the night this device's run belongs to (migration 0002)
     )
     results = Table(
         "edgecsp_results", metadata,
@@ -104,6 +106,26 @@ def _serialize_sqlite_writers(engine: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+_MIGRATION_LOCK = 0x6564676563  # any constant: every edgecsp opening a PostgreSQL history takes the same lock
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def _migrate(conn: Any, shown: str) -> None:
+    """Bring the schema to the newest revision this edgecsp knows (Alembic, inside ``conn``'s transaction)."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.util.exc import CommandError
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    try:
+        command.upgrade(cfg, "head")
+    except CommandError as err:  # a revision this edgecsp does not know: written by a newer one
+        raise EdgeCSPError(f"history database {shown} has a schema revision this edgecsp does not know ({err}); "
+                           "upgrade edgecsp on this machine") from None
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -142,17 +164,19 @@ class History:
         self.metadata = MetaData()
         self.t = _tables(self.metadata)
         try:
-            with self.engine.connect() as conn:
-                existing = set(inspect(conn).get_table_names())
-            ours = {t.name for t in self.t.values()}
-            if existing and "edgecsp_meta" not in existing:
-                raise EdgeCSPError(f"history database {shown} holds other tables ({', '.join(sorted(existing)[:5])}) "
-                                   f"and no edgecsp history; {hint} (a new file is fine)")
-            if existing and not ours <= existing:
-                raise EdgeCSPError(f"history database {shown} lacks edgecsp tables "
-                                   f"{', '.join(sorted(ours - existing))}; it was not written by this edgecsp")
             with self.engine.begin() as conn:  # one transaction: two first runs cannot both create
-                self.metadata.create_all(conn, checkfirst=True)  # creates only what is missing
+                if self.engine.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+                existing = set(inspect(conn).get_table_names())
+                ours = {t.name for t in self.t.values()}
+                if existing and "edgecsp_meta" not in existing:
+                    raise EdgeCSPError(f"history database {shown} holds other tables "
+                                       f"({', '.join(sorted(existing)[:5])}) and no edgecsp history; {hint} "
+                                       "(a new file is fine)")
+                if existing and not ours <= existing:
+                    raise EdgeCSPError(f"history database {shown} lacks edgecsp tables "
+                                       f"{', '.join(sorted(ours - existing))}; it was not written by this edgecsp")
+                _migrate(conn, shown)
                 row = conn.execute(select(self.t["meta"].c.value).where(self.t["meta"].c.key == "schema")).first()
                 if row is None:
                     conn.execute(self.t["meta"].insert().values(key="schema", value=SCHEMA_VERSION))
@@ -177,14 +201,42 @@ class History:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def start_run(self, device: str, suite: str = "", info: dict | None = None, hostname: str = "") -> int:
+    def start_run(self, device: str, suite: str = "", info: dict | None = None, hostname: str = "",
+                  night: str | None = None) -> int:
         from edgecsp import __version__
 
         with self.engine.begin() as conn:
             res = conn.execute(self.t["runs"].insert().values(
                 started_at=_now(), suite=suite, device=device, hostname=hostname, edgecsp_version=__version__,
-                status="running", info=json.dumps(info or {}, default=str)))
+                status="running", info=json.dumps(info or {}, default=str), night=night))
             return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+    def night_run(self, night: str, device: str) -> int | None:
+        """The run of ``device`` in ``night`` (a fleet night restarted), or None."""
+        from sqlalchemy import select
+
+        runs = self.t["runs"]
+        with self.engine.connect() as conn:
+            row = conn.execute(select(runs.c.id).where(runs.c.night == night, runs.c.device == device)
+                               .order_by(runs.c.id)).first()
+        return None if row is None else int(row[0])
+
+    def reopen_run(self, run_id: int, info: dict | None = None) -> None:
+        runs = self.t["runs"]
+        values: dict[str, Any] = {"status": "running", "finished_at": None}
+        if info is not None:
+            values["info"] = json.dumps(info, default=str)
+        with self.engine.begin() as conn:
+            conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
+
+    def night_results(self, night: str) -> list[dict[str, Any]]:
+        """Every result recorded in ``night``, oldest first."""
+        from sqlalchemy import select
+
+        r, runs = self.t["results"], self.t["runs"]
+        q = select(r).join(runs, runs.c.id == r.c.run_id).where(runs.c.night == night).order_by(r.c.id)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(q)]
 
     def record(self, run_id: int, device: str, rec: Record) -> int:
         """Insert one result and commit it at once."""
@@ -222,18 +274,7 @@ class History:
     def baseline(self, device: str, job: str, metric: str, last_n: int, before_run: int | None = None,
                  method: str = "median") -> tuple[float | None, int]:
         """(baseline value, number of runs it is from); None when there is no history yet."""
-        vals = self.values(device, job, metric, last_n, before_run)
-        if not vals:
-            return None, 0
-        if method == "median":
-            return float(statistics.median(vals)), len(vals)
-        if method == "mean":
-            return float(statistics.fmean(vals)), len(vals)
-        if method == "last":
-            return vals[0], 1
-        if method == "best":
-            return (min(vals) if metric.startswith("latency") else max(vals)), len(vals)
-        raise EdgeCSPError(f"unknown baseline method {method!r}; use median, mean, last or best")
+        return aggregate(self.values(device, job, metric, last_n, before_run), metric, method)
 
     def series(self, device: str, job: str, metric: str, limit: int = 60) -> list[tuple[int, str, float]]:
         """(run id, recorded at, value) of successful results, oldest first: the trend plots."""
@@ -259,6 +300,21 @@ class History:
         r = self.t["results"]
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(select(r).where(r.c.run_id == run_id).order_by(r.c.id))]
+
+
+def aggregate(vals: list[float], metric: str, method: str = "median") -> tuple[float | None, int]:
+    """(baseline, runs it is from) of ``vals`` (newest first); None when there are none."""
+    if not vals:
+        return None, 0
+    if method == "median":
+        return float(statistics.median(vals)), len(vals)
+    if method == "mean":
+        return float(statistics.fmean(vals)), len(vals)
+    if method == "last":
+        return vals[0], 1
+    if method == "best":
+        return (min(vals) if metric.startswith("latency") else max(vals)), len(vals)
+    raise EdgeCSPError(f"unknown baseline method {method!r}; use median, mean, last or best")
 
 
 def _short(err: BaseException) -> str:

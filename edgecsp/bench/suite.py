@@ -21,7 +21,10 @@ _KEYS = {
     "benchmark": {"duration_s", "warmup_s", "min_queries", "compare", "batch"},
     "baseline": {"method", "last_runs", "min_runs"},
     "thresholds": {"throughput_drop_pct", "ap50_drop_points", "latency_p99_increase_pct", "peak_rss_increase_pct"},
+    "fleet": {"placement", "on_device_lost"},  # python -m edgecsp.nightly --cluster (docs/fleet.md)
 }
+PLACEMENTS = ("every-device", "one-device")
+ON_DEVICE_LOST = ("fail", "retry")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class Suite:
     compare: list[str] = field(default_factory=list)
     batch: int | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
+    placement: str = "every-device"  # fleet: each job on every live device of its target, or on one of them
+    on_device_lost: str = "fail"  # fleet: a device lost mid-job fails it, or (one-device) retries once elsewhere
 
     def matrix(self) -> list[Job]:
         jobs = [Job(m, t, p) for m in self.models for t in self.targets for p in self.precisions]
@@ -117,7 +122,10 @@ def load_suite(path: str | Path) -> Suite:
         raise EdgeCSPError(f"suite {path}: unknown table(s) {key_names(sorted(unknown_tables, key=str))}; "
                            f"known: {', '.join(_KEYS)}")
     # Every table is checked here, once: a wrong type fails the night on load, not in job 7 of 30.
-    s, b, base, th = (Table(data.get(t, {}), f"suite {path} [{t}]", known=sorted(keys)) for t, keys in _KEYS.items())
+    s, b, base, th, fl = (Table(data.get(t, {}), f"suite {path} [{t}]", known=sorted(keys))
+                          for t, keys in _KEYS.items())
+    placement = fl.get("placement", "str", "every-device", choices=PLACEMENTS)
+    on_lost = fl.get("on_device_lost", "str", "fail", choices=ON_DEVICE_LOST)
     for key in ("models", "targets"):
         if not s.data.get(key):
             raise EdgeCSPError(f"suite {path}: [suite] {key} is missing or empty")
@@ -168,7 +176,7 @@ def load_suite(path: str | Path) -> Suite:
         duration_s=b.get("duration_s", "number", None, above=0), warmup_s=b.get("warmup_s", "number", None, low=0),
         min_queries=b.get("min_queries", "int", None, low=1),
         compare=compare, batch=b.get("batch", "int", None, low=1, high=MAX_BATCH),
-        thresholds=thresholds)
+        thresholds=thresholds, placement=placement, on_device_lost=on_lost)
 
 
 def skip_reason(job: Job) -> str | None:
