@@ -15,10 +15,14 @@ import numpy as np
 
 from edgecsp.errors import EdgeCSPError
 
-def import_library(module: str, what: str, install_hint: str):
-    """Import a backend's library at the point of use; missing, it is one line naming the fix."""
+def import_library(module: str, what: str, install_hint: str | None = None):
+    """Import a backend's library at the point of use; missing, it is one line naming the fix
+    (by default the install extra that brings it, edgecsp.extras)."""
     import importlib
 
+    from edgecsp.extras import install_hint as extra_hint
+
+    install_hint = install_hint or extra_hint(module)
     try:
         return importlib.import_module(module)
     except ImportError as err:
@@ -89,7 +93,7 @@ class Runner(ABC):
 class Backend(ABC):
     name: str
     precisions: tuple[str, ...]
-    install_hint: str  # e.g. "pip install 'edgecsp[openvino]'"
+    install_hint: str  # e.g. "pip install 'edgecsp[host]'"
 
     @abstractmethod
     def version(self) -> str:
