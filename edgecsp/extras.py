@@ -9,8 +9,6 @@ ModuleNotFoundError into a line naming the extra instead of a traceback.
 
 from __future__ import annotations
 
-from typing import Optional
-
 # top-level import name -> (what it is, the extra that installs it)
 EXTRAS = {
     "torch": ("PyTorch", "host"),
@@ -38,7 +36,7 @@ def install_hint(module: str) -> str:
     return f"pip install {top}"
 
 
-def missing_library(err: BaseException) -> Optional[str]:
+def missing_library(err: BaseException) -> str | None:
     """The one line for a ModuleNotFoundError of a library an extra brings, else None."""
     name = getattr(err, "name", None)
     if not isinstance(err, ModuleNotFoundError) or not name or name.split(".")[0] not in EXTRAS:

@@ -11,11 +11,10 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable  # typing's: collections.abc.Callable[...] is not subscriptable at run time on 3.8
 
 from edgecsp import __version__
 from edgecsp.errors import EdgeCSPError
@@ -291,7 +290,7 @@ def _manifest(model, description, model_hash, opts, profile, precision, backend_
     c = model.config
     k = sum((size // s) ** 2 for s in c.strides) * (len(c.anchors) // len(c.strides))
     return {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "edgecsp_version": __version__,
         "model": {"name": description.get("name"), "source": str(opts.model or "demo"), "hash": model_hash,
                   "class_names": description["class_names"], "num_classes": c.num_classes,

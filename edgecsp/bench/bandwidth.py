@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +169,7 @@ def platform_peak(threads: int | None = None, refresh: bool = False, cache: bool
         cp = compute_peak(threads, matrix, compute_seconds)
         result = {
             "schema": SCHEMA, "machine": info["key"], "cpu": info["cpu"],
-            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "load_average_1m": info.get("load_average_1m"),
             "stream": bw, "compute": cp,
             "peak_gbs": max(bw["copy_gbs"], bw["triad_gbs"]), "peak_gmacs": cp["gmacs_fp32"],

@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker reads it
+    from typing_extensions import Self
 
 MB = 1024 * 1024
 

@@ -10,11 +10,10 @@ from the artifact's architecture; the platform peaks are measured once per machi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable  # typing's: collections.abc.Callable[...] is not subscriptable at run time on 3.8
 
 import numpy as np
 
@@ -250,7 +249,7 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
 
     return {
         "schema": SCHEMA,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "edgecsp_version": __version__,
         "machine": info,
         "platform_peak": peak,
