@@ -142,6 +142,22 @@ class VerifySet:
             raise EdgeCSPError(f"{self.path} has no reference detections {name!r} (it has: {', '.join(self.references)})")
         return {k: self.arrays[f"{name}_{k}"] for k in _DET}
 
+    def first(self, n: int) -> VerifySet:
+        """The same set cut to its first ``n`` images (ground truth and references with them)."""
+        a = self.arrays
+        if n >= self.images:
+            return self
+        keep_ids = a["image_ids"][:n]
+        out = {k: a[k][:n] for k in ("images", "letterbox", "image_ids")}
+        out["category_ids"] = a["category_ids"]
+        prefixes = ["gt"] + self.references
+        for prefix in prefixes:
+            rows = np.isin(a[f"{prefix}_image"], keep_ids)
+            for k in a:
+                if k.startswith(prefix + "_"):
+                    out[k] = a[k][rows]
+        return VerifySet(out, self.path)
+
     def run(self, predict: PredictFn, batch_size: int = 8) -> dict[str, np.ndarray]:
         a = self.arrays
         return detections(predict, a["images"], a["letterbox"], a["image_ids"], a["category_ids"], batch_size)

@@ -256,11 +256,12 @@ def exported(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bundle(exported, tmp_path_factory) -> Path:
+def bundle(exported, tmp_path_factory, shapes_small) -> Path:
     """The bundle TensorRTBackend.build writes here (no TensorRT), finalized as an artifact."""
     from edgecsp.artifact import finalize
     from edgecsp.backends import BuildRequest, get_backend
     from edgecsp.calibration import CalibrationRecipe, calibration_set
+    from edgecsp.data.coco import resolve_dataset
     from edgecsp.targets import load_target
 
     profile = load_target("jetson-orin-nano")
@@ -268,7 +269,8 @@ def bundle(exported, tmp_path_factory) -> Path:
     staging = tmp_path_factory.mktemp("staging")
     request = BuildRequest(onnx_path=exported, precision="int8", profile=profile, out_dir=staging,
                            calibration=calibration_set(recipe, 320),
-                           options={**profile.build, "recipe": recipe, "nms": True})
+                           options={**profile.build, "recipe": recipe, "nms": True},
+                           dataset=resolve_dataset(shapes_small["val"]), verify_images=8)
     backend = get_backend("tensorrt")
     result = backend.build(request)
     assert result.engine == "model.int8.qdq.onnx"
@@ -282,7 +284,7 @@ def bundle(exported, tmp_path_factory) -> Path:
 def test_bundle_holds_what_the_device_needs(bundle):
     files = {p.name for p in bundle.iterdir()}
     assert {"model.onnx", "model.int8.qdq.onnx", "calibration.cache", "JETSON.md", "manifest.json",
-            "model.nms.onnx", "model.int8.qdq.nms.onnx"} <= files
+            "model.nms.onnx", "model.int8.qdq.nms.onnx", "verify.npz"} <= files
     manifest = json.loads((bundle / "manifest.json").read_text())
     info = manifest["backend"]["info"]
     assert info["engine_built"] is False and "TensorRT" in info["why_no_engine"]
@@ -475,6 +477,52 @@ def test_from_bundle_without_tensorrt_is_one_line_and_leaves_nothing(bundle, tmp
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "TensorRT is not installed" in lines[0], res.stderr
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_bundle_verification_set_holds_inputs_truth_and_both_references(bundle):
+    from edgecsp import verifyset
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    info = manifest["backend"]["info"]["verify"]
+    assert "verify.npz" in manifest["files"] and info["images"] == 8
+    vs = verifyset.load(bundle / "verify.npz")
+    assert vs.arrays["images"].shape == (8, 320, 320, 3) and vs.arrays["images"].dtype == np.uint8
+    assert vs.references == ["fp32", "int8_qdq"] and len(vs.arrays["gt_image"]) >= 8
+    for ref in vs.references:  # the recorded AP is the stored detections' AP
+        assert vs.score(vs.reference(ref))["AP50"] == info["references"][ref]["AP50"] > 0.8
+    # The FP32 model run again on the stored inputs gives the stored detections.
+    from edgecsp.jetson.onnx_runner import OnnxModelRunner
+
+    with OnnxModelRunner(bundle / "model.onnx") as r:
+        again = vs.run(r.run)
+    np.testing.assert_allclose(again["score"], vs.reference("fp32")["score"], atol=1e-5)
+    assert vs.first(3).images == 3 and set(vs.first(3).arrays["gt_image"]) <= set(vs.arrays["image_ids"][:3])
+    # Pickled content is refused: the loader never unpickles.
+    bad = bundle.parent / "pickled.npz"
+    np.savez(bad, **{**vs.arrays, "images": np.array([object()], dtype=object)})
+    with pytest.raises(EdgeCSPError, match="not a readable verification set"):
+        verifyset.load(bad)
+    bad.unlink()
+
+
+def test_from_bundle_with_the_onnxruntime_stand_in_verifies_on_the_bundles_own_set(bundle, tmp_path):
+    import edgecsp
+    from edgecsp.jetson.bundle import build_from_bundle
+
+    out, manifest = build_from_bundle(bundle, target="jetson-orin-nano", out=tmp_path / "engine",
+                                      stand_in="onnxruntime", progress=lambda line: None)
+    device = manifest["accuracy"]["device"]
+    host = json.loads((bundle / "manifest.json").read_text())["backend"]["info"]["verify"]["references"]
+    assert manifest["engine"] == "model.int8.qdq.onnx" and manifest["backend"]["info"]["stand_in"]["runtime"] == \
+        "onnxruntime"
+    assert manifest["backend"]["version"].startswith("stand-in: onnxruntime")
+    assert device["images"] == 8 and device["passed"]
+    assert device["engine"]["AP"] == pytest.approx(host["int8_qdq"]["AP"], abs=1e-3)  # the same model, run again
+    assert device["reference_fp32_onnx"]["AP50"] == host["fp32"]["AP50"]
+    with edgecsp.load(out) as p:
+        assert p.runner.describe()["runtime"] == "onnxruntime CPU"
+    with pytest.raises(EdgeCSPError, match="unknown stand-in"):
+        build_from_bundle(bundle, target="jetson-orin-nano", out=tmp_path / "x", stand_in="cpu")
 
 
 def test_from_bundle_refuses_int8_on_a_device_without_it(bundle):

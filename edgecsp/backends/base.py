@@ -59,6 +59,10 @@ class BuildRequest:
     validate: Callable[[PredictFn], float] | None = None
     max_ap50_drop: float = 0.01  # tolerance as a fraction (0.01 = 1 point)
     options: dict = field(default_factory=dict)  # profile's [build] table
+    # The validation set (edgecsp.data.coco dataset) and how many of its images verify: a Jetson
+    # bundle stores that subset with the host's reference outputs (edgecsp.verifyset).
+    dataset: Any = None
+    verify_images: int | None = None
 
 
 @dataclass

@@ -89,7 +89,7 @@ def build_engine(root: Path, files: dict[str, str], opts: EngineOptions, input_s
     import tensorrt as trt
 
     from edgecsp.backends.tensorrt_runner import gpu_facts, tensorrt_major
-    from edgecsp.jetson.qdq import retag_calibration_cache
+    from edgecsp.jetson.calibcache import retag_calibration_cache
 
     version = str(trt.__version__)
     major = tensorrt_major(trt)

@@ -20,8 +20,12 @@ MB = 1024 * 1024
 
 
 def current_rss() -> int:
-    import psutil
-
+    """Resident bytes of this process: psutil where installed (host extra), else /proc (Linux, Jetson)."""
+    try:
+        import psutil
+    except ImportError:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
     return int(psutil.Process().memory_info().rss)
 
 

@@ -7,10 +7,21 @@ without TensorRT (or for another device) writes a *bundle*: an artifact whose fi
   model.int8.qdq.onnx     INT8 Q/DQ following TensorRT's rules (int8: TensorRT >= 10)
   calibration.cache       the same INT8 scales as TensorRT's implicit-calibration cache (8.x)
   *.nms.onnx              the same with TensorRT's EfficientNMS plugin appended (nms = true)
+  verify.npz              the verification set: letterboxed validation images, their ground
+                          truth, and the host's detections of the FP32 ONNX and of the model
+                          TensorRT builds (edgecsp.verifyset)
   JETSON.md               the on-device guide: one edgecsp command, and the trtexec equivalent
 and whose manifest records the accuracy of the model TensorRT will build (measured with ONNX
 Runtime against the FP32 PyTorch reference). On the device, ``build_from_bundle`` checks the
-checksums, builds the engine and writes a new artifact with it.
+checksums, builds the engine, scores it on the verification set against the host's reference
+detections (numpy only: no data to generate, no pycocotools) and writes a new artifact with it.
+Only the device install is needed for that (Python 3.8+, no torch, no ONNX).
+
+``stand_in="onnxruntime"`` (``--stand-in onnxruntime``) rehearses the device flow where there is
+no TensorRT, e.g. in CI: everything runs for real except the engine build, and the artifact's
+"engine" is the ONNX model TensorRT would have built, run by ONNX Runtime; its manifest says so
+(backend.info.stand_in). It is never chosen by itself: without TensorRT and without the option the
+command fails.
 """
 
 from __future__ import annotations
@@ -21,13 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from edgecsp.backends.base import BuildRequest, BuildResult
 from edgecsp.errors import EdgeCSPError
 
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8_qdq": "model.int8.qdq.onnx",
-         "calibration_cache": "calibration.cache"}
+         "calibration_cache": "calibration.cache", "verify": "verify.npz"}
+STAND_INS = ("onnxruntime",)
 GUIDE = "JETSON.md"
 ENGINE = "model.engine"
 TIMING_CACHE = "timing.cache"
@@ -41,7 +51,7 @@ def _build_table(options: dict) -> dict[str, Any]:
     return {k: options[k] for k in _BUILD_KEYS if k in options}
 
 
-def _input_shape(model: onnx.ModelProto) -> list[int | str]:
+def _input_shape(model: Any) -> list[int | str]:
     dims = model.graph.input[0].type.tensor_type.shape.dim
     return [d.dim_value if d.HasField("dim_value") else "dynamic" for d in dims]
 
@@ -53,6 +63,8 @@ def verification_model(precision: str) -> str:
 
 def write_bundle(request: BuildRequest) -> BuildResult:
     """Write the bundle's files into ``request.out_dir`` (the pipeline's staging directory)."""
+    import onnx
+
     from edgecsp.jetson.profiles import check_device_precision
     from edgecsp.jetson.qdq import add_efficient_nms, format_calibration_cache, quantize_for_tensorrt, to_fp16
 
@@ -84,6 +96,9 @@ def write_bundle(request: BuildRequest) -> BuildResult:
                        "calibration_images": report.images,
                        "rules": "symmetric int8, zero-point 0, per-channel weights (axis 0), Q/DQ at Conv inputs "
                                 "and residual Adds, float biases, head in float"}
+    if request.dataset is not None:
+        info["verify"] = _write_verify_set(request, files, int(_input_shape(fp32)[2]))
+        files["verify"] = FILES["verify"]
     if build.get("nms"):
         num_classes = int(fp32.graph.output[0].type.tensor_type.shape.dim[2].dim_value) - 5
         for role in [r for r in ("fp32", "fp16", "int8_qdq") if r in files]:
@@ -102,6 +117,31 @@ def write_bundle(request: BuildRequest) -> BuildResult:
     info["bundle"] = bundle
     written = sorted(p.name for p in out.iterdir() if p.is_file())
     return BuildResult(engine=verification_model(precision), files=written, info=info)
+
+
+def _write_verify_set(request: BuildRequest, files: dict[str, str], input_size: int) -> dict[str, Any]:
+    """verify.npz: the first validation images with the host's detections of the FP32 ONNX and of
+    the model TensorRT builds (both in ONNX Runtime), for the device's check."""
+    from edgecsp import verifyset
+    from edgecsp.jetson.onnx_runner import OnnxModelRunner
+
+    references = {"fp32": files["fp32"]}
+    role = {"fp16": "fp16", "int8": "int8_qdq"}.get(request.precision)
+    if role:
+        references[role] = files[role]
+    runners = {name: OnnxModelRunner(request.out_dir / f) for name, f in references.items()}
+    try:
+        arrays = verifyset.build(request.dataset, input_size, request.verify_images or verifyset.DEFAULT_IMAGES,
+                                 {name: r.run for name, r in runners.items()})
+    finally:
+        for r in runners.values():
+            r.close()
+    path = request.out_dir / FILES["verify"]
+    verifyset.save(path, arrays)
+    vs = verifyset.VerifySet(arrays, path)
+    return {"file": FILES["verify"], "images": vs.images, "bytes": path.stat().st_size,
+            "references": {name: {"model": references[name], **vs.score(vs.reference(name))} for name in references},
+            "evaluator": "edgecsp.cocoap (numpy, pycocotools' bbox AP)"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,10 +225,15 @@ def guide(profile, precision: str, bundle: dict) -> str:
 
 def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str | Path | None = None,
                       data: str | Path | None = None, verify_images: int | None = 100,
-                      allow_accuracy_drop: bool = False, progress: Callable[[str], None] = print) -> tuple[Path, dict]:
-    """Build the engine of a bundle with this machine's TensorRT; returns (artifact dir, manifest)."""
+                      allow_accuracy_drop: bool = False, progress: Callable[[str], None] = print,
+                      stand_in: str | None = None) -> tuple[Path, dict]:
+    """Build the engine of a bundle with this machine's TensorRT; returns (artifact dir, manifest).
+
+    ``stand_in="onnxruntime"``: no TensorRT build; ONNX Runtime runs the model TensorRT would
+    build (see the module doc). Only when asked for.
+    """
     from edgecsp.artifact import MANIFEST, finalize, open_artifact, staging_dir
-    from edgecsp.backends.tensorrt_build import EngineOptions, build_engine
+    from edgecsp.backends.tensorrt_build import EngineOptions, build_engine, plan_build
     from edgecsp.backends.tensorrt_runner import load_tensorrt
     from edgecsp.jetson.profiles import check_device_precision
     from edgecsp.targets import load_target
@@ -205,8 +250,9 @@ def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str |
     profile.check_precision(precision)
     build = {**bundle["build"], **{k: v for k, v in profile.build.items() if k in _BUILD_KEYS}}
     check_device_precision(profile, precision, int(build.get("dla_core", -1)))
-    trt = load_tensorrt()
-    if trt is None:
+    if stand_in is not None and stand_in not in STAND_INS:
+        raise EdgeCSPError(f"unknown stand-in {stand_in!r}; the one there is: {', '.join(STAND_INS)}")
+    if stand_in is None and load_tensorrt() is None:
         raise EdgeCSPError("TensorRT is not installed here; on a Jetson it comes with JetPack "
                            "(sudo apt install python3-libnvinfer); elsewhere pip install tensorrt")
     out = Path(out) if out else root.parent / f"{root.name}-engine"
@@ -219,17 +265,20 @@ def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str |
                 shutil.copy2(root / name, staging / name)
         if (root / TIMING_CACHE).is_file():
             shutil.copy2(root / TIMING_CACHE, staging / TIMING_CACHE)  # a rebuild on the same device reuses timings
-        progress(f"build {precision} engine for {profile.name} from {root}")
         opts = EngineOptions.from_build_table(precision, build, bundle.get("batch", 1))
-        facts = build_engine(staging, bundle["files"], opts, bundle["input"]["shape"], ENGINE, TIMING_CACHE,
-                             progress=progress)
         new = json.loads(json.dumps(manifest))
         new.pop("files", None)
-        new["engine"] = ENGINE
         new["target"] = profile.as_dict()
-        new["backend"]["version"] = facts["tensorrt_version"]
-        new["backend"]["info"]["tensorrt"] = facts
         new["backend"]["info"]["built_from_bundle"] = str(root)
+        if stand_in is None:
+            progress(f"build {precision} engine for {profile.name} from {root}")
+            facts = build_engine(staging, bundle["files"], opts, bundle["input"]["shape"], ENGINE, TIMING_CACHE,
+                                 progress=progress)
+            new["engine"] = ENGINE
+            new["backend"]["version"] = facts["tensorrt_version"]
+            new["backend"]["info"]["tensorrt"] = facts
+        else:
+            new["engine"] = _stand_in(new, plan_build(10, bundle["files"], opts).onnx, progress)
         if verify_images != 0:
             new.setdefault("accuracy", {})["device"] = _verify_on_device(staging, new, data, verify_images, progress)
             device = new["accuracy"]["device"]
@@ -244,6 +293,19 @@ def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str |
     finally:
         if not done:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _stand_in(manifest: dict, model: str, progress: Callable[[str], None]) -> str:
+    """Mark the manifest as a stand-in build; its engine is ``model`` (the ONNX TensorRT 10 would build)."""
+    import onnxruntime
+
+    progress(f"STAND-IN: no TensorRT engine is built; ONNX Runtime {onnxruntime.__version__} runs {model}, the model "
+             "TensorRT would build (--stand-in onnxruntime)")
+    manifest["backend"]["version"] = f"stand-in: onnxruntime {onnxruntime.__version__}"
+    manifest["backend"]["info"]["stand_in"] = {"runtime": "onnxruntime", "version": onnxruntime.__version__,
+                                               "model": model, "note": "no TensorRT engine: a rehearsal of the "
+                                               "on-device flow; rebuild on the device for a real engine"}
+    return model
 
 
 def _check_bundle(bundle: Any, manifest: dict, root: Path) -> None:
@@ -261,24 +323,66 @@ def _check_bundle(bundle: Any, manifest: dict, root: Path) -> None:
                                "refused: rebuild the bundle")
 
 
+def _engine_runner(root: Path, manifest: dict) -> Any:
+    if manifest["backend"]["info"].get("stand_in"):
+        from edgecsp.jetson.onnx_runner import OnnxModelRunner
+
+        return OnnxModelRunner(root / manifest["engine"])
+    from edgecsp.backends.tensorrt_runner import TensorRTRunner
+
+    return TensorRTRunner(root / manifest["engine"], manifest)
+
+
 def _verify_on_device(root: Path, manifest: dict, data: str | Path | None, images: int | None,
                       progress: Callable[[str], None]) -> dict:
-    """Engine AP against the bundle's FP32 ONNX (ONNX Runtime) on the same images."""
-    from edgecsp.jetson.onnx_runner import OnnxModelRunner
-    from edgecsp.backends.tensorrt_runner import TensorRTRunner
-    from edgecsp.data.coco import resolve_dataset
-    from edgecsp.evaluation import evaluate
+    """The engine's AP against the host's FP32 ONNX (and the model TensorRT built) on the bundle's
+    verification set; with ``data``, on that data set against the FP32 ONNX run here instead."""
+    if data is not None:
+        return _verify_on_dataset(root, manifest, data, images, progress)
+    from edgecsp import verifyset
     from edgecsp.predictor import Predictor
 
-    if data is None:
-        from edgecsp.paths import default_val_dir
+    name = manifest["backend"]["info"]["bundle"]["files"].get("verify")
+    if not name:
+        raise EdgeCSPError(f"{root.name} carries no verification set (a bundle from an older edgecsp): pass "
+                           "--data VAL (needs the host extra) or --verify-images 0, or rebuild the bundle")
+    vs = verifyset.load(root / name)
+    if images:
+        vs = vs.first(int(images))
+    progress(f"verify the engine on the bundle's {vs.images} images against the host's reference detections")
+    runner = _engine_runner(root, manifest)
+    try:
+        engine = vs.score(vs.run(Predictor(root, manifest, runner).predict_batch))
+    finally:
+        runner.close()
+    refs = {ref: vs.score(vs.reference(ref)) for ref in vs.references}
+    tolerance = float(manifest["target"].get("max_ap50_drop", 1.0))
+    drop = round((refs["fp32"]["AP50"] - engine["AP50"]) * 100, 3)
+    progress(f"      engine AP50 {engine['AP50']:.4f} vs FP32 ONNX {refs['fp32']['AP50']:.4f} "
+             f"(drop {drop:+.2f} points); AP {engine['AP']:.4f} vs {refs['fp32']['AP']:.4f}")
+    built = {ref: m for ref, m in refs.items() if ref != "fp32"}
+    for ref, m in built.items():
+        progress(f"      the host's {ref} model in ONNX Runtime: AP50 {m['AP50']:.4f}, AP {m['AP']:.4f}")
+    return {"dataset": f"{name} (the bundle's verification set)", "images": vs.images,
+            "evaluator": "edgecsp.cocoap (numpy)", "reference_fp32_onnx": refs["fp32"],
+            "host_models": built, "engine": engine,
+            "ap50_drop_points": drop, "tolerance_points": tolerance, "passed": drop <= tolerance}
 
-        data = default_val_dir()
+
+def _verify_on_dataset(root: Path, manifest: dict, data: str | Path, images: int | None,
+                       progress: Callable[[str], None]) -> dict:
+    """Engine AP against the bundle's FP32 ONNX (ONNX Runtime) on the same images of ``data``
+    (host extra: ONNX Runtime and pycocotools)."""
+    from edgecsp.data.coco import resolve_dataset
+    from edgecsp.evaluation import evaluate
+    from edgecsp.jetson.onnx_runner import OnnxModelRunner
+    from edgecsp.predictor import Predictor
+
     dataset = resolve_dataset(Path(data))
     size = int(manifest["model"]["input_size"][0])
     progress(f"verify the engine on {images or len(dataset)} images of {data} against the FP32 ONNX")
     metrics = {}
-    for key, runner in (("engine", lambda: TensorRTRunner(root / ENGINE, manifest)),
+    for key, runner in (("engine", lambda: _engine_runner(root, manifest)),
                         ("reference", lambda: OnnxModelRunner(root / FILES["fp32"]))):
         r = runner()
         try:
