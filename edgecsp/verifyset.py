@@ -20,7 +20,7 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable
 
 import numpy as np
 
@@ -64,7 +64,7 @@ def detections(predict: PredictFn, images: np.ndarray, letterbox: np.ndarray, im
 
 
 def build(dataset: Any, input_size: int, max_images: int | None,
-          references: Dict[str, PredictFn]) -> dict[str, np.ndarray]:
+          references: dict[str, PredictFn]) -> dict[str, np.ndarray]:
     """The arrays of a verification set: the first ``max_images`` of a COCO-format ``dataset``,
     letterboxed to ``input_size``, its ground truth, and each reference model's detections."""
     from edgecsp.data.preprocess import letterbox

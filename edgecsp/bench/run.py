@@ -183,7 +183,8 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
 
         progress("platform peak: STREAM copy/triad and matrix multiply (measured once per machine, then cached)")
         peak = platform_peak(refresh=opts.refresh_platform, hardware=profile.hardware)
-        progress(f"  {peak['peak_gbs']} GB/s, {peak['peak_gmacs']} GMAC/s{' (cached)' if peak.get('cached') else ''}")
+        gmacs = f"{peak['peak_gmacs']} GMAC/s" if peak.get("peak_gmacs") else "compute not measured (no torch here)"
+        progress(f"  {peak['peak_gbs']} GB/s, {gmacs}{' (cached)' if peak.get('cached') else ''}")
     arch, counts = _graph(manifest, size)
     model = model_note = None
     if compare:
