@@ -13,6 +13,7 @@ import shutil
 import stat
 import struct
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -523,6 +524,51 @@ def test_from_bundle_with_the_onnxruntime_stand_in_verifies_on_the_bundles_own_s
         assert p.runner.describe()["runtime"] == "onnxruntime CPU"
     with pytest.raises(EdgeCSPError, match="unknown stand-in"):
         build_from_bundle(bundle, target="jetson-orin-nano", out=tmp_path / "x", stand_in="cpu")
+
+
+def test_sensitivity_pass_floats_the_costliest_convs_and_records_them(bundle):
+    from edgecsp import verifyset
+    from edgecsp.calibration import CalibrationRecipe, calibration_set
+    from edgecsp.jetson.qdq import check_tensorrt_qdq
+    from edgecsp.jetson.sensitivity import float_convs, keep_costliest_float, output_error, quantized_convs
+    from edgecsp.onnx_graph import head_nodes
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    sens = manifest["backend"]["info"]["qdq"]["sensitivity"]
+    assert sens["ran"] is False and sens["ap50_drop_points"] <= sens["tolerance_points"]  # the demo holds
+    fp32 = onnx.load(str(bundle / "model.onnx"))
+    qdq = onnx.load(str(bundle / "model.int8.qdq.onnx"))
+    names = quantized_convs(qdq)
+    assert len(names) > 50
+    # One conv floated: float input, the FP32 weight, TensorRT's rules still hold, closer to FP32.
+    one = float_convs(qdq, fp32, names[:1])
+    assert quantized_convs(one) == names[1:]
+    conv = next(n for n in one.graph.node if n.name == names[0])
+    fp32_conv = next(n for n in fp32.graph.node if n.name == names[0])
+    assert conv.input[1] == fp32_conv.input[1]
+    assert check_tensorrt_qdq(one, float_nodes=head_nodes(fp32) + names[:1]) == []
+    images = calibration_set(CalibrationRecipe(num_images=8), 320).images[:2]
+    # Forced (tolerance below any drop), on 5 candidate layers, at most 2 floated.
+    vs = verifyset.load(bundle / "verify.npz").first(4)
+    model, report = keep_costliest_float(qdq, fp32, images, lambda p: vs.score(vs.run(p))["AP50"],
+                                         tolerance_points=-100.0, max_layers=2, layers=names[:5])
+    assert len(report.ranking) == 5 and len(report.floated) + len(report.tried) == 2
+    costs = [r["output_error_cost"] for r in report.ranking]
+    assert costs == sorted(costs, reverse=True)
+    assert len(quantized_convs(model)) == len(names) - len(report.floated)
+    assert report.ap50_drop_after <= report.ap50_drop_before
+    d = report.as_dict()
+    assert d["kept_float"] == report.floated and d["quantized_convs"] == 5
+    with tempfile.TemporaryDirectory() as tmp:  # a conv's cost is the output error its Q/DQ adds, re-measured
+        from edgecsp.jetson.onnx_runner import OnnxModelRunner
+
+        outs = []
+        for i, m in enumerate((fp32, qdq, float_convs(qdq, fp32, [report.ranking[0]["conv"]]))):
+            onnx.save(m, f"{tmp}/{i}.onnx")
+            with OnnxModelRunner(Path(f"{tmp}/{i}.onnx")) as r:
+                outs.append(r.run(images))
+        cost = output_error(outs[1], outs[0], 320) - output_error(outs[2], outs[0], 320)
+        assert cost == pytest.approx(report.ranking[0]["output_error_cost"], abs=2e-6)
 
 
 def test_from_bundle_refuses_int8_on_a_device_without_it(bundle):

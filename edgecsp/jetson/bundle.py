@@ -99,6 +99,13 @@ def write_bundle(request: BuildRequest) -> BuildResult:
     if request.dataset is not None:
         info["verify"] = _write_verify_set(request, files, int(_input_shape(fp32)[2]))
         files["verify"] = FILES["verify"]
+        if precision == "int8":
+            sensitivity = _sensitivity_pass(request, fp32, info["verify"])
+            info["qdq"]["sensitivity"] = sensitivity
+            if sensitivity.get("kept_float"):  # the Q/DQ model changed: its reference detections too
+                info["qdq"]["float_convs"] += [f["conv"] for f in sensitivity["kept_float"]]
+                info["qdq"]["quantized_convs"] -= len(sensitivity["kept_float"])
+                info["verify"] = _write_verify_set(request, files, int(_input_shape(fp32)[2]))
     if build.get("nms"):
         num_classes = int(fp32.graph.output[0].type.tensor_type.shape.dim[2].dim_value) - 5
         for role in [r for r in ("fp32", "fp16", "int8_qdq") if r in files]:
@@ -117,6 +124,39 @@ def write_bundle(request: BuildRequest) -> BuildResult:
     info["bundle"] = bundle
     written = sorted(p.name for p in out.iterdir() if p.is_file())
     return BuildResult(engine=verification_model(precision), files=written, info=info)
+
+
+def _sensitivity_pass(request: BuildRequest, fp32: Any, verify: dict[str, Any]) -> dict[str, Any]:
+    """Where the Q/DQ model loses more AP50 on the verification images than the profile allows,
+    float its costliest convs until it does not (edgecsp.jetson.sensitivity); the manifest records
+    which and what each cost. Inside the tolerance nothing runs (it costs a minute)."""
+    import onnx
+
+    from edgecsp import verifyset
+    from edgecsp.jetson.qdq import check_tensorrt_qdq
+    from edgecsp.jetson.sensitivity import keep_costliest_float
+    from edgecsp.onnx_graph import head_nodes
+
+    refs = verify["references"]
+    tolerance = round(request.max_ap50_drop * 100, 3)
+    drop = round((refs["fp32"]["AP50"] - refs["int8_qdq"]["AP50"]) * 100, 3)
+    if drop <= tolerance:
+        return {"ran": False, "ap50_drop_points": drop, "tolerance_points": tolerance,
+                "why": "the Q/DQ model's AP50 drop on the verification images is inside the tolerance"}
+    vs = verifyset.load(request.out_dir / FILES["verify"])
+    path = request.out_dir / FILES["int8_qdq"]
+    qdq = onnx.load(str(path))
+    model, report = keep_costliest_float(qdq, fp32, request.calibration.images[:8],
+                                         validate=lambda predict: vs.score(vs.run(predict))["AP50"],
+                                         tolerance_points=tolerance, fp32_ap50=refs["fp32"]["AP50"])
+    floated = [f["conv"] for f in report.floated]
+    problems = check_tensorrt_qdq(model, float_nodes=head_nodes(fp32) + floated)
+    if problems:
+        raise EdgeCSPError(f"the Q/DQ model with floated layers breaks TensorRT's rules ({problems[0]}); report this")
+    if floated:
+        onnx.save(model, str(path))
+    return {"ran": True, **report.as_dict(),
+            "note": "TensorRT 8.x builds from model.onnx + calibration.cache and runs these layers in INT8 anyway"}
 
 
 def _write_verify_set(request: BuildRequest, files: dict[str, str], input_size: int) -> dict[str, Any]:

@@ -179,11 +179,15 @@ def _float_outside_fusions(model: onnx.ModelProto, head: set[str]) -> onnx.Model
             fused = (n.op_type in QUANTIZED_OPS and i == 0) or n.op_type in FUSED_RESIDUAL_OPS
             if n.name in head or not fused:
                 n.input[i] = dq_src[name]
-    # Drop Q/DQ pairs nobody reads any more.
+    return drop_dead_qdq(model)
+
+
+def drop_dead_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove (in place) the Q/DQ pairs nobody reads any more."""
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     dead = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] not in used}
     keep = [n for n in model.graph.node if not (n.op_type == "DequantizeLinear" and n.output[0] in dead)]
-    used = {i for n in keep for i in n.input}
+    used = {i for n in keep for i in n.input} | {o.name for o in model.graph.output}
     keep = [n for n in keep if not (n.op_type == "QuantizeLinear" and n.output[0] not in used)]
     del model.graph.node[:]
     model.graph.node.extend(keep)
