@@ -48,7 +48,7 @@ DEVICE_MODULES = (
 
 BLOCKER = """
 import importlib.abc, sys
-BLOCKED = set(%r)
+BLOCKED = set(__BLOCKED__)
 class Blocker(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name.split(".")[0] in BLOCKED:  # as if not installed
@@ -66,10 +66,10 @@ def _module_file(name: str) -> Path:
 
 
 def test_device_entry_points_import_and_run_with_the_host_libraries_blocked(tmp_path):
-    script = BLOCKER % (HOST_LIBRARIES,) + """
+    script = BLOCKER.replace("__BLOCKED__", repr(HOST_LIBRARIES)) + """
 import importlib, contextlib, io, json
 import numpy as np
-for name in %r:
+for name in __MODULES__:
     importlib.import_module(name)
 from edgecsp.compile import main as compile_main
 from edgecsp.benchmark import main as benchmark_main
@@ -93,7 +93,7 @@ assert len(det) == 1
 gt = Boxes([1], [[10, 10, 40, 40]], [1])
 ap = evaluate_boxes(gt, Boxes([1], [[10, 10, 40, 40]], [1], score=[0.9]))
 assert abs(ap["AP"] - 1.0) < 1e-9
-assert parse_tegrastats("RAM 2000/7000MB (lfb 5x4MB) CPU [1%%@1000] EMC_FREQ 3%%@2133 GR3D_FREQ 0%%@114").ram_used_mb == 2000
+assert parse_tegrastats("RAM 2000/7000MB (lfb 5x4MB) CPU [1%@1000] EMC_FREQ 3%@2133 GR3D_FREQ 0%@114").ram_used_mb == 2000
 assert load_target("jetson").backend == "tensorrt"
 # A host-only step says which extra to install, in one line.
 from edgecsp.cli import run
@@ -105,7 +105,7 @@ assert code == 2 and err.getvalue().count("\\n") == 1 and "pip install 'edgecsp[
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 assert not loaded, loaded
 print("ok")
-""" % (DEVICE_MODULES,)
+""".replace("__MODULES__", repr(DEVICE_MODULES))
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False,
                          env=dict(os.environ, PYTHONPATH=str(ROOT), EDGECSP_CACHE_DIR=str(tmp_path)), cwd=tmp_path)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stdout[-2000:] + res.stderr[-3000:]
@@ -211,8 +211,9 @@ def test_device_flow_in_a_fresh_python_3_8_venv_with_only_the_device_install(tmp
     # 2. The device install: only the base dependencies, no host library.
     venv, version = _device_venv()
     py = str(venv / "bin" / "python")
-    probe = subprocess.run([py, "-c", "import importlib.util as u, edgecsp; print(edgecsp.__file__); "
-                            f"print([m for m in {HOST_LIBRARIES!r} if u.find_spec(m)])"],
+    code = ("import importlib.util as u, edgecsp; print(edgecsp.__file__); "
+            f"print([m for m in {HOST_LIBRARIES!r} if u.find_spec(m)])")
+    probe = subprocess.run([py, "-c", code],
                            capture_output=True, text=True, timeout=60, check=True, env=env, cwd=tmp_path)
     where, present = probe.stdout.splitlines()
     assert "site-packages" in where and present == "['onnxruntime']", probe.stdout

@@ -13,8 +13,8 @@ import shutil
 import stat
 import struct
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
