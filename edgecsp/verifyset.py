@@ -150,12 +150,11 @@ class VerifySet:
         keep_ids = a["image_ids"][:n]
         out = {k: a[k][:n] for k in ("images", "letterbox", "image_ids")}
         out["category_ids"] = a["category_ids"]
-        prefixes = ["gt"] + self.references
-        for prefix in prefixes:
-            rows = np.isin(a[f"{prefix}_image"], keep_ids)
-            for k in a:
-                if k.startswith(prefix + "_"):
-                    out[k] = a[k][rows]
+        rows = np.isin(a["gt_image"], keep_ids)
+        out.update({k: a[k][rows] for k in _GT})
+        for ref in self.references:  # exact keys: one reference's name may begin another's
+            rows = np.isin(a[f"{ref}_image"], keep_ids)
+            out.update({f"{ref}_{k}": a[f"{ref}_{k}"][rows] for k in _DET})
         return VerifySet(out, self.path)
 
     def run(self, predict: PredictFn, batch_size: int = 8) -> dict[str, np.ndarray]:

@@ -285,14 +285,15 @@ def bundle(exported, tmp_path_factory, shapes_small) -> Path:
 def test_bundle_holds_what_the_device_needs(bundle):
     files = {p.name for p in bundle.iterdir()}
     assert {"model.onnx", "model.int8.qdq.onnx", "calibration.cache", "JETSON.md", "manifest.json",
-            "model.nms.onnx", "model.int8.qdq.nms.onnx", "verify.npz"} <= files
+            "model.nms.onnx", "model.int8.qdq.nms.onnx", "verify.npz", "model.int8.qdq.fp16.onnx",
+            "model.int8.qdq.fp16.nms.onnx"} <= files
     manifest = json.loads((bundle / "manifest.json").read_text())
     info = manifest["backend"]["info"]
     assert info["engine_built"] is False and "TensorRT" in info["why_no_engine"]
     assert info["qdq"]["float_convs"] and info["qdq"]["quantized_convs"] > 50
     guide = (bundle / "JETSON.md").read_text()
     assert "python -m edgecsp.compile --target jetson --from-bundle ." in guide
-    assert "trtexec --onnx=model.int8.qdq.nms.onnx --saveEngine=model.engine --stronglyTyped" in guide
+    assert "trtexec --onnx=model.int8.qdq.fp16.nms.onnx --saveEngine=model.engine --stronglyTyped" in guide
     assert "--int8 --fp16 --calib=calibration.cache" in guide  # JetPack 5 (TensorRT 8.5) line
 
 
@@ -435,6 +436,11 @@ def test_build_plan_per_tensorrt_version():
     assert p11.strongly_typed and p11.flags == []
     assert plan_build(10, files, EngineOptions(precision="fp16")).onnx == "model.fp16.onnx"
     assert plan_build(8, files, EngineOptions(precision="fp16")).flags == ["FP16"]
+    # With the FP16-typed Q/DQ model in the bundle, strongly typed builds take it (float parts FP16).
+    typed = {**files, "int8_qdq_fp16": "model.int8.qdq.fp16.onnx"}
+    assert plan_build(10, typed, int8).onnx == "model.int8.qdq.fp16.onnx"
+    assert plan_build(10, typed, EngineOptions(precision="int8", strongly_typed=False)).onnx == "model.int8.qdq.onnx"
+    assert plan_build(8, typed, int8).onnx == "model.onnx"
     with pytest.raises(EdgeCSPError, match="no fp16 model"):
         plan_build(10, {"fp32": "model.onnx"}, EngineOptions(precision="fp16"))
 
@@ -488,7 +494,7 @@ def test_bundle_verification_set_holds_inputs_truth_and_both_references(bundle):
     assert "verify.npz" in manifest["files"] and info["images"] == 8
     vs = verifyset.load(bundle / "verify.npz")
     assert vs.arrays["images"].shape == (8, 320, 320, 3) and vs.arrays["images"].dtype == np.uint8
-    assert vs.references == ["fp32", "int8_qdq"] and len(vs.arrays["gt_image"]) >= 8
+    assert vs.references == ["fp32", "int8_qdq", "int8_qdq_fp16"] and len(vs.arrays["gt_image"]) >= 8
     for ref in vs.references:  # the recorded AP is the stored detections' AP
         assert vs.score(vs.reference(ref))["AP50"] == info["references"][ref]["AP50"] > 0.8
     # The FP32 model run again on the stored inputs gives the stored detections.
@@ -514,16 +520,34 @@ def test_from_bundle_with_the_onnxruntime_stand_in_verifies_on_the_bundles_own_s
                                       stand_in="onnxruntime", progress=lambda line: None)
     device = manifest["accuracy"]["device"]
     host = json.loads((bundle / "manifest.json").read_text())["backend"]["info"]["verify"]["references"]
-    assert manifest["engine"] == "model.int8.qdq.onnx" and manifest["backend"]["info"]["stand_in"]["runtime"] == \
-        "onnxruntime"
+    assert manifest["engine"] == "model.int8.qdq.fp16.onnx"  # what strongly typed TensorRT 10 builds
+    assert manifest["backend"]["info"]["stand_in"]["runtime"] == "onnxruntime"
     assert manifest["backend"]["version"].startswith("stand-in: onnxruntime")
     assert device["images"] == 8 and device["passed"]
-    assert device["engine"]["AP"] == pytest.approx(host["int8_qdq"]["AP"], abs=1e-3)  # the same model, run again
+    assert device["engine"]["AP"] == pytest.approx(host["int8_qdq_fp16"]["AP"], abs=1e-3)  # the same model again
     assert device["reference_fp32_onnx"]["AP50"] == host["fp32"]["AP50"]
     with edgecsp.load(out) as p:
         assert p.runner.describe()["runtime"] == "onnxruntime CPU"
     with pytest.raises(EdgeCSPError, match="unknown stand-in"):
         build_from_bundle(bundle, target="jetson-orin-nano", out=tmp_path / "x", stand_in="cpu")
+
+
+def test_fp16_typed_qdq_model_keeps_the_rules_and_the_accuracy(bundle):
+    from edgecsp.jetson.qdq import check_tensorrt_qdq
+    from edgecsp.onnx_graph import head_nodes
+
+    model = onnx.load(str(bundle / "model.int8.qdq.fp16.onnx"))
+    fp32 = onnx.load(str(bundle / "model.onnx"))
+    assert check_tensorrt_qdq(model, float_nodes=head_nodes(fp32)) == []
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    scales = [inits[n.input[1]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert scales and all(s.dtype == np.float16 for s in scales)  # Q/DQ in FP16 (opset 19)
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    conv_params = [i for n in model.graph.node if n.op_type == "Conv" for i in n.input[1:] if i in types]
+    assert conv_params and {types[i] for i in conv_params} == {onnx.TensorProto.FLOAT16}  # head weights, biases
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 at the edges
+    refs = json.loads((bundle / "manifest.json").read_text())["backend"]["info"]["verify"]["references"]
+    assert abs(refs["int8_qdq_fp16"]["AP50"] - refs["int8_qdq"]["AP50"]) <= 0.02
 
 
 def test_sensitivity_pass_floats_the_costliest_convs_and_records_them(bundle):

@@ -36,7 +36,7 @@ from edgecsp.backends.base import BuildRequest, BuildResult
 from edgecsp.errors import EdgeCSPError
 
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8_qdq": "model.int8.qdq.onnx",
-         "calibration_cache": "calibration.cache", "verify": "verify.npz"}
+         "calibration_cache": "calibration.cache", "verify": "verify.npz", "int8_qdq_fp16": "model.int8.qdq.fp16.onnx"}
 STAND_INS = ("onnxruntime",)
 GUIDE = "JETSON.md"
 ENGINE = "model.engine"
@@ -66,7 +66,13 @@ def write_bundle(request: BuildRequest) -> BuildResult:
     import onnx
 
     from edgecsp.jetson.profiles import check_device_precision
-    from edgecsp.jetson.qdq import add_efficient_nms, format_calibration_cache, quantize_for_tensorrt, to_fp16
+    from edgecsp.jetson.qdq import (
+        add_efficient_nms,
+        format_calibration_cache,
+        quantize_for_tensorrt,
+        to_fp16,
+        to_fp16_qdq,
+    )
 
     out, precision, options = request.out_dir, request.precision, dict(request.options)
     build = _build_table(options)
@@ -105,10 +111,14 @@ def write_bundle(request: BuildRequest) -> BuildResult:
             if sensitivity.get("kept_float"):  # the Q/DQ model changed: its reference detections too
                 info["qdq"]["float_convs"] += [f["conv"] for f in sensitivity["kept_float"]]
                 info["qdq"]["quantized_convs"] -= len(sensitivity["kept_float"])
-                info["verify"] = _write_verify_set(request, files, int(_input_shape(fp32)[2]))
+    if precision == "int8":  # after the sensitivity pass: its floated convs run FP16 there too
+        onnx.save(to_fp16_qdq(onnx.load(str(out / FILES["int8_qdq"]))), str(out / FILES["int8_qdq_fp16"]))
+        files["int8_qdq_fp16"] = FILES["int8_qdq_fp16"]
+        if request.dataset is not None:  # its detections go into the verification set too
+            info["verify"] = _write_verify_set(request, files, int(_input_shape(fp32)[2]))
     if build.get("nms"):
         num_classes = int(fp32.graph.output[0].type.tensor_type.shape.dim[2].dim_value) - 5
-        for role in [r for r in ("fp32", "fp16", "int8_qdq") if r in files]:
+        for role in [r for r in ("fp32", "fp16", "int8_qdq", "int8_qdq_fp16") if r in files]:
             name = files[role].replace(".onnx", ".nms.onnx")
             nms = add_efficient_nms(out / files[role], num_classes,
                                     score_threshold=float(build.get("nms_score_threshold", 0.25)),
@@ -165,10 +175,7 @@ def _write_verify_set(request: BuildRequest, files: dict[str, str], input_size: 
     from edgecsp import verifyset
     from edgecsp.jetson.onnx_runner import OnnxModelRunner
 
-    references = {"fp32": files["fp32"]}
-    role = {"fp16": "fp16", "int8": "int8_qdq"}.get(request.precision)
-    if role:
-        references[role] = files[role]
+    references = {role: files[role] for role in ("fp32", "fp16", "int8_qdq", "int8_qdq_fp16") if role in files}
     runners = {name: OnnxModelRunner(request.out_dir / f) for name, f in references.items()}
     try:
         arrays = verifyset.build(request.dataset, input_size, request.verify_images or verifyset.DEFAULT_IMAGES,

@@ -301,6 +301,25 @@ def to_fp16(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
     return toposort(m)  # the converter appends its Casts at the end; TensorRT's parser reads in order
 
 
+FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take float16 inputs and scales from opset 19
+
+
+def to_fp16_qdq(qdq: onnx.ModelProto | str | Path) -> onnx.ModelProto:
+    """The Q/DQ model with its float parts in FP16 (scales FP16 too, float32 inputs/outputs kept),
+    for strongly typed TensorRT 10 builds: there a layer runs in the type of its tensors, so the
+    float32 Q/DQ model's unquantized layers (head, box decode, floated convs) would run in FP32."""
+    import copy
+
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    m = copy.deepcopy(_load(qdq))
+    for o in m.opset_import:
+        if o.domain in ("", "ai.onnx") and o.version < FP16_QDQ_OPSET:
+            o.version = FP16_QDQ_OPSET  # the ops here kept their meaning from 13 to 19; Q/DQ gained fp16
+    m = convert_float_to_float16(m, keep_io_types=True, disable_shape_infer=False)
+    return toposort(m)
+
+
 def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
     """Nodes in dependency order (ONNX requires it; ONNX Runtime tolerates its absence, TensorRT not)."""
     g = model.graph
