@@ -163,14 +163,20 @@ class VerifySet:
 
 
 def load(path: Path) -> VerifySet:
-    """Read a verify.npz: plain arrays only (``allow_pickle=False``), the expected ones, sane shapes."""
+    """Read a verify.npz: plain arrays only (no pickle), the expected ones, sane shapes."""
     path = Path(path)
     try:
-        with zipfile.ZipFile(path) as z:  # np.load would inflate members of any size
+        # Read member by member (not np.load): sizes are checked before inflating, and read_array
+        # with allow_pickle=False refuses object arrays, so nothing in the file can run code.
+        arrays = {}
+        with zipfile.ZipFile(path) as z:
             if sum(i.file_size for i in z.infolist()) > MAX_VERIFY_BYTES:
                 raise EdgeCSPError(f"{path} unpacks to over {MAX_VERIFY_BYTES // 1024 ** 2} MiB; refused")
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            for info in z.infolist():
+                if not info.filename.endswith(".npy"):
+                    raise ValueError(f"unexpected member {info.filename[:60]!r}")
+                with z.open(info) as f:
+                    arrays[info.filename[:-len(".npy")]] = np.lib.format.read_array(f, allow_pickle=False)
     except EdgeCSPError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:

@@ -227,7 +227,7 @@ def test_device_flow_in_a_fresh_python_3_8_venv_with_only_the_device_install(tmp
     manifest = json.loads(dev.stdout)
     device = manifest["accuracy"]["device"]
     assert manifest["backend"]["info"]["stand_in"]["runtime"] == "onnxruntime" and device["passed"]
-    assert device["images"] == 8 and device["engine"]["AP"] == pytest.approx(host_refs["int8_qdq_fp16"]["AP"], abs=1e-3)
+    assert device["images"] == 8 and device["engine"]["AP"] == pytest.approx(host_refs["int8_qdq"]["AP"], abs=1e-3)
     report = tmp_path / "report"
     bench = subprocess.run([py, "-m", "edgecsp.benchmark", "--artifact", str(engine), "--duration", "0.5", "--warmup",
                             "0.1", "--min-queries", "5", "--no-platform", "--out", str(report)],
