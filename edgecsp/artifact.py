@@ -18,7 +18,7 @@ import posixpath
 import shutil
 import stat
 import tarfile
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +228,10 @@ def _extract(tar_path: Path) -> Path:
         try:
             with tarfile.open(tar_path, "r:gz", tarinfo=_BoundedTarInfo) as tar:
                 check_archive(tar, tar_path)
-                tar.extractall(tmp, filter="data")  # a second guard: the standard library's own checks
+                if hasattr(tarfile, "data_filter"):  # Python 3.12, 3.11.4, 3.8.17+
+                    tar.extractall(tmp, filter="data")  # a second guard: the standard library's own checks
+                else:  # an older 3.8 (JetPack 5): check_archive above is the guard
+                    tar.extractall(tmp)
         except (tarfile.TarError, EOFError, OSError, ValueError) as err:
             shutil.rmtree(tmp, ignore_errors=True)
             why = str(err)[:160] if isinstance(err, _ArchiveRefused) else f"{type(err).__name__}: {str(err)[:120]}"
@@ -250,7 +253,7 @@ def _extract(tar_path: Path) -> Path:
     return roots[0]
 
 
-@cache
+@lru_cache(maxsize=None)  # functools.cache is 3.9+
 def _manifest_validator():
     import jsonschema
 
@@ -278,6 +281,11 @@ def validate_manifest(manifest: Any, where: Path) -> dict[str, Any]:
     return manifest
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """Path.is_relative_to (Python 3.9+)."""
+    return path == root or root in path.parents
+
+
 def verify_files(root: Path, manifest: dict[str, Any]) -> None:
     """The folder holds exactly the listed files, each a regular file (no link) inside ``root``
     with the recorded size and sha256. An unlisted file is refused too: a backend may read files
@@ -294,7 +302,7 @@ def verify_files(root: Path, manifest: dict[str, Any]) -> None:
         f = root / name
         try:
             st = f.lstat()
-            if not stat.S_ISREG(st.st_mode) or not f.resolve().is_relative_to(real_root):
+            if not stat.S_ISREG(st.st_mode) or not _inside(f.resolve(), real_root):
                 raise EdgeCSPError(f"artifact file {shown(f)} is not a regular file inside the artifact (a link?); "
                                    "refused")
             intact = st.st_size == entry["bytes"] and sha256_file(f) == entry["sha256"]

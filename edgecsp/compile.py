@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from edgecsp import cli
+from edgecsp.errors import EdgeCSPError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,16 +34,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="also in-graph NMS where the backend has it (TensorRT: EfficientNMS plugin)")
     parser.add_argument("--from-bundle", type=Path, metavar="DIR",
                         help="on the device: build the TensorRT engine of a Jetson bundle (docs/jetson.md)")
+    parser.add_argument("--stand-in", choices=["onnxruntime"],
+                        help="with --from-bundle where there is no TensorRT (CI, rehearsals): build no engine, run "
+                             "the model TensorRT would build with ONNX Runtime; the artifact says so")
     args = parser.parse_args(argv)
     # Flushed: in a CI log or behind a pipe the steps show as they happen, not at the end.
     progress = (lambda line: print(line, file=sys.stderr if args.json else sys.stdout, flush=True))
 
+    if args.stand_in and args.from_bundle is None:
+        raise EdgeCSPError("--stand-in goes with --from-bundle DIR (it stands in for the engine build on the device)")
     if args.from_bundle is not None:  # Jetson: engine from a bundle compiled elsewhere
         from edgecsp.jetson.bundle import build_from_bundle
 
         _, manifest = build_from_bundle(args.from_bundle, target=args.target, out=args.out, data=args.data,
                                         verify_images=100 if args.verify_images is None else args.verify_images,
-                                        allow_accuracy_drop=args.allow_accuracy_drop, progress=progress)
+                                        allow_accuracy_drop=args.allow_accuracy_drop, progress=progress,
+                                        stand_in=args.stand_in)
         if args.json:
             print(json.dumps(manifest, indent=1))
         return 0

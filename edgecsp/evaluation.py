@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable
+from typing import Callable  # typing's: collections.abc.Callable[...] is not subscriptable at run time on 3.8
 
 import numpy as np
 from tqdm import tqdm

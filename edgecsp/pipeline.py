@@ -11,11 +11,10 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable  # typing's: collections.abc.Callable[...] is not subscriptable at run time on 3.8
 
 from edgecsp import __version__
 from edgecsp.errors import EdgeCSPError
@@ -166,8 +165,13 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
 
         assert staging is not None
         t = time.time()
+        extra = ["nms"] if opts.nms else []
+        if backend.name == "tensorrt":  # the bundle carries a verification subset of the validation set
+            from edgecsp.artifact import sha256_file
+
+            extra.append(f"verify:{sha256_file(Path(dataset.annotations_path))[:16]}:{opts.verify_images}")
         cache_key = _cache_key(model_hash, profile, precision, backend.name, backend_version, recipe, calib, size, batch,
-                               extra="nms" if opts.nms else "")
+                               extra="|".join(extra))
         cached = _cached_engine(cache_key)
         if cached is not None:
             progress(f"[3/4] {backend.name} {precision}: reusing the cached build {cache_key} (same model, data, recipe)")
@@ -185,7 +189,8 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
             request = BuildRequest(onnx_path=work / "model.onnx", precision=precision, profile=profile,
                                    out_dir=staging, calibration=calib, validate=validate,
                                    max_ap50_drop=profile.max_ap50_drop / 100,
-                                   options={**profile.build, "recipe": recipe, **({"nms": True} if opts.nms else {})})
+                                   options={**profile.build, "recipe": recipe, **({"nms": True} if opts.nms else {})},
+                                   dataset=dataset, verify_images=opts.verify_images)
             result = backend.build(request)
             failpoint("build.engine_written")
             result_meta = {"engine": result.engine, "files": result.files, "info": result.info}
@@ -297,6 +302,13 @@ def _store_engine(key: str, staging: Path, meta: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _graph_counts(model, size: int) -> dict[str, int]:
+    """MACs and CIO per frame, for the benchmark's traffic figures on a device without torch."""
+    from edgecsp.bench.traffic import graph_counts
+
+    return graph_counts(model, size)
+
+
 def _manifest(model, description, model_hash, opts, profile, precision, backend_name, backend_version,
               result_meta, report, recipe, calib, size, batch) -> dict[str, Any]:
     from edgecsp.models.checkpoint import config_as_json, output_rows
@@ -305,13 +317,13 @@ def _manifest(model, description, model_hash, opts, profile, precision, backend_
     k = output_rows(model, size)
     files = opts.model.as_dict() if hasattr(opts.model, "as_dict") else {}
     return {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "edgecsp_version": __version__,
         "model": {"name": description.get("name"), "source": str(opts.model or "demo"), "hash": model_hash,
-                  **{k: v for k, v in files.items() if k in ("weights", "names")},
+                  **{key: value for key, value in files.items() if key in ("weights", "names")},
                   "class_names": description["class_names"], "num_classes": c.num_classes,
                   "input_size": [size, size], "anchors": [list(a) for a in c.anchors], "strides": list(c.strides),
-                  "config": config_as_json(model)},
+                  "config": config_as_json(model), "graph": _graph_counts(model, size)},
         "target": profile.as_dict(),
         "backend": {"name": backend_name, "version": backend_version, "info": result_meta["info"]},
         "precision": precision,

@@ -257,7 +257,7 @@ def _detector_plan(name: str, input_size: int | None, width: float | None, depth
     hooks += [("neck", p, "in") for p in preds] + [("head", detector.head, "out")]
 
     def assign(name: str) -> str:
-        name = name.removeprefix("model.")
+        name = name[len("model."):] if name.startswith("model.") else name
         if name == "model":
             return "head"
         if any(name == p or name.startswith(p + ".") for p in (*pred_names, "head")):

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from edgecsp.errors import EdgeCSPError
+
+try:
+    import tomllib  # novermin (the tomli fallback below covers < 3.11)
+except ImportError:  # Python < 3.11 (JetPack's 3.8 and 3.10): the same parser as a package
+    import tomli as tomllib  # type: ignore[no-redef]
 
 
 def is_file(path: Path) -> bool:

@@ -270,5 +270,5 @@ def test_missing_onnxruntime(backend, fp32_onnx, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     for call in (backend.version, lambda: backend.open_runner(fp32_onnx, {}),
                  lambda: backend.build(_request(fp32_onnx, tmp_path))):
-        with pytest.raises(EdgeCSPError, match="pip install onnxruntime"):
+        with pytest.raises(EdgeCSPError, match=r"pip install 'edgecsp\[host\]'"):
             call()

@@ -321,13 +321,13 @@ def test_bad_requests(backend, profile, onnx_path, tmp_path):
 def test_missing_openvino_gives_install_hint(monkeypatch):
     backend = get_backend("openvino")  # the module itself imports without openvino
     monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` fail
-    with pytest.raises(EdgeCSPError, match=r"pip install 'edgecsp\[openvino\]'"):
+    with pytest.raises(EdgeCSPError, match=r"pip install 'edgecsp\[host\]'"):
         backend.version()
-    with pytest.raises(EdgeCSPError, match=r"pip install 'edgecsp\[openvino\]'"):
+    with pytest.raises(EdgeCSPError, match=r"pip install 'edgecsp\[host\]'"):
         backend.open_runner(Path("model.xml"), {})
 
 
 def test_missing_nncf_gives_install_hint(backend, profile, onnx_path, calibration, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "nncf", None)
-    with pytest.raises(EdgeCSPError, match=r"NNCF.*pip install 'edgecsp\[openvino\]'"):
+    with pytest.raises(EdgeCSPError, match=r"NNCF.*pip install 'edgecsp\[host\]'"):
         _build(backend, profile, onnx_path, tmp_path, "int8", calibration=calibration)

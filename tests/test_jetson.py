@@ -14,6 +14,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -256,11 +257,12 @@ def exported(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bundle(exported, tmp_path_factory) -> Path:
+def bundle(exported, tmp_path_factory, shapes_small) -> Path:
     """The bundle TensorRTBackend.build writes here (no TensorRT), finalized as an artifact."""
     from edgecsp.artifact import finalize
     from edgecsp.backends import BuildRequest, get_backend
     from edgecsp.calibration import CalibrationRecipe, calibration_set
+    from edgecsp.data.coco import resolve_dataset
     from edgecsp.targets import load_target
 
     profile = load_target("jetson-orin-nano")
@@ -268,7 +270,8 @@ def bundle(exported, tmp_path_factory) -> Path:
     staging = tmp_path_factory.mktemp("staging")
     request = BuildRequest(onnx_path=exported, precision="int8", profile=profile, out_dir=staging,
                            calibration=calibration_set(recipe, 320),
-                           options={**profile.build, "recipe": recipe, "nms": True})
+                           options={**profile.build, "recipe": recipe, "nms": True},
+                           dataset=resolve_dataset(shapes_small["val"]), verify_images=8)
     backend = get_backend("tensorrt")
     result = backend.build(request)
     assert result.engine == "model.int8.qdq.onnx"
@@ -282,14 +285,15 @@ def bundle(exported, tmp_path_factory) -> Path:
 def test_bundle_holds_what_the_device_needs(bundle):
     files = {p.name for p in bundle.iterdir()}
     assert {"model.onnx", "model.int8.qdq.onnx", "calibration.cache", "JETSON.md", "manifest.json",
-            "model.nms.onnx", "model.int8.qdq.nms.onnx"} <= files
+            "model.nms.onnx", "model.int8.qdq.nms.onnx", "verify.npz", "model.int8.qdq.fp16.onnx",
+            "model.int8.qdq.fp16.nms.onnx"} <= files
     manifest = json.loads((bundle / "manifest.json").read_text())
     info = manifest["backend"]["info"]
     assert info["engine_built"] is False and "TensorRT" in info["why_no_engine"]
     assert info["qdq"]["float_convs"] and info["qdq"]["quantized_convs"] > 50
     guide = (bundle / "JETSON.md").read_text()
     assert "python -m edgecsp.compile --target jetson --from-bundle ." in guide
-    assert "trtexec --onnx=model.int8.qdq.nms.onnx --saveEngine=model.engine --stronglyTyped" in guide
+    assert "trtexec --onnx=model.int8.qdq.fp16.nms.onnx --saveEngine=model.engine --stronglyTyped" in guide
     assert "--int8 --fp16 --calib=calibration.cache" in guide  # JetPack 5 (TensorRT 8.5) line
 
 
@@ -432,6 +436,11 @@ def test_build_plan_per_tensorrt_version():
     assert p11.strongly_typed and p11.flags == []
     assert plan_build(10, files, EngineOptions(precision="fp16")).onnx == "model.fp16.onnx"
     assert plan_build(8, files, EngineOptions(precision="fp16")).flags == ["FP16"]
+    # With the FP16-typed Q/DQ model in the bundle, strongly typed builds take it (float parts FP16).
+    typed = {**files, "int8_qdq_fp16": "model.int8.qdq.fp16.onnx"}
+    assert plan_build(10, typed, int8).onnx == "model.int8.qdq.fp16.onnx"
+    assert plan_build(10, typed, EngineOptions(precision="int8", strongly_typed=False)).onnx == "model.int8.qdq.onnx"
+    assert plan_build(8, typed, int8).onnx == "model.onnx"
     with pytest.raises(EdgeCSPError, match="no fp16 model"):
         plan_build(10, {"fp32": "model.onnx"}, EngineOptions(precision="fp16"))
 
@@ -475,6 +484,115 @@ def test_from_bundle_without_tensorrt_is_one_line_and_leaves_nothing(bundle, tmp
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "TensorRT is not installed" in lines[0], res.stderr
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_bundle_verification_set_holds_inputs_truth_and_both_references(bundle):
+    from edgecsp import verifyset
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    info = manifest["backend"]["info"]["verify"]
+    assert "verify.npz" in manifest["files"] and info["images"] == 8
+    vs = verifyset.load(bundle / "verify.npz")
+    assert vs.arrays["images"].shape == (8, 320, 320, 3) and vs.arrays["images"].dtype == np.uint8
+    assert vs.references == ["fp32", "int8_qdq", "int8_qdq_fp16"] and len(vs.arrays["gt_image"]) >= 8
+    for ref in vs.references:  # the recorded AP is the stored detections' AP
+        assert vs.score(vs.reference(ref))["AP50"] == info["references"][ref]["AP50"] > 0.8
+    # The FP32 model run again on the stored inputs gives the stored detections.
+    from edgecsp.jetson.onnx_runner import OnnxModelRunner
+
+    with OnnxModelRunner(bundle / "model.onnx") as r:
+        again = vs.run(r.run)
+    np.testing.assert_allclose(again["score"], vs.reference("fp32")["score"], atol=1e-5)
+    assert vs.first(3).images == 3 and set(vs.first(3).arrays["gt_image"]) <= set(vs.arrays["image_ids"][:3])
+    # Pickled content is refused: the loader never unpickles.
+    bad = bundle.parent / "pickled.npz"
+    np.savez(bad, **{**vs.arrays, "images": np.array([object()], dtype=object)})
+    with pytest.raises(EdgeCSPError, match="not a readable verification set"):
+        verifyset.load(bad)
+    bad.unlink()
+
+
+def test_from_bundle_with_the_onnxruntime_stand_in_verifies_on_the_bundles_own_set(bundle, tmp_path):
+    import edgecsp
+    from edgecsp.jetson.bundle import build_from_bundle
+
+    out, manifest = build_from_bundle(bundle, target="jetson-orin-nano", out=tmp_path / "engine",
+                                      stand_in="onnxruntime", progress=lambda line: None)
+    device = manifest["accuracy"]["device"]
+    host = json.loads((bundle / "manifest.json").read_text())["backend"]["info"]["verify"]["references"]
+    assert manifest["engine"] == "model.int8.qdq.onnx"  # the model the host verified
+    assert manifest["backend"]["info"]["stand_in"]["runtime"] == "onnxruntime"
+    assert manifest["backend"]["version"].startswith("stand-in: onnxruntime")
+    assert device["images"] == 8 and device["passed"]
+    assert device["engine"]["AP"] == pytest.approx(host["int8_qdq"]["AP"], abs=1e-3)  # the same model, run again
+    assert device["reference_fp32_onnx"]["AP50"] == host["fp32"]["AP50"]
+    with edgecsp.load(out) as p:
+        assert p.runner.describe()["runtime"] == "onnxruntime CPU"
+    with pytest.raises(EdgeCSPError, match="unknown stand-in"):
+        build_from_bundle(bundle, target="jetson-orin-nano", out=tmp_path / "x", stand_in="cpu")
+
+
+def test_fp16_typed_qdq_model_keeps_the_rules_and_the_accuracy(bundle):
+    from edgecsp.jetson.qdq import check_tensorrt_qdq
+    from edgecsp.onnx_graph import head_nodes
+
+    model = onnx.load(str(bundle / "model.int8.qdq.fp16.onnx"))
+    fp32 = onnx.load(str(bundle / "model.onnx"))
+    assert check_tensorrt_qdq(model, float_nodes=head_nodes(fp32)) == []
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    scales = [inits[n.input[1]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert scales and all(s.dtype == np.float16 for s in scales)  # Q/DQ in FP16 (opset 19)
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    conv_params = [i for n in model.graph.node if n.op_type == "Conv" for i in n.input[1:] if i in types]
+    assert conv_params and {types[i] for i in conv_params} == {onnx.TensorProto.FLOAT16}  # head weights, biases
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 at the edges
+    refs = json.loads((bundle / "manifest.json").read_text())["backend"]["info"]["verify"]["references"]
+    assert abs(refs["int8_qdq_fp16"]["AP50"] - refs["int8_qdq"]["AP50"]) <= 0.02
+
+
+def test_sensitivity_pass_floats_the_costliest_convs_and_records_them(bundle):
+    from edgecsp import verifyset
+    from edgecsp.calibration import CalibrationRecipe, calibration_set
+    from edgecsp.jetson.qdq import check_tensorrt_qdq
+    from edgecsp.jetson.sensitivity import float_convs, keep_costliest_float, output_error, quantized_convs
+    from edgecsp.onnx_graph import head_nodes
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    sens = manifest["backend"]["info"]["qdq"]["sensitivity"]
+    assert sens["ran"] is False and sens["ap50_drop_points"] <= sens["tolerance_points"]  # the demo holds
+    fp32 = onnx.load(str(bundle / "model.onnx"))
+    qdq = onnx.load(str(bundle / "model.int8.qdq.onnx"))
+    names = quantized_convs(qdq)
+    assert len(names) > 50
+    # One conv floated: float input, the FP32 weight, TensorRT's rules still hold, closer to FP32.
+    one = float_convs(qdq, fp32, names[:1])
+    assert quantized_convs(one) == names[1:]
+    conv = next(n for n in one.graph.node if n.name == names[0])
+    fp32_conv = next(n for n in fp32.graph.node if n.name == names[0])
+    assert conv.input[1] == fp32_conv.input[1]
+    assert check_tensorrt_qdq(one, float_nodes=head_nodes(fp32) + names[:1]) == []
+    images = calibration_set(CalibrationRecipe(num_images=8), 320).images[:2]
+    # Forced (tolerance below any drop), on 5 candidate layers, at most 2 floated.
+    vs = verifyset.load(bundle / "verify.npz").first(4)
+    model, report = keep_costliest_float(qdq, fp32, images, lambda p: vs.score(vs.run(p))["AP50"],
+                                         tolerance_points=-100.0, max_layers=2, layers=names[:5])
+    assert len(report.ranking) == 5 and len(report.floated) + len(report.tried) == 2
+    costs = [r["output_error_cost"] for r in report.ranking]
+    assert costs == sorted(costs, reverse=True)
+    assert len(quantized_convs(model)) == len(names) - len(report.floated)
+    assert report.ap50_drop_after <= report.ap50_drop_before
+    d = report.as_dict()
+    assert d["kept_float"] == report.floated and d["quantized_convs"] == 5
+    with tempfile.TemporaryDirectory() as tmp:  # a conv's cost is the output error its Q/DQ adds, re-measured
+        from edgecsp.jetson.onnx_runner import OnnxModelRunner
+
+        outs = []
+        for i, m in enumerate((fp32, qdq, float_convs(qdq, fp32, [report.ranking[0]["conv"]]))):
+            onnx.save(m, f"{tmp}/{i}.onnx")
+            with OnnxModelRunner(Path(f"{tmp}/{i}.onnx")) as r:
+                outs.append(r.run(images))
+        cost = output_error(outs[1], outs[0], 320) - output_error(outs[2], outs[0], 320)
+        assert cost == pytest.approx(report.ranking[0]["output_error_cost"], abs=2e-6)
 
 
 def test_from_bundle_refuses_int8_on_a_device_without_it(bundle):

@@ -15,10 +15,14 @@ import numpy as np
 
 from edgecsp.errors import EdgeCSPError
 
-def import_library(module: str, what: str, install_hint: str):
-    """Import a backend's library at the point of use; missing, it is one line naming the fix."""
+def import_library(module: str, what: str, install_hint: str | None = None):
+    """Import a backend's library at the point of use; missing, it is one line naming the fix
+    (by default the install extra that brings it, edgecsp.extras)."""
     import importlib
 
+    from edgecsp.extras import install_hint as extra_hint
+
+    install_hint = install_hint or extra_hint(module)
     try:
         return importlib.import_module(module)
     except ImportError as err:
@@ -55,6 +59,10 @@ class BuildRequest:
     validate: Callable[[PredictFn], float] | None = None
     max_ap50_drop: float = 0.01  # tolerance as a fraction (0.01 = 1 point)
     options: dict = field(default_factory=dict)  # profile's [build] table
+    # The validation set (edgecsp.data.coco dataset) and how many of its images verify: a Jetson
+    # bundle stores that subset with the host's reference outputs (edgecsp.verifyset).
+    dataset: Any = None
+    verify_images: int | None = None
 
 
 @dataclass
@@ -89,7 +97,7 @@ class Runner(ABC):
 class Backend(ABC):
     name: str
     precisions: tuple[str, ...]
-    install_hint: str  # e.g. "pip install 'edgecsp[openvino]'"
+    install_hint: str  # e.g. "pip install 'edgecsp[host]'"
 
     @abstractmethod
     def version(self) -> str:

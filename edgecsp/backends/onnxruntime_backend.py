@@ -51,7 +51,7 @@ import numpy as np
 from edgecsp.backends.base import Backend, BuildRequest, BuildResult, PredictFn, Runner, import_library, run_in_static_batches
 from edgecsp.errors import EdgeCSPError
 
-INSTALL_HINT = "pip install onnxruntime"
+INSTALL_HINT = "pip install 'edgecsp[host]'"
 ENGINE = "model.onnx"
 INPUT_NAME = "images"
 OUTPUT_NAME = "predictions"

@@ -30,7 +30,7 @@ import numpy as np
 from edgecsp.backends.base import Backend, BuildRequest, BuildResult, PredictFn, Runner, import_library, run_in_static_batches
 from edgecsp.errors import EdgeCSPError
 
-INSTALL_HINT = "pip install 'edgecsp[openvino]'"
+INSTALL_HINT = "pip install 'edgecsp[host]'"
 ENGINE = "model.xml"
 WEIGHTS = "model.bin"
 # Ops that carry no computation of their own: never worth an ignored-scope entry.

@@ -69,7 +69,9 @@ def plan_build(trt_major: int, files: dict[str, str], opts: EngineOptions) -> Bu
         return name
 
     if trt_major >= 11 or (trt_major >= 10 and opts.strongly_typed):
-        role = {"fp32": "fp32", "fp16": "fp16", "int8": "int8_qdq"}[p]
+        # int8: the FP16-typed Q/DQ model where the bundle has it (float parts FP16, not FP32)
+        fp16_qdq = files.get("int8_qdq_fp16" + nms) or files.get("int8_qdq_fp16")
+        role = {"fp32": "fp32", "fp16": "fp16", "int8": "int8_qdq_fp16" if fp16_qdq else "int8_qdq"}[p]
         return BuildPlan(onnx=pick(role), strongly_typed=True, flags=[], calibration_cache=None)
     if trt_major >= 10:  # weakly typed explicit quantization: float layers may run FP16
         role = "int8_qdq" if p == "int8" else "fp32"
@@ -89,7 +91,7 @@ def build_engine(root: Path, files: dict[str, str], opts: EngineOptions, input_s
     import tensorrt as trt
 
     from edgecsp.backends.tensorrt_runner import gpu_facts, tensorrt_major
-    from edgecsp.jetson.qdq import retag_calibration_cache
+    from edgecsp.jetson.calibcache import retag_calibration_cache
 
     version = str(trt.__version__)
     major = tensorrt_major(trt)

@@ -6,8 +6,8 @@ model weights, backend version and edgecsp version; otherwise it is rebuilt (and
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from typing import Callable  # typing's: collections.abc.Callable[...] is not subscriptable at run time on 3.8
 
 from edgecsp.errors import EdgeCSPError
 
@@ -41,7 +41,7 @@ def ensure_artifact(model: str | None, target: str, precision: str | None, out_r
     from edgecsp.artifact import open_artifact
     from edgecsp.backends import get_backend
     from edgecsp.models.checkpoint import resolve_model
-    from edgecsp.pipeline import CompileOptions, model_hash_of, compile_artifact
+    from edgecsp.pipeline import CompileOptions, compile_artifact, model_hash_of
     from edgecsp.targets import load_target
 
     profile = load_target(target)

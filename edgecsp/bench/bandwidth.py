@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,11 @@ def compute_peak(threads: int | None = None, n: int = 2048, seconds: float = 1.0
     fp32 and bf16 are torch.mm; int8 is torch._int_mm (int8 x int8 -> int32, oneDNN/VNNI), left
     out where this torch lacks it. An engine's roofline ceiling is its own precision's.
     """
-    import torch
+    try:
+        import torch
+    except ImportError:  # a device install: bandwidth is measured, the compute ceiling is not
+        return {"matrix": n, "threads": threads, "gmacs_fp32": None, "gmacs_bf16": None, "gmacs_int8": None,
+                "note": "not measured: torch is not installed (pip install 'edgecsp[host]')"}
 
     threads = threads or machine.usable_cpus()
     before = torch.get_num_threads()
@@ -169,7 +173,7 @@ def platform_peak(threads: int | None = None, refresh: bool = False, cache: bool
         cp = compute_peak(threads, matrix, compute_seconds)
         result = {
             "schema": SCHEMA, "machine": info["key"], "cpu": info["cpu"],
-            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "load_average_1m": info.get("load_average_1m"),
             "stream": bw, "compute": cp,
             "peak_gbs": max(bw["copy_gbs"], bw["triad_gbs"]), "peak_gmacs": cp["gmacs_fp32"],
@@ -179,7 +183,7 @@ def platform_peak(threads: int | None = None, refresh: bool = False, cache: bool
                       "matrix multiply per precision (torch: fp32/bf16 mm, int8 _int_mm)",
             "cached": False,
         }
-        if cache:
+        if cache and cp.get("gmacs_fp32") is not None:  # measured on a device install: torch may come later
             atomic_write(path, json.dumps(result, indent=1))  # a private temporary: two benchmarks may write it
     hardware = hardware or {}
     if hardware.get("peak_dram_gbps"):  # the datasheet figure, shown beside the measured one

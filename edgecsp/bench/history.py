@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker reads it
+    from typing_extensions import Self
 
 from edgecsp.errors import EdgeCSPError
 
@@ -127,7 +130,7 @@ def _migrate(conn: Any, shown: str) -> None:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class History:

@@ -46,6 +46,16 @@ def jetson_model() -> str | None:
     return None
 
 
+def _meminfo_total() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def describe() -> dict[str, Any]:
     import numpy
 
@@ -53,8 +63,8 @@ def describe() -> dict[str, Any]:
         import psutil
 
         mem = int(psutil.virtual_memory().total)
-    except ImportError:
-        mem = 0
+    except ImportError:  # a device install: the kernel's figure
+        mem = _meminfo_total()
     info = {
         "hostname": socket.gethostname(),
         "os": f"{platform.system()} {platform.release()}",

@@ -11,14 +11,21 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker reads it
+    from typing_extensions import Self
 
 MB = 1024 * 1024
 
 
 def current_rss() -> int:
-    import psutil
-
+    """Resident bytes of this process: psutil where installed (host extra), else /proc (Linux, Jetson)."""
+    try:
+        import psutil
+    except ImportError:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
     return int(psutil.Process().memory_info().rss)
 
 

@@ -18,11 +18,10 @@ import signal
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable  # typing's: collections.abc.Callable[...] is not subscriptable at run time on 3.8
 
 from edgecsp.bench.history import History, Record
 from edgecsp.bench.regression import Finding, compare
@@ -204,7 +203,7 @@ def run_suite(suite: Suite, db: str | Path | None = None, report_dir: Path | Non
     try:
         info = machine.describe()
         device = device or info["key"]
-        started = datetime.now(UTC).isoformat(timespec="seconds")
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         report_dir = Path(report_dir or Path("runs") / "nightly" / time.strftime("%Y%m%d-%H%M%S"))
         report_dir.mkdir(parents=True, exist_ok=True)
         executor = executor or (isolated_executor() if suite.isolate else in_process_executor)
@@ -255,7 +254,7 @@ def run_suite(suite: Suite, db: str | Path | None = None, report_dir: Path | Non
                 progress(f"  {sc}: {rec.fps:.1f} FPS, AP50 {rec.ap50 if rec.ap50 is not None else float('nan'):.4f}"
                          + ("  REGRESSION: " + "; ".join(f.describe() for f in findings if f.regressed)
                             if o.regressed else ""))
-        finished = datetime.now(UTC).isoformat(timespec="seconds")
+        finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         result = NightlyResult(run_id, device, suite, outcomes, started, finished, report_dir)
         history.finish_run(run_id, result.status)
         from edgecsp.bench.nightly_report import write_reports

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -241,11 +242,20 @@ def plot_roofline(report: dict[str, Any], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def _has_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def write_all(report: dict[str, Any], out_dir: Path, plots: bool = True) -> dict[str, Path]:
     """benchmark.json, benchmark.csv and the three PNGs into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {"json": write_json(report, out_dir / "benchmark.json"), "csv": write_csv(report, out_dir / "benchmark.csv")}
+    if plots and not _has_matplotlib():  # a device install: the numbers are all in the JSON and CSV
+        print("plots skipped: matplotlib is not installed (pip install 'edgecsp[host]')", file=sys.stderr)
+        plots = False
     if plots:
         written["latency_png"] = plot_latency(report, out_dir / "latency.png")
         written["throughput_png"] = plot_throughput(report, out_dir / "throughput.png")

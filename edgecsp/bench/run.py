@@ -10,11 +10,10 @@ from the artifact's architecture; the platform peaks are measured once per machi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable  # typing's: collections.abc.Callable[...] is not subscriptable at run time on 3.8
 
 import numpy as np
 
@@ -90,6 +89,41 @@ def input_batches(size: int, batch: int, n: int, data: Path | None) -> tuple[lis
     return batches, raw[: min(4, len(raw))], f"{len(set(range(min(n * batch, len(dataset)))))} images of {data}"
 
 
+def _inputs(root: Path, manifest: dict, size: int, batch: int,
+            opts: BenchmarkOptions) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+    """The benchmark's input batches: ``--data``, else the verification set a Jetson artifact
+    carries (a device has no data to generate), else the default validation set."""
+    verify = (((manifest.get("backend") or {}).get("info") or {}).get("bundle") or {}).get("files", {}).get("verify")
+    if opts.data is not None or not verify:
+        return input_batches(size, batch, opts.num_inputs, opts.data)
+    from edgecsp import verifyset
+    from edgecsp.data.preprocess import to_tensor_batch
+
+    images = verifyset.load(Path(root) / verify).arrays["images"]
+    if images.shape[1:3] != (size, size):
+        raise EdgeCSPError(f"{verify} holds {images.shape[1]}x{images.shape[2]} inputs, the engine takes {size}x{size}; "
+                           "pass --data")
+    n = opts.num_inputs
+    boxed = [images[i % len(images)] for i in range(n * batch)]
+    batches = [to_tensor_batch(boxed[i * batch:(i + 1) * batch]) for i in range(n)]
+    # raw_images feed the baselines' exports only; letterboxed inputs are images too
+    return batches, boxed[: min(4, len(boxed))], f"{min(n * batch, len(images))} images of the artifact's {verify}"
+
+
+def _graph(manifest: dict, size: int) -> tuple[Any, dict[str, int]]:
+    """(the PyTorch module or None, MACs and CIO per frame): the manifest's counts where the host
+    recorded them (a device has no torch), else counted on the model."""
+    from edgecsp.bench import traffic
+
+    counts = (manifest.get("model") or {}).get("graph")
+    if isinstance(counts, dict) and isinstance(counts.get("macs"), int) and isinstance(counts.get("cio"), int):
+        size_ok = list((manifest.get("model") or {}).get("input_size") or [])[:1] == [size]
+        if size_ok:
+            return None, {"macs": counts["macs"], "cio": counts["cio"]}
+    arch = traffic.model_from_manifest(manifest)
+    return arch, traffic.graph_counts(arch, size)
+
+
 def _artifact_batch(manifest: dict, wanted: int | None) -> int:
     dim = manifest["inputs"][0]["shape"][0]
     if isinstance(dim, int) and dim > 0:
@@ -141,7 +175,7 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
     backend_name = manifest["backend"]["name"]
     name = Path(root).name
 
-    inputs, raw_images, input_source = input_batches(size, batch, opts.num_inputs, opts.data)
+    inputs, raw_images, input_source = _inputs(root, manifest, size, batch, opts)
     info = machine.describe()
     peak = None
     if opts.platform:
@@ -149,9 +183,9 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
 
         progress("platform peak: STREAM copy/triad and matrix multiply (measured once per machine, then cached)")
         peak = platform_peak(refresh=opts.refresh_platform, hardware=profile.hardware)
-        progress(f"  {peak['peak_gbs']} GB/s, {peak['peak_gmacs']} GMAC/s{' (cached)' if peak.get('cached') else ''}")
-    arch = traffic.model_from_manifest(manifest)
-    counts = traffic.graph_counts(arch, size)
+        gmacs = f"{peak['peak_gmacs']} GMAC/s" if peak.get("peak_gmacs") else "compute not measured (no torch here)"
+        progress(f"  {peak['peak_gbs']} GB/s, {gmacs}{' (cached)' if peak.get('cached') else ''}")
+    arch, counts = _graph(manifest, size)
     model = model_note = None
     if compare:
         model, model_note = bl.model_for(manifest, opts.model if opts.artifact is not None else None)
@@ -195,6 +229,8 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
                 if fb not in engine_weights:  # reads the engine's graph: once per runtime precision
                     engine_weights[fb] = traffic.engine_weight_bytes(root, manifest, fb)
                 wb = engine_weights[fb]
+                if wb is None and arch is None:
+                    arch = traffic.model_from_manifest(manifest)
                 weight_bytes, source = wb if wb else (traffic.torch_weight_bytes(arch, 4), "PyTorch module, fp32")
                 cost = traffic.cost(counts, weight_bytes, source, precision, traffic.activation_bytes(precision, rt))
                 disk = artifact_bytes(root, manifest)
@@ -250,7 +286,7 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
 
     return {
         "schema": SCHEMA,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "edgecsp_version": __version__,
         "machine": info,
         "platform_peak": peak,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -425,7 +426,7 @@ class ReorgLayer(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Building a model from parsed sections
 
-Shape = tuple[int, int, int]  # (C, H, W) of one image
+Shape = Tuple[int, int, int]  # (C, H, W) of one image
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,14 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
 from edgecsp.data.preprocess import MAX_IMAGE_PIXELS, image_size, is_file, load_image_rgb
 from edgecsp.errors import EdgeCSPError
 
-PathLike = str | os.PathLike
+PathLike = Union[str, os.PathLike]  # not X | Y: evaluated at run time, 3.8
 # Boxes crossing the image border by at most this many pixels are clipped without a warning:
 # annotation tools commonly round a border box a fraction of a pixel past the edge.
 CLIP_TOLERANCE_PX = 1.0

@@ -15,6 +15,8 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence as SequenceType
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -35,8 +37,8 @@ MAX_IMAGE_PIXELS = 50_000_000
 # What Pillow raises on a corrupt EXIF block.
 _EXIF_ERRORS = (OSError, ValueError, TypeError, KeyError, SyntaxError)
 
-SizeLike = int | Sequence[int]
-PathLike = str | os.PathLike
+SizeLike = Union[int, SequenceType[int]]  # typing's: X | Y and abc generics fail at run time on 3.8
+PathLike = Union[str, os.PathLike]
 
 
 # How an image becomes the network input: "letterbox" keeps the aspect ratio and pads (edgecsp's

@@ -18,6 +18,7 @@ import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -25,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from edgecsp.data.coco import ImageRecord, write_coco
 from edgecsp.errors import EdgeCSPError
 
-PathLike = str | os.PathLike
+PathLike = Union[str, os.PathLike]  # not X | Y: evaluated at run time, 3.8
 
 # The task. Changing any of these changes the data set: bump GENERATOR_VERSION and the doc.
 GENERATOR_VERSION = 1

@@ -11,6 +11,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from edgecsp.data.coco import DataWarning, DetectionDataset, ImageRecord, _clip_
 from edgecsp.data.preprocess import _shown, image_size
 from edgecsp.errors import EdgeCSPError
 
-PathLike = str | os.PathLike
+PathLike = Union[str, os.PathLike]  # not X | Y: evaluated at run time, 3.8
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 

@@ -7,10 +7,22 @@ without TensorRT (or for another device) writes a *bundle*: an artifact whose fi
   model.int8.qdq.onnx     INT8 Q/DQ following TensorRT's rules (int8: TensorRT >= 10)
   calibration.cache       the same INT8 scales as TensorRT's implicit-calibration cache (8.x)
   *.nms.onnx              the same with TensorRT's EfficientNMS plugin appended (nms = true)
+  verify.npz              the verification set: letterboxed validation images, their ground
+                          truth, and the host's detections of the FP32 ONNX and of the model
+                          TensorRT builds (edgecsp.verifyset)
   JETSON.md               the on-device guide: one edgecsp command, and the trtexec equivalent
 and whose manifest records the accuracy of the model TensorRT will build (measured with ONNX
 Runtime against the FP32 PyTorch reference). On the device, ``build_from_bundle`` checks the
-checksums, builds the engine and writes a new artifact with it.
+checksums, builds the engine, scores it on the verification set against the host's reference
+detections (numpy only: no data to generate, no pycocotools) and writes a new artifact with it.
+Only the device install is needed for that (Python 3.8+, no torch, no ONNX).
+
+``stand_in="onnxruntime"`` (``--stand-in onnxruntime``) rehearses the device flow where there is
+no TensorRT, e.g. in CI: everything runs for real except the engine build, and the artifact's
+"engine" is the bundle's verified ONNX model (int8: the FP32-typed Q/DQ model), run by ONNX
+Runtime; its manifest says so
+(backend.info.stand_in). It is never chosen by itself: without TensorRT and without the option the
+command fails.
 """
 
 from __future__ import annotations
@@ -21,13 +33,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from edgecsp.backends.base import BuildRequest, BuildResult
 from edgecsp.errors import EdgeCSPError
 
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8_qdq": "model.int8.qdq.onnx",
-         "calibration_cache": "calibration.cache"}
+         "calibration_cache": "calibration.cache", "verify": "verify.npz", "int8_qdq_fp16": "model.int8.qdq.fp16.onnx"}
+STAND_INS = ("onnxruntime",)
 GUIDE = "JETSON.md"
 ENGINE = "model.engine"
 TIMING_CACHE = "timing.cache"
@@ -41,7 +52,7 @@ def _build_table(options: dict) -> dict[str, Any]:
     return {k: options[k] for k in _BUILD_KEYS if k in options}
 
 
-def _input_shape(model: onnx.ModelProto) -> list[int | str]:
+def _input_shape(model: Any) -> list[int | str]:
     dims = model.graph.input[0].type.tensor_type.shape.dim
     return [d.dim_value if d.HasField("dim_value") else "dynamic" for d in dims]
 
@@ -53,8 +64,16 @@ def verification_model(precision: str) -> str:
 
 def write_bundle(request: BuildRequest) -> BuildResult:
     """Write the bundle's files into ``request.out_dir`` (the pipeline's staging directory)."""
+    import onnx
+
     from edgecsp.jetson.profiles import check_device_precision
-    from edgecsp.jetson.qdq import add_efficient_nms, format_calibration_cache, quantize_for_tensorrt, to_fp16
+    from edgecsp.jetson.qdq import (
+        add_efficient_nms,
+        format_calibration_cache,
+        quantize_for_tensorrt,
+        to_fp16,
+        to_fp16_qdq,
+    )
 
     out, precision, options = request.out_dir, request.precision, dict(request.options)
     build = _build_table(options)
@@ -84,9 +103,23 @@ def write_bundle(request: BuildRequest) -> BuildResult:
                        "calibration_images": report.images,
                        "rules": "symmetric int8, zero-point 0, per-channel weights (axis 0), Q/DQ at Conv inputs "
                                 "and residual Adds, float biases, head in float"}
+    if request.dataset is not None:
+        info["verify"] = _write_verify_set(request, files, int(_input_shape(fp32)[2]))
+        files["verify"] = FILES["verify"]
+        if precision == "int8":
+            sensitivity = _sensitivity_pass(request, fp32, info["verify"])
+            info["qdq"]["sensitivity"] = sensitivity
+            if sensitivity.get("kept_float"):  # the Q/DQ model changed: its reference detections too
+                info["qdq"]["float_convs"] += [f["conv"] for f in sensitivity["kept_float"]]
+                info["qdq"]["quantized_convs"] -= len(sensitivity["kept_float"])
+    if precision == "int8":  # after the sensitivity pass: its floated convs run FP16 there too
+        onnx.save(to_fp16_qdq(onnx.load(str(out / FILES["int8_qdq"]))), str(out / FILES["int8_qdq_fp16"]))
+        files["int8_qdq_fp16"] = FILES["int8_qdq_fp16"]
+        if request.dataset is not None:  # its detections go into the verification set too
+            info["verify"] = _write_verify_set(request, files, int(_input_shape(fp32)[2]))
     if build.get("nms"):
         num_classes = int(fp32.graph.output[0].type.tensor_type.shape.dim[2].dim_value) - 5
-        for role in [r for r in ("fp32", "fp16", "int8_qdq") if r in files]:
+        for role in [r for r in ("fp32", "fp16", "int8_qdq", "int8_qdq_fp16") if r in files]:
             name = files[role].replace(".onnx", ".nms.onnx")
             nms = add_efficient_nms(out / files[role], num_classes,
                                     score_threshold=float(build.get("nms_score_threshold", 0.25)),
@@ -102,6 +135,61 @@ def write_bundle(request: BuildRequest) -> BuildResult:
     info["bundle"] = bundle
     written = sorted(p.name for p in out.iterdir() if p.is_file())
     return BuildResult(engine=verification_model(precision), files=written, info=info)
+
+
+def _sensitivity_pass(request: BuildRequest, fp32: Any, verify: dict[str, Any]) -> dict[str, Any]:
+    """Where the Q/DQ model loses more AP50 on the verification images than the profile allows,
+    float its costliest convs until it does not (edgecsp.jetson.sensitivity); the manifest records
+    which and what each cost. Inside the tolerance nothing runs (it costs a minute)."""
+    import onnx
+
+    from edgecsp import verifyset
+    from edgecsp.jetson.qdq import check_tensorrt_qdq
+    from edgecsp.jetson.sensitivity import keep_costliest_float
+    from edgecsp.onnx_graph import head_nodes
+
+    refs = verify["references"]
+    tolerance = round(request.max_ap50_drop * 100, 3)
+    drop = round((refs["fp32"]["AP50"] - refs["int8_qdq"]["AP50"]) * 100, 3)
+    if drop <= tolerance:
+        return {"ran": False, "ap50_drop_points": drop, "tolerance_points": tolerance,
+                "why": "the Q/DQ model's AP50 drop on the verification images is inside the tolerance"}
+    vs = verifyset.load(request.out_dir / FILES["verify"])
+    path = request.out_dir / FILES["int8_qdq"]
+    qdq = onnx.load(str(path))
+    model, report = keep_costliest_float(qdq, fp32, request.calibration.images[:8],
+                                         validate=lambda predict: vs.score(vs.run(predict))["AP50"],
+                                         tolerance_points=tolerance, fp32_ap50=refs["fp32"]["AP50"])
+    floated = [f["conv"] for f in report.floated]
+    problems = check_tensorrt_qdq(model, float_nodes=head_nodes(fp32) + floated)
+    if problems:
+        raise EdgeCSPError(f"the Q/DQ model with floated layers breaks TensorRT's rules ({problems[0]}); report this")
+    if floated:
+        onnx.save(model, str(path))
+    return {"ran": True, **report.as_dict(),
+            "note": "TensorRT 8.x builds from model.onnx + calibration.cache and runs these layers in INT8 anyway"}
+
+
+def _write_verify_set(request: BuildRequest, files: dict[str, str], input_size: int) -> dict[str, Any]:
+    """verify.npz: the first validation images with the host's detections of the FP32 ONNX and of
+    the model TensorRT builds (both in ONNX Runtime), for the device's check."""
+    from edgecsp import verifyset
+    from edgecsp.jetson.onnx_runner import OnnxModelRunner
+
+    references = {role: files[role] for role in ("fp32", "fp16", "int8_qdq", "int8_qdq_fp16") if role in files}
+    runners = {name: OnnxModelRunner(request.out_dir / f) for name, f in references.items()}
+    try:
+        arrays = verifyset.build(request.dataset, input_size, request.verify_images or verifyset.DEFAULT_IMAGES,
+                                 {name: r.run for name, r in runners.items()})
+    finally:
+        for r in runners.values():
+            r.close()
+    path = request.out_dir / FILES["verify"]
+    verifyset.save(path, arrays)
+    vs = verifyset.VerifySet(arrays, path)
+    return {"file": FILES["verify"], "images": vs.images, "bytes": path.stat().st_size,
+            "references": {name: {"model": references[name], **vs.score(vs.reference(name))} for name in references},
+            "evaluator": "edgecsp.cocoap (numpy, pycocotools' bbox AP)"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,10 +273,15 @@ def guide(profile, precision: str, bundle: dict) -> str:
 
 def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str | Path | None = None,
                       data: str | Path | None = None, verify_images: int | None = 100,
-                      allow_accuracy_drop: bool = False, progress: Callable[[str], None] = print) -> tuple[Path, dict]:
-    """Build the engine of a bundle with this machine's TensorRT; returns (artifact dir, manifest)."""
+                      allow_accuracy_drop: bool = False, progress: Callable[[str], None] = print,
+                      stand_in: str | None = None) -> tuple[Path, dict]:
+    """Build the engine of a bundle with this machine's TensorRT; returns (artifact dir, manifest).
+
+    ``stand_in="onnxruntime"``: no TensorRT build; ONNX Runtime runs the bundle's verified model
+    (see the module doc). Only when asked for.
+    """
     from edgecsp.artifact import MANIFEST, finalize, open_artifact, staging_dir
-    from edgecsp.backends.tensorrt_build import EngineOptions, build_engine
+    from edgecsp.backends.tensorrt_build import EngineOptions, build_engine, plan_build
     from edgecsp.backends.tensorrt_runner import load_tensorrt
     from edgecsp.jetson.profiles import check_device_precision
     from edgecsp.targets import load_target
@@ -205,8 +298,9 @@ def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str |
     profile.check_precision(precision)
     build = {**bundle["build"], **{k: v for k, v in profile.build.items() if k in _BUILD_KEYS}}
     check_device_precision(profile, precision, int(build.get("dla_core", -1)))
-    trt = load_tensorrt()
-    if trt is None:
+    if stand_in is not None and stand_in not in STAND_INS:
+        raise EdgeCSPError(f"unknown stand-in {stand_in!r}; the one there is: {', '.join(STAND_INS)}")
+    if stand_in is None and load_tensorrt() is None:
         raise EdgeCSPError("TensorRT is not installed here; on a Jetson it comes with JetPack "
                            "(sudo apt install python3-libnvinfer); elsewhere pip install tensorrt")
     out = Path(out) if out else root.parent / f"{root.name}-engine"
@@ -219,17 +313,22 @@ def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str |
                 shutil.copy2(root / name, staging / name)
         if (root / TIMING_CACHE).is_file():
             shutil.copy2(root / TIMING_CACHE, staging / TIMING_CACHE)  # a rebuild on the same device reuses timings
-        progress(f"build {precision} engine for {profile.name} from {root}")
         opts = EngineOptions.from_build_table(precision, build, bundle.get("batch", 1))
-        facts = build_engine(staging, bundle["files"], opts, bundle["input"]["shape"], ENGINE, TIMING_CACHE,
-                             progress=progress)
         new = json.loads(json.dumps(manifest))
         new.pop("files", None)
-        new["engine"] = ENGINE
         new["target"] = profile.as_dict()
-        new["backend"]["version"] = facts["tensorrt_version"]
-        new["backend"]["info"]["tensorrt"] = facts
         new["backend"]["info"]["built_from_bundle"] = str(root)
+        if stand_in is None:
+            progress(f"build {precision} engine for {profile.name} from {root}")
+            facts = build_engine(staging, bundle["files"], opts, bundle["input"]["shape"], ENGINE, TIMING_CACHE,
+                                 progress=progress)
+            new["engine"] = ENGINE
+            new["backend"]["version"] = facts["tensorrt_version"]
+            new["backend"]["info"]["tensorrt"] = facts
+        else:  # the model whose accuracy the host measured: ONNX Runtime's CPU kernels for the
+            # FP16-typed Q/DQ model differ between releases (1.19, the last for Python 3.8, loses AP)
+            new["engine"] = _stand_in(new, bundle.get("verified_model") or plan_build(10, bundle["files"], opts).onnx,
+                                      progress)
         if verify_images != 0:
             new.setdefault("accuracy", {})["device"] = _verify_on_device(staging, new, data, verify_images, progress)
             device = new["accuracy"]["device"]
@@ -244,6 +343,19 @@ def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str |
     finally:
         if not done:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _stand_in(manifest: dict, model: str, progress: Callable[[str], None]) -> str:
+    """Mark the manifest as a stand-in build; its engine is ``model`` (the bundle's verified ONNX model)."""
+    import onnxruntime
+
+    progress(f"STAND-IN: no TensorRT engine is built; ONNX Runtime {onnxruntime.__version__} runs {model}, the model "
+             "the host verified (--stand-in onnxruntime)")
+    manifest["backend"]["version"] = f"stand-in: onnxruntime {onnxruntime.__version__}"
+    manifest["backend"]["info"]["stand_in"] = {"runtime": "onnxruntime", "version": onnxruntime.__version__,
+                                               "model": model, "note": "no TensorRT engine: a rehearsal of the "
+                                               "on-device flow; rebuild on the device for a real engine"}
+    return model
 
 
 def _check_bundle(bundle: Any, manifest: dict, root: Path) -> None:
@@ -261,24 +373,66 @@ def _check_bundle(bundle: Any, manifest: dict, root: Path) -> None:
                                "refused: rebuild the bundle")
 
 
+def _engine_runner(root: Path, manifest: dict) -> Any:
+    if manifest["backend"]["info"].get("stand_in"):
+        from edgecsp.jetson.onnx_runner import OnnxModelRunner
+
+        return OnnxModelRunner(root / manifest["engine"])
+    from edgecsp.backends.tensorrt_runner import TensorRTRunner
+
+    return TensorRTRunner(root / manifest["engine"], manifest)
+
+
 def _verify_on_device(root: Path, manifest: dict, data: str | Path | None, images: int | None,
                       progress: Callable[[str], None]) -> dict:
-    """Engine AP against the bundle's FP32 ONNX (ONNX Runtime) on the same images."""
-    from edgecsp.jetson.onnx_runner import OnnxModelRunner
-    from edgecsp.backends.tensorrt_runner import TensorRTRunner
-    from edgecsp.data.coco import resolve_dataset
-    from edgecsp.evaluation import evaluate
+    """The engine's AP against the host's FP32 ONNX (and the model TensorRT built) on the bundle's
+    verification set; with ``data``, on that data set against the FP32 ONNX run here instead."""
+    if data is not None:
+        return _verify_on_dataset(root, manifest, data, images, progress)
+    from edgecsp import verifyset
     from edgecsp.predictor import Predictor
 
-    if data is None:
-        from edgecsp.paths import default_val_dir
+    name = manifest["backend"]["info"]["bundle"]["files"].get("verify")
+    if not name:
+        raise EdgeCSPError(f"{root.name} carries no verification set (a bundle from an older edgecsp): pass "
+                           "--data VAL (needs the host extra) or --verify-images 0, or rebuild the bundle")
+    vs = verifyset.load(root / name)
+    if images:
+        vs = vs.first(int(images))
+    progress(f"verify the engine on the bundle's {vs.images} images against the host's reference detections")
+    runner = _engine_runner(root, manifest)
+    try:
+        engine = vs.score(vs.run(Predictor(root, manifest, runner).predict_batch))
+    finally:
+        runner.close()
+    refs = {ref: vs.score(vs.reference(ref)) for ref in vs.references}
+    tolerance = float(manifest["target"].get("max_ap50_drop", 1.0))
+    drop = round((refs["fp32"]["AP50"] - engine["AP50"]) * 100, 3)
+    progress(f"      engine AP50 {engine['AP50']:.4f} vs FP32 ONNX {refs['fp32']['AP50']:.4f} "
+             f"(drop {drop:+.2f} points); AP {engine['AP']:.4f} vs {refs['fp32']['AP']:.4f}")
+    built = {ref: m for ref, m in refs.items() if ref != "fp32"}
+    for ref, m in built.items():
+        progress(f"      the host's {ref} model in ONNX Runtime: AP50 {m['AP50']:.4f}, AP {m['AP']:.4f}")
+    return {"dataset": f"{name} (the bundle's verification set)", "images": vs.images,
+            "evaluator": "edgecsp.cocoap (numpy)", "reference_fp32_onnx": refs["fp32"],
+            "host_models": built, "engine": engine,
+            "ap50_drop_points": drop, "tolerance_points": tolerance, "passed": drop <= tolerance}
 
-        data = default_val_dir()
+
+def _verify_on_dataset(root: Path, manifest: dict, data: str | Path, images: int | None,
+                       progress: Callable[[str], None]) -> dict:
+    """Engine AP against the bundle's FP32 ONNX (ONNX Runtime) on the same images of ``data``
+    (host extra: ONNX Runtime and pycocotools)."""
+    from edgecsp.data.coco import resolve_dataset
+    from edgecsp.evaluation import evaluate
+    from edgecsp.jetson.onnx_runner import OnnxModelRunner
+    from edgecsp.predictor import Predictor
+
     dataset = resolve_dataset(Path(data))
     size = int(manifest["model"]["input_size"][0])
     progress(f"verify the engine on {images or len(dataset)} images of {data} against the FP32 ONNX")
     metrics = {}
-    for key, runner in (("engine", lambda: TensorRTRunner(root / ENGINE, manifest)),
+    for key, runner in (("engine", lambda: _engine_runner(root, manifest)),
                         ("reference", lambda: OnnxModelRunner(root / FILES["fp32"]))):
         r = runner()
         try:

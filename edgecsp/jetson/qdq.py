@@ -19,8 +19,6 @@ defaults cannot silently produce a model TensorRT runs differently.
 from __future__ import annotations
 
 import os
-import re
-import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +29,18 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecsp.errors import EdgeCSPError
+from edgecsp.jetson.calibcache import (  # noqa: F401 - their home was here; the device imports calibcache
+    CACHE_ALGORITHM,
+    format_calibration_cache,
+    parse_calibration_cache,
+    retag_calibration_cache,
+    trt_version_code,
+)
 
 # Ops TensorRT runs in INT8 from Q/DQ at their inputs (the detectors here only have Conv).
 QUANTIZED_OPS = ("Conv",)
 # A Q/DQ on an Add input is TensorRT's residual pattern (fused into the conv that feeds the Add).
 FUSED_RESIDUAL_OPS = ("Add",)
-# What TensorRT's implicit calibrators tag a cache with (IInt8EntropyCalibrator2).
-CACHE_ALGORITHM = "EntropyCalibration2"
 QDQ_OPSET = 17  # per-axis Q/DQ needs 13; TensorRT 8.2's parser reads up to 13..17 depending on release
 
 
@@ -176,11 +179,15 @@ def _float_outside_fusions(model: onnx.ModelProto, head: set[str]) -> onnx.Model
             fused = (n.op_type in QUANTIZED_OPS and i == 0) or n.op_type in FUSED_RESIDUAL_OPS
             if n.name in head or not fused:
                 n.input[i] = dq_src[name]
-    # Drop Q/DQ pairs nobody reads any more.
+    return drop_dead_qdq(model)
+
+
+def drop_dead_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove (in place) the Q/DQ pairs nobody reads any more."""
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     dead = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] not in used}
     keep = [n for n in model.graph.node if not (n.op_type == "DequantizeLinear" and n.output[0] in dead)]
-    used = {i for n in keep for i in n.input}
+    used = {i for n in keep for i in n.input} | {o.name for o in model.graph.output}
     keep = [n for n in keep if not (n.op_type == "QuantizeLinear" and n.output[0] not in used)]
     del model.graph.node[:]
     model.graph.node.extend(keep)
@@ -283,48 +290,6 @@ def activation_scales(model: onnx.ModelProto | str | Path) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------
-# TensorRT calibration cache (implicit INT8, TensorRT 8.x; deprecated in 10.1, removed in 11)
-
-
-def trt_version_code(version: str) -> int:
-    """NV_TENSORRT_VERSION of a release ("8.5.2" -> 8502, "10.3.0" -> 100300): the cache header's tag."""
-    parts = [int(p) for p in re.findall(r"\d+", version)[:3]] + [0, 0]
-    major, minor, patch = parts[:3]
-    return major * 10000 + minor * 100 + patch if major >= 10 else major * 1000 + minor * 100 + patch
-
-
-def format_calibration_cache(scales: dict[str, float], trt_version: str = "8.5.2",
-                             algorithm: str = CACHE_ALGORITHM) -> str:
-    """TensorRT's text cache: a header line, then ``tensor: <float32 scale bits as hex>`` per tensor."""
-    lines = [f"TRT-{trt_version_code(trt_version)}-{algorithm}"]
-    for name in sorted(scales):
-        bits = struct.unpack(">I", struct.pack(">f", scales[name]))[0]
-        lines.append(f"{name}: {bits:08x}")
-    return "\n".join(lines) + "\n"
-
-
-def parse_calibration_cache(text: str) -> tuple[str, dict[str, float]]:
-    """(header, {tensor: scale}); raises EdgeCSPError on anything that is not such a cache."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines or not re.fullmatch(r"TRT-\d+-\w+", lines[0].strip()):
-        raise EdgeCSPError("calibration cache has no 'TRT-<version>-<algorithm>' header; rebuild the bundle")
-    scales: dict[str, float] = {}
-    for ln in lines[1:]:
-        name, sep, value = ln.rpartition(":")
-        if not sep or not re.fullmatch(r"[0-9a-fA-F]{1,8}", value.strip()):
-            raise EdgeCSPError(f"calibration cache line {ln!r} is not 'tensor: hexscale'; rebuild the bundle")
-        scales[name.strip()] = struct.unpack(">f", struct.pack(">I", int(value.strip(), 16)))[0]
-    return lines[0].strip(), scales
-
-
-def retag_calibration_cache(text: str, trt_version: str, algorithm: str = CACHE_ALGORITHM) -> str:
-    """The same scales under the installed TensorRT's header: TensorRT skips a cache tagged with
-    another version, and these scales come from our calibration, not from TensorRT's."""
-    _, scales = parse_calibration_cache(text)
-    return format_calibration_cache(scales, trt_version, algorithm)
-
-
-# --------------------------------------------------------------------------------------------
 # FP16-typed model and in-graph NMS (TensorRT EfficientNMS plugin)
 
 
@@ -334,6 +299,25 @@ def to_fp16(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
 
     m = convert_float_to_float16(_load(model), keep_io_types=True, disable_shape_infer=False)
     return toposort(m)  # the converter appends its Casts at the end; TensorRT's parser reads in order
+
+
+FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take float16 inputs and scales from opset 19
+
+
+def to_fp16_qdq(qdq: onnx.ModelProto | str | Path) -> onnx.ModelProto:
+    """The Q/DQ model with its float parts in FP16 (scales FP16 too, float32 inputs/outputs kept),
+    for strongly typed TensorRT 10 builds: there a layer runs in the type of its tensors, so the
+    float32 Q/DQ model's unquantized layers (head, box decode, floated convs) would run in FP32."""
+    import copy
+
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    m = copy.deepcopy(_load(qdq))
+    for o in m.opset_import:
+        if o.domain in ("", "ai.onnx") and o.version < FP16_QDQ_OPSET:
+            o.version = FP16_QDQ_OPSET  # the ops here kept their meaning from 13 to 19; Q/DQ gained fp16
+    m = convert_float_to_float16(m, keep_io_types=True, disable_shape_infer=False)
+    return toposort(m)
 
 
 def toposort(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -35,7 +35,7 @@ def default_input_size(name: str) -> int:
     """The ImageNet input size the paper reports a backbone at: 224 for the MobileNet-v2, DenseNet
     and PeleeNet families (their own papers' size), 256 for the rest (the Darknet cfgs')."""
     backbone_spec(name)  # unknown names fail here, with the list of known ones
-    return 224 if name.removeprefix("csp").startswith(("mobilenet", "densenet", "peleenet")) else 256
+    return 224 if (name[3:] if name.startswith("csp") else name).startswith(("mobilenet", "densenet", "peleenet")) else 256
 
 
 def build_backbone(
