@@ -44,6 +44,10 @@ DEVICE_MODULES = (
     "edgecsp.bench.report", "edgecsp.bench.run", "edgecsp.bench.bandwidth", "edgecsp.bench.traffic",
     "edgecsp.bench.baselines", "edgecsp.bench.artifacts", "edgecsp.bench.accuracy", "edgecsp.bench.nightly",
     "edgecsp.bench.nightly_report", "edgecsp.bench.regression", "edgecsp.bench.suite", "edgecsp.bench.history",
+    # The fleet: the worker and the jobs it runs are on the devices; the head runs on a device's
+    # Python too (Ray needs one Python minor version per cluster).
+    "edgecsp.worker", "edgecsp.fleet", "edgecsp.fleet.device", "edgecsp.fleet.tasks", "edgecsp.fleet.dispatch",
+    "edgecsp.fleet.dashboard",
 )
 
 BLOCKER = """

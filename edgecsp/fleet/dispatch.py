@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable
+from typing import Callable  # typing's: collections.abc.Callable[...] is not subscriptable at run time on 3.8
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,7 @@ class FleetResult:
 
 
 def default_night(suite: Suite) -> str:
-    return f"{suite.name}-{datetime.now(UTC):%Y-%m-%d}"
+    return f"{suite.name}-{datetime.now(timezone.utc):%Y-%m-%d}"
 
 
 def _strategy(node_id: str) -> Any:
@@ -226,7 +226,7 @@ def _run(ray: Any, history: History, suite: Suite, night: str, report_dir: Path 
     from edgecsp.fleet.tasks import build_artifact, run_on_device
     from edgecsp.targets import load_target
 
-    started = datetime.now(UTC).isoformat(timespec="seconds")
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     nodes = discover(ray, progress)
     devices = {n.name: n for n in nodes if n.info["targets"]}
     builders = [n for n in nodes if n.info["builder"]]
@@ -383,7 +383,7 @@ def _run(ray: Any, history: History, suite: Suite, night: str, report_dir: Path 
                 nt.fail(d, u.job, "failed", f"timed out after {suite.job_timeout_s:g} s (suite job_timeout_s)",
                         seconds=time.monotonic() - t0)
 
-    finished = datetime.now(UTC).isoformat(timespec="seconds")
+    finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = FleetResult(night, suite, {n: devices[n].info for n in devices}, nt.outcomes, already, started,
                          finished, sorted(set(no_device)), report_dir)
     statuses: dict[str, list[str]] = {}
