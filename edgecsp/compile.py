@@ -26,8 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="artifact directory (default: artifacts/<model>-<target>-<precision>)")
     parser.add_argument("--batch", help="engine batch: N or 'dynamic' (default: the target's)")
     parser.add_argument("--verify-images", type=int, help="verify on the first N validation images only")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the accuracy check; the manifest then says accuracy status 'unverified' and "
+                             "edgecsp.load warns about it")
     parser.add_argument("--allow-accuracy-drop", action="store_true",
-                        help="keep the artifact even if its AP50 drop exceeds the target's tolerance")
+                        help="keep the artifact even if its AP50 drop exceeds the target's tolerance (or the FP32 "
+                             "reference detects nothing on the data); the manifest's accuracy status says so")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON at the end")
     parser.add_argument("--nms", action="store_true",
                         help="also in-graph NMS where the backend has it (TensorRT: EfficientNMS plugin)")
@@ -42,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
         _, manifest = build_from_bundle(args.from_bundle, target=args.target, out=args.out, data=args.data,
                                         verify_images=100 if args.verify_images is None else args.verify_images,
-                                        allow_accuracy_drop=args.allow_accuracy_drop, progress=progress)
+                                        allow_accuracy_drop=args.allow_accuracy_drop, progress=progress,
+                                        verify=not args.no_verify)
         if args.json:
             print(json.dumps(manifest, indent=1))
         return 0
@@ -52,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = None if args.batch is None else (args.batch if args.batch == "dynamic" else int(args.batch))
     opts = CompileOptions(target=args.target, model=args.model, precision=args.precision, calibration=args.calibration,
                           data=args.data, out=args.out, allow_accuracy_drop=args.allow_accuracy_drop, batch=batch,
-                          verify_images=args.verify_images, nms=args.nms)
+                          verify_images=args.verify_images, nms=args.nms, verify=not args.no_verify)
     out, manifest = compile_artifact(opts, progress=progress)
     if args.json:
         print(json.dumps(manifest, indent=1))

@@ -37,6 +37,7 @@ class CompileOptions:
     batch: int | str | None = None
     nms: bool = False
     verify_images: int | None = None  # None: the whole validation set
+    verify: bool = True  # False: --no-verify, the manifest says "unverified"
 
 
 def model_hash_of(model) -> str:
@@ -90,9 +91,11 @@ def compile_artifact(opts: CompileOptions, progress: Progress = print) -> tuple[
 
 def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, Any]]:
     from edgecsp.backends import BuildRequest, get_backend
+    from edgecsp.gate import check_image_count
     from edgecsp.targets import load_target
 
     t_start = time.time()
+    check_image_count(opts.verify_images, "--verify-images")
     profile = load_target(opts.target)
     precision = profile.check_precision(opts.precision)
     backend = get_backend(profile.backend)
@@ -183,35 +186,17 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
         timings["build_s"] = round(time.time() - t, 2)
 
         # 4. verify
-        t = time.time()
-        progress(f"[4/4] verify accuracy on {len(dataset) if not opts.verify_images else opts.verify_images} "
-                 f"validation images against FP32 PyTorch")
-        reference = reference_metrics(model, model_hash, dataset, size, opts.verify_images)
         draft = _manifest(model, description, model_hash, opts, profile, precision, backend.name, backend_version,
                           result_meta, report, recipe, calib, size, batch)
-        runner = backend.open_runner(staging / result_meta["engine"], draft)
-        try:
-            from edgecsp.predictor import Predictor
-
-            predictor = Predictor(staging, draft, runner)
-            measured = evaluate(predictor.predict_batch, dataset, size, progress=False, max_images=opts.verify_images)
-        finally:
-            runner.close()
-        timings["verify_s"] = round(time.time() - t, 2)
-        drop = round((reference["AP50"] - measured["AP50"]) * 100, 3)
-        passed = drop <= profile.max_ap50_drop
-        draft["accuracy"] = {
-            "dataset": str(dataset.annotations_path), "images": measured.get("images"),
-            "reference": {k: reference[k] for k in ("AP", "AP50", "AP75")},
-            "artifact": {k: measured[k] for k in ("AP", "AP50", "AP75")},
-            "ap50_drop_points": drop, "tolerance_points": profile.max_ap50_drop, "passed": passed,
-        }
-        progress(f"      AP50 {measured['AP50']:.4f} vs reference {reference['AP50']:.4f} "
-                 f"(drop {drop:+.2f} points, tolerance {profile.max_ap50_drop}); AP {measured['AP']:.4f} vs {reference['AP']:.4f}")
-        if not passed and not opts.allow_accuracy_drop:
-            raise EdgeCSPError(
-                f"{precision} artifact loses {drop:.2f} AP50 points (tolerance {profile.max_ap50_drop}) on {opts.data}; "
-                "try --calibration percentile or another precision, or pass --allow-accuracy-drop to keep it")
+        if opts.verify:
+            t = time.time()
+            draft["accuracy"] = _verify(opts, model, model_hash, dataset, size, profile, backend, staging, draft,
+                                        progress)
+            timings["verify_s"] = round(time.time() - t, 2)
+        else:
+            progress("[4/4] verify: skipped (--no-verify); the manifest says accuracy status 'unverified'")
+            draft["accuracy"] = {"status": "unverified", "dataset": None, "images": None, "passed": False,
+                                 "tolerance_points": profile.max_ap50_drop}
         timings["total_s"] = round(time.time() - t_start, 2)
         draft["timings"] = timings
         from edgecsp.artifact import finalize
@@ -225,6 +210,42 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
             shutil.rmtree(work, ignore_errors=True)
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _verify(opts, model, model_hash, dataset, size, profile, backend, staging, draft, progress) -> dict[str, Any]:
+    """The gate: the engine's AP50 against the FP32 PyTorch reference on the validation images."""
+    from edgecsp.evaluation import evaluate
+    from edgecsp.gate import vacuous_message, verdict
+    from edgecsp.predictor import Predictor
+
+    progress(f"[4/4] verify accuracy on {len(dataset) if not opts.verify_images else opts.verify_images} "
+             f"validation images against FP32 PyTorch")
+    reference = reference_metrics(model, model_hash, dataset, size, opts.verify_images)
+    runner = backend.open_runner(staging / draft["engine"], draft)
+    try:
+        measured = evaluate(Predictor(staging, draft, runner).predict_batch, dataset, size, progress=False,
+                            max_images=opts.verify_images)
+    finally:
+        runner.close()
+    drop = round((reference["AP50"] - measured["AP50"]) * 100, 3)
+    status = verdict(reference["AP50"], drop, profile.max_ap50_drop)
+    progress(f"      AP50 {measured['AP50']:.4f} vs reference {reference['AP50']:.4f} "
+             f"(drop {drop:+.2f} points, tolerance {profile.max_ap50_drop}); AP {measured['AP']:.4f} vs "
+             f"{reference['AP']:.4f}: {status}")
+    if status != "passed" and not opts.allow_accuracy_drop:
+        if status == "vacuous-reference":
+            raise EdgeCSPError(vacuous_message(reference["AP50"], opts.data))
+        raise EdgeCSPError(
+            f"{draft['precision']} artifact loses {drop:.2f} AP50 points (tolerance {profile.max_ap50_drop}) on "
+            f"{opts.data}; try --calibration percentile or another precision, or pass --allow-accuracy-drop to keep it")
+    if status != "passed":
+        progress(f"      kept with --allow-accuracy-drop: the manifest says accuracy status '{status}'")
+    return {
+        "status": status, "dataset": str(dataset.annotations_path), "images": measured.get("images"),
+        "reference": {k: reference[k] for k in ("AP", "AP50", "AP75")},
+        "artifact": {k: measured[k] for k in ("AP", "AP50", "AP75")},
+        "ap50_drop_points": drop, "tolerance_points": profile.max_ap50_drop, "passed": status == "passed",
+    }
 
 
 def _staging(out: Path) -> Path:

@@ -58,7 +58,10 @@ class Predictor:
 
 
 def load(artifact: str | Path, **runner_options: Any) -> Predictor:
+    from edgecsp.gate import warn_unless_passed
+
     root, manifest = open_artifact(artifact)
+    warn_unless_passed(manifest, artifact)
     backend = get_backend(manifest["backend"]["name"])
     backend.version()  # a missing backend library: one line with the install hint
     runner = backend.open_runner(root / manifest["engine"], manifest, **runner_options)

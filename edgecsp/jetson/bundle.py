@@ -185,14 +185,19 @@ def guide(profile, precision: str, bundle: dict) -> str:
 
 def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str | Path | None = None,
                       data: str | Path | None = None, verify_images: int | None = 100,
-                      allow_accuracy_drop: bool = False, progress: Callable[[str], None] = print) -> tuple[Path, dict]:
-    """Build the engine of a bundle with this machine's TensorRT; returns (artifact dir, manifest)."""
+                      allow_accuracy_drop: bool = False, progress: Callable[[str], None] = print,
+                      verify: bool = True) -> tuple[Path, dict]:
+    """Build the engine of a bundle with this machine's TensorRT; returns (artifact dir, manifest).
+
+    ``verify=False`` (--no-verify) keeps the engine unmeasured: its manifest says "unverified"."""
     from edgecsp.artifact import MANIFEST, finalize, open_artifact, staging_dir
     from edgecsp.backends.tensorrt_build import EngineOptions, build_engine
     from edgecsp.backends.tensorrt_runner import load_tensorrt
+    from edgecsp.gate import check_image_count, vacuous_message
     from edgecsp.jetson.profiles import check_device_precision
     from edgecsp.targets import load_target
 
+    check_image_count(verify_images, "--verify-images")
     root, manifest = open_artifact(bundle_dir)  # every file's sha256, or a one-line error
     bundle = manifest.get("backend", {}).get("info", {}).get("bundle")
     if manifest.get("backend", {}).get("name") != "tensorrt" or not bundle:
@@ -230,13 +235,20 @@ def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str |
         new["backend"]["version"] = facts["tensorrt_version"]
         new["backend"]["info"]["tensorrt"] = facts
         new["backend"]["info"]["built_from_bundle"] = str(root)
-        if verify_images != 0:
-            new.setdefault("accuracy", {})["device"] = _verify_on_device(staging, new, data, verify_images, progress)
-            device = new["accuracy"]["device"]
-            if not device["passed"] and not allow_accuracy_drop:
+        accuracy = new.get("accuracy") if isinstance(new.get("accuracy"), dict) else {}
+        new["accuracy"] = accuracy
+        if verify:
+            accuracy["device"] = device = _verify_on_device(staging, new, data, verify_images, progress)
+            accuracy["status"] = device["status"]
+            if device["status"] == "vacuous-reference" and not allow_accuracy_drop:
+                raise EdgeCSPError(vacuous_message(device["reference_fp32_onnx"]["AP50"], data or "the default data"))
+            if device["status"] != "passed" and not allow_accuracy_drop:
                 raise EdgeCSPError(f"the engine loses {device['ap50_drop_points']:.2f} AP50 points against the FP32 "
                                    f"ONNX (tolerance {device['tolerance_points']}); try --precision fp16, or pass "
                                    "--allow-accuracy-drop to keep it")
+        else:
+            progress("verify: skipped (--no-verify); the manifest says accuracy status 'unverified'")
+            accuracy["status"] = "unverified"  # the host measured the ONNX model, not this engine
         final = finalize(staging, out, new)
         done = True  # moved into place
         progress(f"artifact: {final}")
@@ -286,6 +298,8 @@ def _verify_on_device(root: Path, manifest: dict, data: str | Path | None, image
                                     max_images=images)
         finally:
             r.close()
+    from edgecsp.gate import verdict
+
     tolerance = float(manifest["target"].get("max_ap50_drop", 1.0))
     drop = round((metrics["reference"]["AP50"] - metrics["engine"]["AP50"]) * 100, 3)
     progress(f"      engine AP50 {metrics['engine']['AP50']:.4f} vs FP32 ONNX {metrics['reference']['AP50']:.4f} "
@@ -293,4 +307,5 @@ def _verify_on_device(root: Path, manifest: dict, data: str | Path | None, image
     return {"dataset": str(data), "images": metrics["engine"].get("images"),
             "reference_fp32_onnx": {k: metrics["reference"][k] for k in ("AP", "AP50", "AP75")},
             "engine": {k: metrics["engine"][k] for k in ("AP", "AP50", "AP75")},
-            "ap50_drop_points": drop, "tolerance_points": tolerance, "passed": drop <= tolerance}
+            "ap50_drop_points": drop, "tolerance_points": tolerance,
+            "status": (status := verdict(metrics["reference"]["AP50"], drop, tolerance)), "passed": status == "passed"}
