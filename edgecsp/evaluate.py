@@ -8,26 +8,30 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from edgecsp import cli
+from edgecsp import options as opt
 from edgecsp.errors import EdgeCSPError
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgecsp.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = opt.Parser(prog="python -m edgecsp.evaluate", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", default="demo", help="checkpoint path, zoo detector name, or 'demo' (default)")
-    source.add_argument("--artifact", type=Path, help="compiled artifact directory or .tar.gz")
-    parser.add_argument("--data", type=Path, help="directory with annotations.json (or instances_*.json) and images/")
-    parser.add_argument("--annotations", type=Path, help="COCO annotations JSON (overrides --data's)")
-    parser.add_argument("--images", type=Path, help="image folder (overrides --data's)")
-    parser.add_argument("--input-size", type=int, help="override the model's input size")
-    parser.add_argument("--batch", type=int, default=8)
+    source.add_argument("--artifact", type=opt.existing_path(), help="compiled artifact directory or .tar.gz")
+    parser.add_argument("--data", type=opt.existing_path(), help="directory with annotations.json (or instances_*.json) and images/")
+    parser.add_argument("--annotations", type=opt.existing_file(), help="COCO annotations JSON (overrides --data's)")
+    parser.add_argument("--images", type=opt.existing_dir(), help="image folder (overrides --data's)")
+    parser.add_argument("--input-size", type=opt.InputSize(), help="override the model's input size")
+    parser.add_argument("--batch", type=opt.positive_int(opt.MAX_BATCH), default=8, help="images per forward pass")
     cli.add_library_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     from edgecsp.data.coco import resolve_dataset
     from edgecsp.evaluation import evaluate, torch_predict_fn
@@ -50,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model, _ = resolve_model(args.model, num_classes=dataset.num_classes)
         size, predict = args.input_size or model.config.input_size, torch_predict_fn(model)
+    opt.check_batch_pixels(args.batch, size)
     metrics = evaluate(predict, dataset, size, args.batch, progress=not args.json)
     metrics["model"] = str(args.artifact) if args.artifact else args.model
     metrics["input_size"] = size

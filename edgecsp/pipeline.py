@@ -108,7 +108,8 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
 
     model, description = resolve_model(opts.model)
     size = profile.input_size or model.config.input_size
-    batch = opts.batch or profile.batch
+    batch = opts.batch if opts.batch is not None else profile.batch
+    _check_batch(batch, size)
     model_hash = model_hash_of(model)
     model_name = description.get("name", opts.model)
     out = Path(opts.out or Path("artifacts") / f"{Path(str(opts.model or 'demo')).stem}-{profile.name}-{precision}")
@@ -246,6 +247,15 @@ def _verify(opts, model, model_hash, dataset, size, profile, backend, staging, d
         "artifact": {k: measured[k] for k in ("AP", "AP50", "AP75")},
         "ap50_drop_points": drop, "tolerance_points": profile.max_ap50_drop, "passed": status == "passed",
     }
+
+
+def _check_batch(batch: object, size: int) -> None:
+    """The options' checks again for library callers: bounded before export allocates anything."""
+    from edgecsp.options import MAX_BATCH, check_batch_pixels
+
+    if batch != "dynamic" and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH):
+        raise EdgeCSPError(f"batch must be 1 to {MAX_BATCH} or 'dynamic', got {str(batch)[:40]!r}")
+    check_batch_pixels(batch, size)
 
 
 def _staging(out: Path) -> Path:

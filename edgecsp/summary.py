@@ -423,19 +423,25 @@ def markdown_pairs(summaries: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgecsp.summary", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    from edgecsp import options as opt
+
+    parser = opt.Parser(prog="python -m edgecsp.summary", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="+", metavar="MODEL",
                         help="zoo backbone or detector name, or a Darknet .cfg path (several with --markdown)")
-    parser.add_argument("--input-size", type=int, default=None, help="square input size in pixels")
-    parser.add_argument("--width", type=float, default=None, help="channel multiplier (zoo models)")
-    parser.add_argument("--depth", type=float, default=None, help="block-count multiplier (zoo models)")
+    parser.add_argument("--input-size", type=opt.InputSize(), default=None, help="square input size in pixels")
+    parser.add_argument("--width", type=opt.FloatRange(0.0, 2.0, open_lo=True), default=None, help="channel multiplier (zoo models)")
+    parser.add_argument("--depth", type=opt.FloatRange(0.0, 2.0, open_lo=True), default=None, help="block-count multiplier (zoo models)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument("--markdown", action="store_true", help="print a markdown table of the models")
     parser.add_argument("--pairs", action="store_true", help="with --markdown: compare the models two by two")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.pairs and not args.markdown:
         raise EdgeCSPError("--pairs goes with --markdown")
     if len(args.model) > 1 and not args.markdown:
