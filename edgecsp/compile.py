@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-accuracy-drop", action="store_true",
                         help="keep the artifact even if its AP50 drop exceeds the target's tolerance (or the FP32 "
                              "reference detects nothing on the data); the manifest's accuracy status says so")
+    parser.add_argument("--sign", type=opt.existing_file(), metavar="KEY",
+                        help="sign the artifact with this Ed25519 private key (python -m edgecsp.verify --keygen DIR); "
+                             "devices check it with edgecsp.load(..., trusted_keys=...) or python -m edgecsp.verify")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON at the end")
     parser.add_argument("--nms", action="store_true",
                         help="also in-graph NMS where the backend has it (TensorRT: EfficientNMS plugin)")
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         _, manifest = build_from_bundle(args.from_bundle, target=args.target, out=args.out, data=args.data,
                                         verify_images=100 if args.verify_images is None else args.verify_images,
                                         allow_accuracy_drop=args.allow_accuracy_drop, progress=progress,
-                                        verify=not args.no_verify)
+                                        verify=not args.no_verify, sign=args.sign)
         if args.json:
             print(json.dumps(manifest, indent=1))
         return 0
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = CompileOptions(target=args.target, model=args.model, precision=args.precision, calibration=args.calibration,
                           data=args.data, out=args.out, allow_accuracy_drop=args.allow_accuracy_drop, batch=args.batch,
-                          verify_images=args.verify_images, nms=args.nms, verify=not args.no_verify)
+                          verify_images=args.verify_images, nms=args.nms, verify=not args.no_verify,
+                          sign=args.sign)
     out, manifest = compile_artifact(opts, progress=progress)
     if args.json:
         print(json.dumps(manifest, indent=1))

@@ -37,6 +37,7 @@ class CompileOptions:
     batch: int | str | None = None
     nms: bool = False
     verify_images: int | None = None  # None: the whole validation set
+    sign: Path | None = None  # Ed25519 private key (edgecsp.signing): the artifact gets manifest.sig
     verify: bool = True  # False: --no-verify, the manifest says "unverified"
 
 
@@ -96,6 +97,11 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
 
     t_start = time.time()
     check_image_count(opts.verify_images, "--verify-images")
+    signing_key = None
+    if opts.sign is not None:
+        from edgecsp.signing import load_private_key
+
+        signing_key = load_private_key(opts.sign)  # a bad key fails before any work
     profile = load_target(opts.target)
     precision = profile.check_precision(opts.precision)
     backend = get_backend(profile.backend)
@@ -202,7 +208,7 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
         draft["timings"] = timings
         from edgecsp.artifact import finalize
 
-        final = finalize(staging, out, draft)
+        final = finalize(staging, out, draft, signing_key=signing_key)
         staging = None
         progress(f"artifact: {final} (+ {final.name}.tar.gz), {timings['total_s']} s in all")
         return final, json.loads((final / "manifest.json").read_text())

@@ -48,7 +48,14 @@ def run_job(job: Job, suite: Suite, job_dir: Path) -> dict[str, Any]:
 
     root, _, built = ensure_artifact(job.model, job.target, job.precision, suite.artifacts_dir, suite.batch,
                                      rebuild=suite.rebuild, verify_images=suite.eval_images, data=suite.data,
-                                     allow_accuracy_drop=True, progress=say)
+                                     allow_accuracy_drop=True, progress=say, sign=suite.signing_key)
+    if suite.require_signature:  # what a device would refuse, the nightly refuses too
+        from edgecsp.predictor import check_signature
+        from edgecsp.signing import load_trusted_keys
+
+        assert suite.trusted_keys is not None  # load_suite requires it
+        manifest = json.loads((root / "manifest.json").read_text())
+        say(f"signed by trusted key {check_signature(root, manifest, load_trusted_keys(suite.trusted_keys), True)}")
     opts = BenchmarkOptions(artifact=root, model=job.model, scenarios=list(suite.scenarios),
                             duration_s=suite.duration_s, warmup_s=suite.warmup_s, min_queries=suite.min_queries,
                             compare=list(suite.compare), accuracy=True, eval_images=suite.eval_images,

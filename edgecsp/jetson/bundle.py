@@ -186,7 +186,7 @@ def guide(profile, precision: str, bundle: dict) -> str:
 def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str | Path | None = None,
                       data: str | Path | None = None, verify_images: int | None = 100,
                       allow_accuracy_drop: bool = False, progress: Callable[[str], None] = print,
-                      verify: bool = True) -> tuple[Path, dict]:
+                      verify: bool = True, sign: Path | None = None) -> tuple[Path, dict]:
     """Build the engine of a bundle with this machine's TensorRT; returns (artifact dir, manifest).
 
     ``verify=False`` (--no-verify) keeps the engine unmeasured: its manifest says "unverified"."""
@@ -198,6 +198,11 @@ def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str |
     from edgecsp.targets import load_target
 
     check_image_count(verify_images, "--verify-images")
+    signing_key = None
+    if sign is not None:
+        from edgecsp.signing import load_private_key
+
+        signing_key = load_private_key(sign)
     root, manifest = open_artifact(bundle_dir)  # every file's sha256, or a one-line error
     bundle = manifest.get("backend", {}).get("info", {}).get("bundle")
     if manifest.get("backend", {}).get("name") != "tensorrt" or not bundle:
@@ -249,7 +254,7 @@ def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str |
         else:
             progress("verify: skipped (--no-verify); the manifest says accuracy status 'unverified'")
             accuracy["status"] = "unverified"  # the host measured the ONNX model, not this engine
-        final = finalize(staging, out, new)
+        final = finalize(staging, out, new, signing_key=signing_key)
         done = True  # moved into place
         progress(f"artifact: {final}")
         return final, json.loads((final / MANIFEST).read_text())
