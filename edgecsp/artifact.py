@@ -241,12 +241,21 @@ def _extract(tar_path: Path) -> Path:
     """
     from edgecsp.paths import cache_dir
 
-    key = sha256_file(tar_path)[:16]
-    parent = cache_dir() / "artifacts"
-    dest = parent / key
-    if not (dest / ".complete").exists():
-        remove_stale(parent, ".extract-")
-        tmp = private_tmpdir(parent, ".extract-")
+    try:
+        key = sha256_file(tar_path)[:16]
+    except OSError as err:
+        raise EdgeCSPError(f"cannot read artifact {shown(tar_path)} ({err.strerror}); check the file") from None
+    parent, tmp = Path("the cache"), None
+    try:
+        parent = cache_dir() / "artifacts"
+        dest = parent / key
+        if not (dest / ".complete").exists():
+            remove_stale(parent, ".extract-")
+            tmp = private_tmpdir(parent, ".extract-")
+    except OSError as err:  # an unwritable or full cache: the user's to fix, one line
+        raise EdgeCSPError(f"the artifact cache {shown(err.filename or parent)} cannot be used to unpack "
+                           f"{shown(tar_path)} ({err.strerror}); set EDGECSP_CACHE_DIR to a writable folder") from None
+    if tmp is not None:
         try:
             with tarfile.open(tar_path, "r:gz", tarinfo=_BoundedTarInfo) as tar:
                 check_archive(tar, tar_path)
@@ -259,6 +268,11 @@ def _extract(tar_path: Path) -> Path:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        entries = list(tmp.iterdir())
+        if len(entries) != 1 or not entries[0].is_dir() or not (entries[0] / MANIFEST).is_file():
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing of a refused archive stays in the cache
+            raise EdgeCSPError(f"artifact {shown(tar_path)} holds no artifact directory with a {MANIFEST} (an archive "
+                               "inside an archive?); refused, nothing kept")
         (tmp / ".complete").touch()
         if dest.exists() and not (dest / ".complete").exists():
             shutil.rmtree(dest, ignore_errors=True)  # left by an older edgecsp that renamed before marking
@@ -384,7 +398,18 @@ def _replaced_since(path: Path, before: tuple[int, int] | None) -> bool:
 def _open_artifact(path: Path, verify: bool, bind: bool = True) -> tuple[Path, dict[str, Any]]:
     if not path.exists():
         raise EdgeCSPError(f"artifact {shown(path)} does not exist; build one with python -m edgecsp.compile --target ...")
-    root = _extract(path) if path.is_file() else path
+    if not path.is_file():
+        return _check_open(path, verify, bind)
+    root = _extract(path)
+    try:
+        return _check_open(root, verify, bind)
+    except EdgeCSPError as err:
+        # A refused archive leaves no extraction behind, and the message names the archive, not the cache.
+        shutil.rmtree(root.parent, ignore_errors=True)
+        raise EdgeCSPError(str(err).replace(str(root), f"{path}:{root.name}")) from None
+
+
+def _check_open(root: Path, verify: bool, bind: bool) -> tuple[Path, dict[str, Any]]:
     manifest_path = root / MANIFEST
     try:
         if not manifest_path.is_file() or manifest_path.is_symlink():

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     from edgecsp.data.coco import resolve_dataset
-    from edgecsp.evaluation import evaluate, torch_predict_fn
+    from edgecsp.evaluation import check_classes, evaluate, torch_predict_fn
     from edgecsp.models.checkpoint import resolve_model
 
     if args.data is None and args.annotations is None:
@@ -51,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         if predictor.class_names and len(predictor.class_names) != dataset.num_classes:
             raise EdgeCSPError(f"the artifact has {len(predictor.class_names)} classes, {dataset.annotations_path} "
                                f"has {dataset.num_classes}")
+        check_classes(predictor.class_names, dataset, f"artifact {args.artifact}")
     else:
-        model, _ = resolve_model(args.model, num_classes=dataset.num_classes)
+        model, description = resolve_model(args.model, num_classes=dataset.num_classes)
+        check_classes(list(description["class_names"]), dataset, f"model {args.model}")
         size, predict = args.input_size or model.config.input_size, torch_predict_fn(model)
     opt.check_batch_pixels(args.batch, size)
     metrics = evaluate(predict, dataset, size, args.batch, progress=not args.json)

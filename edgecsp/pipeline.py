@@ -128,6 +128,11 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
     if dataset.num_classes != model.config.num_classes:
         raise EdgeCSPError(f"validation set {opts.data} has {dataset.num_classes} classes, "
                            f"the model has {model.config.num_classes}; pass the model's own validation data with --data")
+    from edgecsp.evaluation import check_classes, check_evaluable
+
+    check_classes(list(description["class_names"]), dataset, f"model {model_name}")
+    if opts.verify:
+        check_evaluable(dataset, opts.verify_images)  # before any build: a gate on no boxes would pass vacuously
 
     timings: dict[str, float] = {}
     staging: Path | None = None

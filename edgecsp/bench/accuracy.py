@@ -34,7 +34,7 @@ def check_accuracy(predict_batch: Any, manifest: dict, data: Path | None = None,
     check_image_count(max_images, "--eval-images")
     spec = model_spec or (manifest.get("model") or {}).get("source") or "demo"
     try:
-        model, _ = resolve_model(spec)
+        model, description = resolve_model(spec)
     except EdgeCSPError as err:
         raise EdgeCSPError(f"the accuracy check needs the artifact's FP32 model ({err}); pass it with --model") from None
     model_hash = model_hash_of(model)
@@ -51,6 +51,10 @@ def check_accuracy(predict_batch: Any, manifest: dict, data: Path | None = None,
     if dataset.num_classes != model.config.num_classes:
         raise EdgeCSPError(f"validation set {data} has {dataset.num_classes} classes, the model has "
                            f"{model.config.num_classes}; pass the model's own validation data with --data")
+    from edgecsp.evaluation import check_classes
+
+    check_classes(list((manifest.get("model") or {}).get("class_names") or description["class_names"]), dataset,
+                  f"artifact {manifest.get('model', {}).get('name', spec)}")
     reference = reference_metrics(model, model_hash, dataset, size, max_images)
     measured = evaluate(predict_batch, dataset, size, progress=False, max_images=max_images)
     tol = tolerance_points(manifest)

@@ -49,7 +49,7 @@ def _tables(metadata: Any) -> dict[str, Any]:
         Column("device", String(255), nullable=False, index=True),
         Column("hostname", String(255)),
         Column("edgecsp_version", String(32)),
-        Column("status", String(32)),  # running, ok, regression, failed
+        Column("status", String(32)),  # running, ok, regression, failed, killed (closed by a later run)
         Column("info", Text),  # JSON: machine description, settings
     )
     results = Table(
@@ -102,6 +102,31 @@ def _serialize_sqlite_writers(engine: Any) -> None:
     @event.listens_for(engine, "begin")
     def _begin(conn):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _this_process() -> dict[str, float]:
+    """pid and start time: a later run tells a dead run from a live one (and from a reused pid)."""
+    import os
+
+    import psutil
+
+    return {"pid": os.getpid(), "started": round(psutil.Process().create_time(), 2)}
+
+
+def _process_alive(info: str | None) -> bool:
+    import psutil
+
+    try:
+        process = json.loads(info or "{}").get("process") or {}
+        pid, started = int(process["pid"]), float(process["started"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return True  # written by an older edgecsp: no way to tell, leave it
+    try:
+        return abs(psutil.Process(pid).create_time() - started) < 1.0  # else the pid was reused
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.Error:  # there, but not ours to look at: alive
+        return True
 
 
 def _now() -> str:
@@ -183,8 +208,25 @@ class History:
         with self.engine.begin() as conn:
             res = conn.execute(self.t["runs"].insert().values(
                 started_at=_now(), suite=suite, device=device, hostname=hostname, edgecsp_version=__version__,
-                status="running", info=json.dumps(info or {}, default=str)))
+                status="running", info=json.dumps({**(info or {}), "process": _this_process()}, default=str)))
             return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+    def close_killed_runs(self, hostname: str) -> list[int]:
+        """Mark 'killed' the runs of this host still 'running' whose process is gone (a SIGKILL, a
+        power cut): their rows would otherwise say 'running' forever. Runs of other hosts are left
+        alone (their pids mean nothing here), and so are runs whose process still lives."""
+        from sqlalchemy import select
+
+        runs = self.t["runs"]
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(runs.c.id, runs.c.info).where(runs.c.status == "running",
+                                                                     runs.c.hostname == hostname)).all()
+        killed = [int(run_id) for run_id, info in rows if not _process_alive(info)]
+        if killed:
+            with self.engine.begin() as conn:
+                conn.execute(runs.update().where(runs.c.id.in_(killed), runs.c.status == "running")
+                             .values(finished_at=_now(), status="killed"))
+        return killed
 
     def record(self, run_id: int, device: str, rec: Record) -> int:
         """Insert one result and commit it at once."""

@@ -226,6 +226,8 @@ def run_suite(suite: Suite, db: str | Path | None = None, report_dir: Path | Non
         report_dir = Path(report_dir or Path("runs") / "nightly" / time.strftime("%Y%m%d-%H%M%S"))
         report_dir.mkdir(parents=True, exist_ok=True)
         executor = executor or (isolated_executor() if suite.isolate else in_process_executor)
+        for killed in history.close_killed_runs(info["hostname"]):
+            progress(f"nightly run {killed} was killed before it finished; marked 'killed'")
         run_id = history.start_run(device, suite.name, {"machine": info, "suite": suite.as_dict()}, info["hostname"])
         progress(f"nightly run {run_id}: suite {suite.name} on {device}, history {history.shown}")
         outcomes: list[JobOutcome] = []

@@ -284,7 +284,7 @@ def _verify_on_device(root: Path, manifest: dict, data: str | Path | None, image
     from edgecsp.jetson.onnx_runner import OnnxModelRunner
     from edgecsp.backends.tensorrt_runner import TensorRTRunner
     from edgecsp.data.coco import resolve_dataset
-    from edgecsp.evaluation import evaluate
+    from edgecsp.evaluation import check_classes, evaluate
     from edgecsp.predictor import Predictor
 
     if data is None:
@@ -292,6 +292,7 @@ def _verify_on_device(root: Path, manifest: dict, data: str | Path | None, image
 
         data = default_val_dir()
     dataset = resolve_dataset(Path(data))
+    check_classes(list(manifest["model"]["class_names"]), dataset, "the bundle")
     size = int(manifest["model"]["input_size"][0])
     progress(f"verify the engine on {images or len(dataset)} images of {data} against the FP32 ONNX")
     metrics = {}

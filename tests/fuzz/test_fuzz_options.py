@@ -28,7 +28,7 @@ from edgecsp.errors import EdgeCSPError
 from edgecsp.options import CheckedType
 
 REPO = Path(__file__).resolve().parents[2]
-COMMANDS = ["compile", "export", "evaluate", "detect", "benchmark", "nightly", "summary", "train", "data"]
+COMMANDS = ["compile", "export", "evaluate", "detect", "benchmark", "nightly", "summary", "train", "data", "verify"]
 # Free text, checked where it is used (each with a one-line error of its own): names looked up
 # in a registry, a URL, choices with their own list.
 FREE_TEXT = {"target", "model", "precision", "calibration", "compare", "db", "device", "names", "library",
@@ -37,7 +37,8 @@ FREE_TEXT = {"target", "model", "precision", "calibration", "compare", "db", "de
 HEAVY = ["edgecsp.pipeline.compile_artifact", "edgecsp.jetson.bundle.build_from_bundle",
          "edgecsp.onnx_export.export_onnx", "edgecsp.evaluation.evaluate", "edgecsp.evaluation.torch_predict_fn",
          "edgecsp.bench.run.run_benchmark", "edgecsp.bench.nightly.run_suite", "edgecsp.summary.summarize",
-         "edgecsp.training.trainer.train", "edgecsp.data.shapes.generate_shapes", "edgecsp.data.yolo_txt.yolo_to_coco"]
+         "edgecsp.training.trainer.train", "edgecsp.data.shapes.generate_shapes", "edgecsp.data.yolo_txt.yolo_to_coco",
+         "edgecsp.signing.generate_keypair"]
 HOSTILE = ["nan", "NaN", "inf", "-inf", "1e309", "0", "-0", "-1", "-3", "0.5", "7", "1e9", "100000", "320000",
            "99999999999999999999", "0x10", "two", "", " ", "-", "dynamic", "/", "/dev/null", "/nonexistent/x",
            "../../../../etc/passwd", "a\nb", "ü" * 300]
@@ -68,6 +69,7 @@ def world(tmp_path_factory, shapes_small):
         "data shapes": [("--out", str(tmp / "shapes"))],
         "data yolo2coco": [("root", str(tmp))],
         "data info": [("data", str(shapes_small["val"]))],
+        "verify": [("artifact", str(tmp)), ("--trusted", str(REPO / "README.md"))],
     }
     return {"base": base, "tmp": tmp}
 
