@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from edgecsp.errors import EdgeCSPError, shown
 
-Dim = int | str | None  # an int, or a symbolic (dynamic) dimension
+Dim = Union[int, str, None]  # noqa: UP007 - evaluated at runtime, and devices run Python 3.8
 # The engine file each backend runs (a TensorRT bundle's engine is the ONNX TensorRT will build).
 ENGINE_SUFFIXES = {"onnxruntime": (".onnx",), "openvino": (".xml",), "tensorrt": (".engine", ".plan", ".onnx")}
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
