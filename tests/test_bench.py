@@ -273,7 +273,9 @@ def tiny_artifact(tmp_path_factory, shapes_small):
     root = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
     model = build_detector("csp-tiny-efm", num_classes=6, input_size=64).eval()
-    names = [f"c{i}" for i in range(6)]
+    from edgecsp.data.coco import resolve_dataset
+
+    names = resolve_dataset(shapes_small["val"]).class_names  # evaluated on that set: its classes, by name
     ckpt = save_checkpoint(root / "tiny.safetensors", model, describe(model, names, name="tiny"))
     rng = np.random.default_rng(0)
     export_onnx(model, root / "tiny.onnx", batch=1, input_size=64,
