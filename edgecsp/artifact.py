@@ -28,6 +28,13 @@ from edgecsp.fsutil import locked_dir, private_tmpdir, private_tmpfile, remove_s
 
 SCHEMA = "edgecsp-artifact/1"
 MANIFEST = "manifest.json"
+# The manifest's own sha256 ("<hex>  manifest.json", sha256sum's format): an edited manifest is
+# a tampered artifact. It says "not damaged, not edited in passing"; who built it is the
+# signature's job (edgecsp.signing, manifest.sig).
+MANIFEST_DIGEST = "manifest.sha256"
+SIGNATURE = "manifest.sig"
+# Files beside the manifest that it cannot list (they describe the manifest itself).
+META_FILES = (MANIFEST, MANIFEST_DIGEST, SIGNATURE)
 # Limits on an archive before extracting it: a bomb or a junk archive is refused, not unpacked.
 MAX_MEMBERS = 10_000
 MAX_UNPACKED_BYTES = 8 << 30
@@ -71,7 +78,17 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def finalize(staging: Path, final: Path, manifest: dict[str, Any], tarball: bool = True) -> Path:
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """manifest.json and its digest. Any stale signature goes: it signed other bytes."""
+    raw = json.dumps(manifest, indent=1).encode()
+    (root / MANIFEST).write_bytes(raw)
+    (root / MANIFEST_DIGEST).write_text(f"{hashlib.sha256(raw).hexdigest()}  {MANIFEST}\n")
+    with contextlib.suppress(FileNotFoundError):
+        (root / SIGNATURE).unlink()
+
+
+def finalize(staging: Path, final: Path, manifest: dict[str, Any], tarball: bool = True,
+             signing_key: Any = None) -> Path:
     """Hash every file, write the manifest, build the .tar.gz, then publish both.
 
     Every file is on disk (fsync) before anything is published, so a power cut leaves the old
@@ -81,12 +98,17 @@ def finalize(staging: Path, final: Path, manifest: dict[str, Any], tarball: bool
     .tar.gz is removed before the new directory goes in: a kill between the two leaves a complete
     directory without a .tar.gz, never a directory beside another build's .tar.gz.
     """
-    files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST)
+    files = sorted(p for p in staging.rglob("*")
+                   if p.is_file() and p.relative_to(staging).as_posix() not in META_FILES)
     manifest = dict(manifest, schema=SCHEMA)
     manifest["files"] = {p.relative_to(staging).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                          for p in files}
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    for p in [*files, staging / MANIFEST]:
+    write_manifest(staging, manifest)
+    if signing_key is not None:
+        from edgecsp.signing import sign_artifact
+
+        sign_artifact(staging, signing_key)
+    for p in [*files, *(staging / name for name in META_FILES if (staging / name).is_file())]:
         _fsync(p)
     failpoint("artifact.manifest_written")
     tar_tmp = None
@@ -219,12 +241,21 @@ def _extract(tar_path: Path) -> Path:
     """
     from edgecsp.paths import cache_dir
 
-    key = sha256_file(tar_path)[:16]
-    parent = cache_dir() / "artifacts"
-    dest = parent / key
-    if not (dest / ".complete").exists():
-        remove_stale(parent, ".extract-")
-        tmp = private_tmpdir(parent, ".extract-")
+    try:
+        key = sha256_file(tar_path)[:16]
+    except OSError as err:
+        raise EdgeCSPError(f"cannot read artifact {shown(tar_path)} ({err.strerror}); check the file") from None
+    parent, tmp = Path("the cache"), None
+    try:
+        parent = cache_dir() / "artifacts"
+        dest = parent / key
+        if not (dest / ".complete").exists():
+            remove_stale(parent, ".extract-")
+            tmp = private_tmpdir(parent, ".extract-")
+    except OSError as err:  # an unwritable or full cache: the user's to fix, one line
+        raise EdgeCSPError(f"the artifact cache {shown(err.filename or parent)} cannot be used to unpack "
+                           f"{shown(tar_path)} ({err.strerror}); set EDGECSP_CACHE_DIR to a writable folder") from None
+    if tmp is not None:
         try:
             with tarfile.open(tar_path, "r:gz", tarinfo=_BoundedTarInfo) as tar:
                 check_archive(tar, tar_path)
@@ -240,6 +271,11 @@ def _extract(tar_path: Path) -> Path:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        entries = list(tmp.iterdir())
+        if len(entries) != 1 or not entries[0].is_dir() or not (entries[0] / MANIFEST).is_file():
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing of a refused archive stays in the cache
+            raise EdgeCSPError(f"artifact {shown(tar_path)} holds no artifact directory with a {MANIFEST} (an archive "
+                               "inside an archive?); refused, nothing kept")
         (tmp / ".complete").touch()
         if dest.exists() and not (dest / ".complete").exists():
             shutil.rmtree(dest, ignore_errors=True)  # left by an older edgecsp that renamed before marking
@@ -272,7 +308,7 @@ def validate_manifest(manifest: Any, where: Path) -> dict[str, Any]:
         field = "/".join(str(p) for p in error.path) or "(top level)"
         raise EdgeCSPError(f"{where} is invalid at {field}: {error.message[:160]}; rebuild the artifact")
     for name in manifest["files"]:
-        if _safe_member_name(name) is None or name == MANIFEST:
+        if _safe_member_name(name) is None or name in META_FILES:
             raise EdgeCSPError(f"{where} lists an unsafe file path {name[:80]!r} (absolute, '..' or the manifest "
                                "itself); refused")
     if manifest["engine"] not in manifest["files"]:
@@ -294,7 +330,8 @@ def verify_files(root: Path, manifest: dict[str, Any]) -> None:
     real_root = root.resolve()
     listed = manifest["files"]
     extra = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if not p.is_dir() and p.relative_to(root).as_posix() not in listed and p.name != MANIFEST)
+                   if not p.is_dir() and p.relative_to(root).as_posix() not in listed
+                   and p.relative_to(root).as_posix() not in META_FILES)
     if extra:
         raise EdgeCSPError(f"artifact {shown(root)} holds files its manifest does not list ({shown(', '.join(extra[:3]))}"
                            f"{' ...' if len(extra) > 3 else ''}); refused: remove them or rebuild the artifact")
@@ -317,8 +354,24 @@ def verify_files(root: Path, manifest: dict[str, Any]) -> None:
                                "rebuild it with python -m edgecsp.compile")
 
 
-def open_artifact(path: str | Path, verify: bool = True) -> tuple[Path, dict[str, Any]]:
-    """Resolve a directory or .tar.gz artifact; check the manifest and every file's sha256.
+def check_manifest_digest(root: Path, raw: bytes) -> None:
+    """The manifest's bytes match manifest.sha256: an edited manifest is refused before it is read."""
+    path = root / MANIFEST_DIGEST
+    try:
+        if path.is_symlink() or not path.is_file():
+            raise EdgeCSPError(f"artifact {shown(root)} has no {MANIFEST_DIGEST} (built by an older edgecsp, or its "
+                               "manifest was replaced); refused: rebuild the artifact")
+        recorded = path.read_bytes()[:256].split()
+    except OSError as err:
+        raise EdgeCSPError(f"cannot read {shown(path)} ({err.strerror}); check the artifact") from None
+    if not recorded or recorded[0].decode("ascii", "replace") != hashlib.sha256(raw).hexdigest():
+        raise EdgeCSPError(f"{shown(root / MANIFEST)} fails its sha256 check ({MANIFEST_DIGEST}): the manifest was "
+                           "edited or damaged; refused: rebuild the artifact with python -m edgecsp.compile")
+
+
+def open_artifact(path: str | Path, verify: bool = True, bind: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Resolve a directory or .tar.gz artifact; check the manifest and every file's sha256, and
+    (``bind``) the manifest against its engine (edgecsp.binding).
 
     When the directory is replaced by a new build while it is being checked (a nightly rebuild,
     a compile beside a benchmark), the check starts again on the new one instead of failing.
@@ -327,7 +380,7 @@ def open_artifact(path: str | Path, verify: bool = True) -> tuple[Path, dict[str
     for attempt in range(3):
         before = _identity(path)
         try:
-            return _open_artifact(path, verify)
+            return _open_artifact(path, verify, bind)
         except EdgeCSPError:
             if attempt == 2 or not _replaced_since(path, before):
                 raise
@@ -350,10 +403,21 @@ def _replaced_since(path: Path, before: tuple[int, int] | None) -> bool:
     return now is not None and now != before
 
 
-def _open_artifact(path: Path, verify: bool) -> tuple[Path, dict[str, Any]]:
+def _open_artifact(path: Path, verify: bool, bind: bool = True) -> tuple[Path, dict[str, Any]]:
     if not path.exists():
         raise EdgeCSPError(f"artifact {shown(path)} does not exist; build one with python -m edgecsp.compile --target ...")
-    root = _extract(path) if path.is_file() else path
+    if not path.is_file():
+        return _check_open(path, verify, bind)
+    root = _extract(path)
+    try:
+        return _check_open(root, verify, bind)
+    except EdgeCSPError as err:
+        # A refused archive leaves no extraction behind, and the message names the archive, not the cache.
+        shutil.rmtree(root.parent, ignore_errors=True)
+        raise EdgeCSPError(str(err).replace(str(root), f"{path}:{root.name}")) from None
+
+
+def _check_open(root: Path, verify: bool, bind: bool) -> tuple[Path, dict[str, Any]]:
     manifest_path = root / MANIFEST
     try:
         if not manifest_path.is_file() or manifest_path.is_symlink():
@@ -363,6 +427,7 @@ def _open_artifact(path: Path, verify: bool) -> tuple[Path, dict[str, Any]]:
         raw = manifest_path.read_bytes()
     except OSError as err:
         raise EdgeCSPError(f"cannot read {shown(manifest_path)} ({err.strerror}); check the artifact") from None
+    check_manifest_digest(root, raw)
     try:
         manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
@@ -370,4 +435,8 @@ def _open_artifact(path: Path, verify: bool) -> tuple[Path, dict[str, Any]]:
     validate_manifest(manifest, manifest_path)
     if verify:
         verify_files(root, manifest)
+    if verify and bind:
+        from edgecsp.binding import check_binding
+
+        check_binding(root, manifest)  # the manifest tells the truth about its (verified) engine
     return root, manifest

@@ -18,41 +18,46 @@ import time
 from pathlib import Path
 
 from edgecsp import cli
+from edgecsp import options as opt
 from edgecsp.errors import EdgeCSPError
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgecsp.benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = opt.Parser(prog="python -m edgecsp.benchmark", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--artifact", type=Path, help="compiled artifact directory or .tar.gz")
+    source.add_argument("--artifact", type=opt.existing_path(), help="compiled artifact directory or .tar.gz")
     source.add_argument("--target", help="build (or reuse) the artifact for this target, then benchmark it")
     parser.add_argument("--model", help="with --target: the model to compile (default demo; a checkpoint, zoo name or "
                                         "Darknet .cfg); with --artifact: its FP32 model for baselines/accuracy "
                                         "(default: the manifest's source)")
-    parser.add_argument("--weights", help="with a Darknet .cfg --model: its .weights")
-    parser.add_argument("--names", help="with a Darknet .cfg --model: its .names")
+    parser.add_argument("--weights", type=opt.existing_file(), help="with a Darknet .cfg --model: its .weights")
+    parser.add_argument("--names", type=opt.existing_file(), help="with a Darknet .cfg --model: its .names")
     parser.add_argument("--precision", help="with --target: fp32, fp16, bf16 or int8 (default: the target's)")
     parser.add_argument("--scenario", choices=["latency", "throughput", "both"],
                         help="default: the target profile's [benchmark] scenario")
-    parser.add_argument("--duration", type=float, help="minimum measured seconds (default: profile's duration_s)")
-    parser.add_argument("--warmup", type=float, help="warm-up seconds (default: profile's warmup_s)")
-    parser.add_argument("--min-queries", type=int, help="minimum measured queries (default: profile's min_queries)")
-    parser.add_argument("--batch", type=int, help="frames per query (an artifact's fixed batch must match)")
-    parser.add_argument("--streams", type=int, help="throughput: parallel requests (default: the backend's best)")
+    parser.add_argument("--duration", type=opt.FloatRange(0.0, 86_400.0, open_lo=True), help="minimum measured seconds (default: profile's duration_s)")
+    parser.add_argument("--warmup", type=opt.FloatRange(0.0, 3_600.0), help="warm-up seconds (default: profile's warmup_s)")
+    parser.add_argument("--min-queries", type=opt.positive_int(10_000_000), help="minimum measured queries (default: profile's min_queries)")
+    parser.add_argument("--batch", type=opt.positive_int(opt.MAX_BATCH), help="frames per query (an artifact's fixed batch must match)")
+    parser.add_argument("--streams", type=opt.positive_int(256), help="throughput: parallel requests (default: the backend's best)")
     parser.add_argument("--compare", default="", help="baselines on the same model: torch, onnxruntime-fp32 (comma-separated)")
     parser.add_argument("--accuracy", action="store_true", help="also AP/AP50 against the FP32 PyTorch reference")
-    parser.add_argument("--eval-images", type=int, help="with --accuracy: the first N validation images only")
-    parser.add_argument("--data", type=Path, help="validation set for inputs and accuracy (default: shapes val split)")
-    parser.add_argument("--json", type=Path, help="also write the JSON report to this file")
-    parser.add_argument("--out", type=Path, help="report folder (default: runs/benchmark/<artifact>-<time>)")
+    parser.add_argument("--eval-images", type=opt.positive_int(opt.MAX_IMAGES), help="with --accuracy: the first N validation images only")
+    parser.add_argument("--data", type=opt.existing_path(), help="validation set for inputs and accuracy (default: shapes val split)")
+    parser.add_argument("--json", type=opt.OutPath(), help="also write the JSON report to this file")
+    parser.add_argument("--out", type=opt.OutPath(), help="report folder (default: runs/benchmark/<artifact>-<time>)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-platform", action="store_true", help="skip the platform peak (no %% of peak)")
     parser.add_argument("--remeasure-platform", action="store_true", help="measure the platform peak again")
-    parser.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"), help="with --target: where artifacts live")
+    parser.add_argument("--artifacts-dir", type=opt.OutPath(), default=Path("artifacts"), help="with --target: where artifacts live")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, only the table")
     cli.add_library_option(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     from edgecsp.bench import report as rep
     from edgecsp.bench.run import BenchmarkOptions, run_benchmark

@@ -58,9 +58,11 @@ def add_model_options(parser: argparse.ArgumentParser, default: str | None = "de
     where.add_argument("--model", default=default, required=required,
                        help="edgecsp .safetensors checkpoint, zoo detector name, 'demo'"
                             + (f" (default: {default})" if default else "") + ", or a Darknet .cfg")
-    parser.add_argument("--weights", metavar="FILE.weights",
+    from edgecsp import options as opt
+
+    parser.add_argument("--weights", metavar="FILE.weights", type=opt.existing_file(),
                         help="with a Darknet .cfg --model: its trained .weights (without: an untrained cfg)")
-    parser.add_argument("--names", metavar="FILE.names",
+    parser.add_argument("--names", metavar="FILE.names", type=opt.existing_file(),
                         help="with a Darknet .cfg --model: its class names, one per line (default: from the data, "
                              "else class0..N-1)")
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from edgecsp import cli
+from edgecsp import options as opt
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
@@ -31,15 +31,19 @@ def draw(image, det, class_names):
     return im
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgecsp.detect", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images", nargs="+", type=Path)
+def build_parser() -> argparse.ArgumentParser:
+    parser = opt.Parser(prog="python -m edgecsp.detect", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="+", type=opt.existing_file(), metavar="IMAGE")
     cli.add_model_options(parser)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--score", type=float, default=0.3, help="minimum score to keep (default 0.3)")
-    parser.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=opt.OutPath(), required=True, help="folder for the drawn images")
+    parser.add_argument("--score", type=opt.probability(), default=0.3, help="minimum score to keep (default 0.3)")
+    parser.add_argument("--iou", type=opt.probability(), default=0.5, help="NMS IoU threshold (default 0.5)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     from edgecsp.data.preprocess import letterbox, load_image_rgb, to_tensor_batch
     from edgecsp.evaluation import torch_predict_fn

@@ -8,29 +8,33 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from edgecsp import cli
+from edgecsp import options as opt
 from edgecsp.errors import EdgeCSPError
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgecsp.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = opt.Parser(prog="python -m edgecsp.evaluate", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     cli.add_model_options(parser, group=source)
-    source.add_argument("--artifact", type=Path, help="compiled artifact directory or .tar.gz")
-    parser.add_argument("--data", type=Path, help="directory with annotations.json (or instances_*.json) and images/")
-    parser.add_argument("--annotations", type=Path, help="COCO annotations JSON (overrides --data's)")
-    parser.add_argument("--images", type=Path, help="image folder (overrides --data's)")
-    parser.add_argument("--input-size", type=int, help="override the model's input size")
-    parser.add_argument("--batch", type=int, default=8)
+    source.add_argument("--artifact", type=opt.existing_path(), help="compiled artifact directory or .tar.gz")
+    parser.add_argument("--data", type=opt.existing_path(), help="directory with annotations.json (or instances_*.json) and images/")
+    parser.add_argument("--annotations", type=opt.existing_file(), help="COCO annotations JSON (overrides --data's)")
+    parser.add_argument("--images", type=opt.existing_dir(), help="image folder (overrides --data's)")
+    parser.add_argument("--input-size", type=opt.InputSize(), help="override the model's input size")
+    parser.add_argument("--batch", type=opt.positive_int(opt.MAX_BATCH), default=8, help="images per forward pass")
     cli.add_library_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     from edgecsp.data.coco import resolve_dataset
-    from edgecsp.evaluation import evaluate, torch_predict_fn
+    from edgecsp.evaluation import check_classes, evaluate, torch_predict_fn
     from edgecsp.models.checkpoint import resize_of, resolve_model
 
     if args.data is None and args.annotations is None:
@@ -47,14 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         if predictor.class_names and len(predictor.class_names) != dataset.num_classes:
             raise EdgeCSPError(f"the artifact has {len(predictor.class_names)} classes, {dataset.annotations_path} "
                                f"has {dataset.num_classes}")
+        check_classes(predictor.class_names, dataset, f"artifact {args.artifact}")
     else:
-        model, _ = resolve_model(cli.model_source(args), num_classes=dataset.num_classes)
-        if model.config.num_classes != dataset.num_classes:
-            raise EdgeCSPError(f"the model has {model.config.num_classes} classes, {dataset.annotations_path} has "
-                               f"{dataset.num_classes}; evaluate on the model's own data (or fine-tune it with "
-                               "python -m edgecsp.train)")
+        model, description = resolve_model(cli.model_source(args), num_classes=dataset.num_classes)
+        check_classes(list(description["class_names"]), dataset, f"model {args.model}")
         size, predict = args.input_size or model.config.input_size, torch_predict_fn(model)
         resize = resize_of(model)
+    opt.check_batch_pixels(args.batch, size)
     metrics = evaluate(predict, dataset, size, args.batch, progress=not args.json, resize=resize)
     metrics["model"] = str(args.artifact) if args.artifact else args.model
     metrics["input_size"] = size

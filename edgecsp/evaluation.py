@@ -97,8 +97,36 @@ def coco_metrics(dataset: CocoDataset, results: list[dict], image_ids: list[int]
             "per_class": per_class, "detections": len(results), "images": len(ev.params.imgIds)}
 
 
+def check_evaluable(dataset: CocoDataset, max_images: int | None = None) -> None:
+    """Refuse a set with no valid box among the images to evaluate: every AP would be 0.0 and
+    mean nothing (each box was zero-size, negative or outside its image and dropped)."""
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    if not any(len(dataset.targets(i)[0]) for i in range(n)):
+        raise EdgeCSPError(f"{dataset.annotations_path} has no valid box left in the {n} images to evaluate (boxes "
+                           "of zero size, negative or outside their image are dropped); nothing can be evaluated: "
+                           "fix the annotations")
+
+
+def check_classes(names: list[str], dataset: CocoDataset, what: str) -> None:
+    """The model's classes are the data's by name and order, not only by count: a set whose
+    classes were renamed or reordered would be scored against the wrong labels."""
+    if len(names) != dataset.num_classes:
+        raise EdgeCSPError(f"{what} has {len(names)} classes, {dataset.annotations_path} has {dataset.num_classes}; "
+                           "pass the model's own validation data")
+    if names == [f"class{i}" for i in range(len(names))]:  # a zoo detector with random weights: no names
+        return
+    differ = [(i, a, b) for i, (a, b) in enumerate(zip(names, dataset.class_names))
+              if str(a).strip().lower() != str(b).strip().lower()]
+    if differ:
+        shown_ = "; ".join(f"#{i} {a[:30]!r} vs {b[:30]!r}" for i, a, b in differ[:3])
+        raise EdgeCSPError(f"{what}'s class names differ from {dataset.annotations_path}'s ({shown_}"
+                           f"{' ...' if len(differ) > 3 else ''}); pass the model's own validation data (same "
+                           "classes in the same order)")
+
+
 def evaluate(predict: PredictFn, dataset: CocoDataset, input_size: int, batch_size: int = 8,
              progress: bool = True, max_images: int | None = None, resize: str = "letterbox") -> dict:
+    check_evaluable(dataset, max_images)
     results = predict_dataset(predict, dataset, input_size, batch_size, progress, max_images, resize)
     ids = None if max_images is None else [dataset.images[i].id for i in range(min(len(dataset), max_images))]
     return coco_metrics(dataset, results, ids)

@@ -19,39 +19,36 @@ import sys
 from pathlib import Path
 
 from edgecsp import cli
+from edgecsp import options as opt
 from edgecsp.errors import EdgeCSPError
 
 # ONNX-only options and their defaults: given with --format darknet they are refused, not ignored.
 _ONNX_ONLY = {"opset": 17, "batch": 1, "nms": False, "iou": 0.5, "score": 0.25, "max_det": 100, "no_simplify": False}
 
 
-def _batch(text: str) -> int | str:
-    if text == "dynamic":
-        return text
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    raise argparse.ArgumentTypeError(f"expected a positive integer or 'dynamic', got {text!r}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgecsp.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = opt.Parser(prog="python -m edgecsp.export", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_model_options(parser)
     parser.add_argument("--format", choices=("onnx", "darknet"), default="onnx",
                         help="onnx (default): one .onnx file; darknet: <name>.cfg, .weights and .names in the --out folder")
-    parser.add_argument("--out", type=Path,
+    parser.add_argument("--out", type=opt.OutPath(),
                         help="output: the .onnx file (default model.onnx), or with --format darknet the folder "
                              "(default: the current folder)")
-    parser.add_argument("--opset", type=int, help="ONNX opset, 11 to 20 (default 17)")
-    parser.add_argument("--batch", type=_batch, help="fixed batch size or 'dynamic' (default 1)")
-    parser.add_argument("--input-size", type=int, help="square input size (default: the model's own)")
+    parser.add_argument("--opset", type=opt.IntRange(11, 20), help="ONNX opset, 11 to 20 (default 17)")
+    parser.add_argument("--batch", type=opt.Batch(), help="fixed batch size or 'dynamic' (default 1)")
+    parser.add_argument("--input-size", type=opt.InputSize(), help="square input size (default: the model's own)")
     parser.add_argument("--nms", action="store_true", help="end the graph in NonMaxSuppression: fixed-size detections")
-    parser.add_argument("--iou", type=float, help="NMS IoU threshold (default 0.5)")
-    parser.add_argument("--score", type=float, help="NMS score threshold (default 0.25)")
-    parser.add_argument("--max-det", type=int, help="detections per image with --nms (default 100)")
+    parser.add_argument("--iou", type=opt.probability(), help="NMS IoU threshold (default 0.5)")
+    parser.add_argument("--score", type=opt.probability(), help="NMS score threshold (default 0.25)")
+    parser.add_argument("--max-det", type=opt.positive_int(10_000), help="detections per image with --nms (default 100)")
     parser.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     if args.format == "darknet":
         given = [k for k in _ONNX_ONLY if getattr(args, k) is not None and getattr(args, k) is not False]
@@ -76,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         from edgecsp.onnx_export import NMSOptions, export_onnx
 
         options = NMSOptions(iou=args.iou, score=args.score, max_det=args.max_det) if args.nms else None
+        opt.check_batch_pixels(args.batch, args.input_size or model.config.input_size)
         report = export_onnx(model, args.out or Path("model.onnx"), opset=args.opset, batch=args.batch,
                              input_size=args.input_size, nms=args.nms, nms_options=options,
                              simplify=not args.no_simplify, description=description)

@@ -21,10 +21,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from edgecsp import cli
+from edgecsp import options as opt
 from edgecsp.errors import EdgeCSPError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = opt.Parser(prog="python -m edgecsp.nightly", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", type=opt.existing_file(), required=True, help="suite file (e.g. benchmarks/nightly.toml)")
+    parser.add_argument("--db", help="history: SQLite file path or SQLAlchemy URL "
+                                     "(default: <cache>/nightly/history.sqlite)")
+    parser.add_argument("--report", type=opt.OutPath(), help="report folder (default: runs/nightly/<time>)")
+    parser.add_argument("--device", help="name this device in the history (default: host name + hardware hash)")
+    parser.add_argument("--no-isolate", action="store_true", help="run jobs in this process (debugging)")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild every artifact instead of reusing it")
+    parser.add_argument("--cluster", metavar="HOST:PORT", help="run across the fleet's Ray cluster (docs/fleet.md)")
+    parser.add_argument("--night", help="with --cluster: the night's id (default: <suite name>-<UTC date>); "
+                                        "a rerun of a night runs only its missing jobs")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,19 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         from edgecsp.fleet.dashboard import main as report_main
 
         return report_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m edgecsp.nightly", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", type=Path, required=True, help="suite file (e.g. benchmarks/nightly.toml)")
-    parser.add_argument("--db", help="history: SQLite file path or SQLAlchemy URL "
-                                     "(default: <cache>/nightly/history.sqlite)")
-    parser.add_argument("--report", type=Path, help="report folder (default: runs/nightly/<time>)")
-    parser.add_argument("--device", help="name this device in the history (default: host name + hardware hash)")
-    parser.add_argument("--no-isolate", action="store_true", help="run jobs in this process (debugging)")
-    parser.add_argument("--rebuild", action="store_true", help="rebuild every artifact instead of reusing it")
-    parser.add_argument("--cluster", metavar="HOST:PORT", help="run across the fleet's Ray cluster (docs/fleet.md)")
-    parser.add_argument("--night", help="with --cluster: the night's id (default: <suite name>-<UTC date>); "
-                                        "a rerun of a night runs only its missing jobs")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     from dataclasses import replace
 

@@ -36,6 +36,8 @@ class CompileOptions:
     batch: int | str | None = None
     nms: bool = False
     verify_images: int | None = None  # None: the whole validation set
+    sign: Path | None = None  # Ed25519 private key (edgecsp.signing): the artifact gets manifest.sig
+    verify: bool = True  # False: --no-verify, the manifest says "unverified"
 
 
 def model_hash_of(model) -> str:
@@ -94,9 +96,16 @@ def compile_artifact(opts: CompileOptions, progress: Progress = print) -> tuple[
 
 def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, Any]]:
     from edgecsp.backends import BuildRequest, get_backend
+    from edgecsp.gate import check_image_count
     from edgecsp.targets import load_target
 
     t_start = time.time()
+    check_image_count(opts.verify_images, "--verify-images")
+    signing_key = None
+    if opts.sign is not None:
+        from edgecsp.signing import load_private_key
+
+        signing_key = load_private_key(opts.sign)  # a bad key fails before any work
     profile = load_target(opts.target)
     precision = profile.check_precision(opts.precision)
     backend = get_backend(profile.backend)
@@ -119,13 +128,19 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
         description["class_names"] = list(dataset.class_names)  # no .names: the data set's names
     resize = resize_of(model)  # letterbox, or stretch for Darknet cfgs trained that way
     size = profile.input_size or model.config.input_size
-    batch = opts.batch or profile.batch
+    batch = opts.batch if opts.batch is not None else profile.batch
+    _check_batch(batch, size)
     model_hash = model_hash_of(model)
     model_name = description.get("name", opts.model)
     out = Path(opts.out or Path("artifacts") / f"{Path(str(opts.model or 'demo')).stem}-{profile.name}-{precision}")
     if dataset.num_classes != model.config.num_classes:
         raise EdgeCSPError(f"validation set {opts.data} has {dataset.num_classes} classes, "
                            f"the model has {model.config.num_classes}; pass the model's own validation data with --data")
+    from edgecsp.evaluation import check_classes, check_evaluable
+
+    check_classes(list(description["class_names"]), dataset, f"model {model_name}")
+    if opts.verify:
+        check_evaluable(dataset, opts.verify_images)  # before any build: a gate on no boxes would pass vacuously
 
     timings: dict[str, float] = {}
     staging: Path | None = None
@@ -198,41 +213,22 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
         timings["build_s"] = round(time.time() - t, 2)
 
         # 4. verify
-        t = time.time()
-        progress(f"[4/4] verify accuracy on {len(dataset) if not opts.verify_images else opts.verify_images} "
-                 f"validation images against FP32 PyTorch")
-        reference = reference_metrics(model, model_hash, dataset, size, opts.verify_images)
         draft = _manifest(model, description, model_hash, opts, profile, precision, backend.name, backend_version,
                           result_meta, report, recipe, calib, size, batch)
-        runner = backend.open_runner(staging / result_meta["engine"], draft)
-        try:
-            from edgecsp.predictor import Predictor
-
-            predictor = Predictor(staging, draft, runner)
-            measured = evaluate(predictor.predict_batch, dataset, size, progress=False, max_images=opts.verify_images,
-                                resize=resize)
-        finally:
-            runner.close()
-        timings["verify_s"] = round(time.time() - t, 2)
-        drop = round((reference["AP50"] - measured["AP50"]) * 100, 3)
-        passed = drop <= profile.max_ap50_drop
-        draft["accuracy"] = {
-            "dataset": str(dataset.annotations_path), "images": measured.get("images"),
-            "reference": {k: reference[k] for k in ("AP", "AP50", "AP75")},
-            "artifact": {k: measured[k] for k in ("AP", "AP50", "AP75")},
-            "ap50_drop_points": drop, "tolerance_points": profile.max_ap50_drop, "passed": passed,
-        }
-        progress(f"      AP50 {measured['AP50']:.4f} vs reference {reference['AP50']:.4f} "
-                 f"(drop {drop:+.2f} points, tolerance {profile.max_ap50_drop}); AP {measured['AP']:.4f} vs {reference['AP']:.4f}")
-        if not passed and not opts.allow_accuracy_drop:
-            raise EdgeCSPError(
-                f"{precision} artifact loses {drop:.2f} AP50 points (tolerance {profile.max_ap50_drop}) on {opts.data}; "
-                "try --calibration percentile or another precision, or pass --allow-accuracy-drop to keep it")
+        if opts.verify:
+            t = time.time()
+            draft["accuracy"] = _verify(opts, model, model_hash, dataset, size, profile, backend, staging, draft,
+                                        progress)
+            timings["verify_s"] = round(time.time() - t, 2)
+        else:
+            progress("[4/4] verify: skipped (--no-verify); the manifest says accuracy status 'unverified'")
+            draft["accuracy"] = {"status": "unverified", "dataset": None, "images": None, "passed": False,
+                                 "tolerance_points": profile.max_ap50_drop}
         timings["total_s"] = round(time.time() - t_start, 2)
         draft["timings"] = timings
         from edgecsp.artifact import finalize
 
-        final = finalize(staging, out, draft)
+        final = finalize(staging, out, draft, signing_key=signing_key)
         staging = None
         progress(f"artifact: {final} (+ {final.name}.tar.gz), {timings['total_s']} s in all")
         return final, json.loads((final / "manifest.json").read_text())
@@ -241,6 +237,52 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
             shutil.rmtree(work, ignore_errors=True)
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _verify(opts, model, model_hash, dataset, size, profile, backend, staging, draft, progress) -> dict[str, Any]:
+    """The gate: the engine's AP50 against the FP32 PyTorch reference on the validation images."""
+    from edgecsp.evaluation import evaluate
+    from edgecsp.gate import vacuous_message, verdict
+    from edgecsp.predictor import Predictor
+
+    progress(f"[4/4] verify accuracy on {len(dataset) if not opts.verify_images else opts.verify_images} "
+             f"validation images against FP32 PyTorch")
+    reference = reference_metrics(model, model_hash, dataset, size, opts.verify_images)
+    runner = backend.open_runner(staging / draft["engine"], draft)
+    try:
+        predictor = Predictor(staging, draft, runner)
+        measured = evaluate(predictor.predict_batch, dataset, size, progress=False, max_images=opts.verify_images,
+                            resize=predictor.resize)
+    finally:
+        runner.close()
+    drop = round((reference["AP50"] - measured["AP50"]) * 100, 3)
+    status = verdict(reference["AP50"], drop, profile.max_ap50_drop)
+    progress(f"      AP50 {measured['AP50']:.4f} vs reference {reference['AP50']:.4f} "
+             f"(drop {drop:+.2f} points, tolerance {profile.max_ap50_drop}); AP {measured['AP']:.4f} vs "
+             f"{reference['AP']:.4f}: {status}")
+    if status != "passed" and not opts.allow_accuracy_drop:
+        if status == "vacuous-reference":
+            raise EdgeCSPError(vacuous_message(reference["AP50"], opts.data))
+        raise EdgeCSPError(
+            f"{draft['precision']} artifact loses {drop:.2f} AP50 points (tolerance {profile.max_ap50_drop}) on "
+            f"{opts.data}; try --calibration percentile or another precision, or pass --allow-accuracy-drop to keep it")
+    if status != "passed":
+        progress(f"      kept with --allow-accuracy-drop: the manifest says accuracy status '{status}'")
+    return {
+        "status": status, "dataset": str(dataset.annotations_path), "images": measured.get("images"),
+        "reference": {k: reference[k] for k in ("AP", "AP50", "AP75")},
+        "artifact": {k: measured[k] for k in ("AP", "AP50", "AP75")},
+        "ap50_drop_points": drop, "tolerance_points": profile.max_ap50_drop, "passed": status == "passed",
+    }
+
+
+def _check_batch(batch: object, size: int) -> None:
+    """The options' checks again for library callers: bounded before export allocates anything."""
+    from edgecsp.options import MAX_BATCH, check_batch_pixels
+
+    if batch != "dynamic" and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH):
+        raise EdgeCSPError(f"batch must be 1 to {MAX_BATCH} or 'dynamic', got {str(batch)[:40]!r}")
+    check_batch_pixels(batch, size)
 
 
 def _staging(out: Path) -> Path:

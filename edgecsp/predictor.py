@@ -58,9 +58,43 @@ class Predictor:
         self.close()
 
 
-def load(artifact: str | Path, **runner_options: Any) -> Predictor:
+def load(artifact: str | Path, trusted_keys: Any = None, require_signature: bool | None = None,
+         **runner_options: Any) -> Predictor:
+    """Open an artifact: checksums, manifest digest, manifest against engine, and with
+    ``trusted_keys`` (public key files, see edgecsp.signing) its signature; an unsigned artifact is
+    refused where ``require_signature`` (default: whenever trusted keys are given; device-wide:
+    EDGECSP_TRUSTED_KEYS, EDGECSP_REQUIRE_SIGNATURE=1)."""
+    from edgecsp.gate import warn_unless_passed
+    from edgecsp.signing import signature_policy
+
+    trusted, required = signature_policy(trusted_keys, require_signature)  # bad keys fail before any work
     root, manifest = open_artifact(artifact)
+    if trusted is not None:
+        check_signature(root, manifest, trusted, required)
+    warn_unless_passed(manifest, artifact)
     backend = get_backend(manifest["backend"]["name"])
     backend.version()  # a missing backend library: one line with the install hint
     runner = backend.open_runner(root / manifest["engine"], manifest, **runner_options)
     return Predictor(root, manifest, runner)
+
+
+def check_signature(root: Path, manifest: dict[str, Any], trusted: dict[str, Any], required: bool) -> str | None:
+    """The signing key's id; an unsigned artifact is refused when ``required``, else logged."""
+    import json
+    import logging
+
+    from edgecsp.artifact import MANIFEST, SIGNATURE
+    from edgecsp.errors import EdgeCSPError
+    from edgecsp.signing import verify_signature
+
+    if not required and not (root / SIGNATURE).exists():
+        logging.getLogger("edgecsp").warning("artifact %s is not signed", root)
+        return None
+    try:
+        raw = (root / MANIFEST).read_bytes()
+        same = json.loads(raw) == manifest
+    except (OSError, ValueError):
+        same = False
+    if not same:  # replaced between the checks and now: what is verified must be what was checked
+        raise EdgeCSPError(f"artifact {root} changed while it was being opened; refused")
+    return verify_signature(root, trusted, raw)

@@ -423,23 +423,29 @@ def markdown_pairs(summaries: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgecsp.summary", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    from edgecsp import options as opt
+
+    parser = opt.Parser(prog="python -m edgecsp.summary", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="*", metavar="MODEL",
                         help="zoo backbone or detector name, or a Darknet .cfg path (several with --markdown)")
     parser.add_argument("--model", dest="model_option", action="append", default=[], metavar="MODEL",
                         help="the same, as in the other commands (repeatable)")
-    parser.add_argument("--weights", help="accepted for symmetry with the other commands: complexity does not "
-                                          "depend on the weights")
-    parser.add_argument("--input-size", type=int, default=None, help="square input size in pixels")
-    parser.add_argument("--width", type=float, default=None, help="channel multiplier (zoo models)")
-    parser.add_argument("--depth", type=float, default=None, help="block-count multiplier (zoo models)")
+    parser.add_argument("--weights", type=opt.existing_file(),
+                        help="accepted for symmetry with the other commands: complexity does not depend on the weights")
+    parser.add_argument("--input-size", type=opt.InputSize(), default=None, help="square input size in pixels")
+    parser.add_argument("--width", type=opt.FloatRange(0.0, 2.0, open_lo=True), default=None, help="channel multiplier (zoo models)")
+    parser.add_argument("--depth", type=opt.FloatRange(0.0, 2.0, open_lo=True), default=None, help="block-count multiplier (zoo models)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument("--markdown", action="store_true", help="print a markdown table of the models")
     parser.add_argument("--pairs", action="store_true", help="with --markdown: compare the models two by two")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     args.model = list(args.model) + list(args.model_option)
     if not args.model:
         raise EdgeCSPError("name a model: python -m edgecsp.summary MODEL (or --model MODEL)")

@@ -13,29 +13,36 @@ import sys
 from pathlib import Path
 
 from edgecsp import cli
+from edgecsp import options as opt
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = opt.Parser(prog="python -m edgecsp.train", description=__doc__)
+    parser.add_argument("--model", default="csp-tiny-efm",
+                        help="zoo detector name (default: csp-tiny-efm) or a Darknet .cfg (with --weights to fine-tune)")
+    parser.add_argument("--weights", type=opt.existing_file(), help="with a .cfg --model: start from these Darknet .weights")
+    parser.add_argument("--names", type=opt.existing_file(), help="with a .cfg --model: class names (default: the data set's)")
+    parser.add_argument("--darknet-cfg", type=opt.existing_file(), help="fine-tune from a Darknet detector cfg (CSP PANet-SPP family)")
+    parser.add_argument("--darknet-weights", type=opt.existing_file(), help="its .weights (default: train the cfg from scratch)")
+    parser.add_argument("--data", required=True, type=opt.existing_path(), help="COCO-format training set directory")
+    parser.add_argument("--epochs", type=opt.positive_int(100_000), default=30)
+    parser.add_argument("--batch", type=opt.positive_int(opt.MAX_BATCH), default=32)
+    parser.add_argument("--lr", type=opt.FloatRange(0.0, 10.0, open_lo=True), default=2e-3)
+    parser.add_argument("--input-size", type=opt.InputSize(), default=None)
+    parser.add_argument("--seed", type=opt.IntRange(0, 2**32 - 1), default=0)
+    parser.add_argument("--threads", type=opt.IntRange(0, opt.MAX_WORKERS), default=0, help="torch threads (0: default)")
+    parser.add_argument("--workers", type=opt.IntRange(0, opt.MAX_WORKERS), default=0,
+                        help="data loader processes (default 0)")
+    parser.add_argument("--device", type=opt.Device(), default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
+    parser.add_argument("--no-fit-anchors", action="store_true", help="keep the config's anchors")
+    parser.add_argument("--stop-after", type=opt.positive_int(100_000), help="end this run after epoch N (continue later with --resume)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT's .resume.safetensors")
+    parser.add_argument("--out", type=opt.OutPath(), default=Path("runs/model.safetensors"))
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgecsp.train", description=__doc__)
-    parser.add_argument("--model", default="csp-tiny-efm",
-                        help="zoo detector name (default: csp-tiny-efm) or a Darknet .cfg (with --weights to fine-tune)")
-    parser.add_argument("--weights", type=Path, help="with a .cfg --model: start from these Darknet .weights")
-    parser.add_argument("--names", type=Path, help="with a .cfg --model: class names (default: the data set's)")
-    parser.add_argument("--darknet-cfg", type=Path, help="fine-tune from a Darknet detector cfg (CSP PANet-SPP family)")
-    parser.add_argument("--darknet-weights", type=Path, help="its .weights (default: train the cfg from scratch)")
-    parser.add_argument("--data", required=True, type=Path, help="COCO-format training set directory")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--input-size", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
-    parser.add_argument("--no-fit-anchors", action="store_true", help="keep the config's anchors")
-    parser.add_argument("--stop-after", type=int, help="end this run after epoch N (continue later with --resume)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT's .resume.safetensors")
-    parser.add_argument("--out", type=Path, default=Path("runs/model.safetensors"))
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     from edgecsp.data.coco import resolve_dataset
@@ -73,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    opt.check_device(device)
     settings = TrainSettings(epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                              workers=args.workers, device=device, stop_after=args.stop_after)
     out = train(model, dataset, args.out, settings, name=args.model, resume=args.resume, fit=fit,

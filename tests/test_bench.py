@@ -273,7 +273,9 @@ def tiny_artifact(tmp_path_factory, shapes_small):
     root = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
     model = build_detector("csp-tiny-efm", num_classes=6, input_size=64).eval()
-    names = [f"c{i}" for i in range(6)]
+    from edgecsp.data.coco import resolve_dataset
+
+    names = resolve_dataset(shapes_small["val"]).class_names  # evaluated on that set: its classes, by name
     ckpt = save_checkpoint(root / "tiny.safetensors", model, describe(model, names, name="tiny"))
     rng = np.random.default_rng(0)
     export_onnx(model, root / "tiny.onnx", batch=1, input_size=64,
@@ -350,7 +352,7 @@ def test_artifact_whose_checksums_fail_is_refused(tiny_artifact, tmp_path, capsy
     with open(bad / "model.bin", "r+b") as f:
         f.seek(100)
         f.write(b"\x00\x01\x02\x03")
-    code = cli.run(main, ["--artifact", str(bad), "--duration", "0", "--out", str(tmp_path / "r")])
+    code = cli.run(main, ["--artifact", str(bad), "--duration", "0.01", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "model.bin fails its sha256 check" in err[0] and "rebuild" in err[0]
@@ -363,10 +365,12 @@ def test_bad_benchmark_arguments(tiny_artifact, tmp_path, capsys):
 
     art = str(tiny_artifact["artifact"])
     for args, match in [(["--compare", "tensorflow"], "unknown baseline 'tensorflow'"),
-                        (["--batch", "4"], "fixed batch of 1"),
-                        (["--min-queries", "0"], "min_queries must be at least 1")]:
+                        (["--batch", "4"], "fixed batch of 1")]:
         assert cli.run(main, ["--artifact", art, "--out", str(tmp_path / "r"), *args]) == 2
         assert match in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # refused by the option's type, in one line
+        main(["--artifact", art, "--min-queries", "0"])
+    assert exit_.value.code == 2 and "--min-queries: expected an integer from 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--artifact", art, "--target", "intel-cpu"])  # mutually exclusive
 

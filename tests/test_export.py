@@ -337,5 +337,6 @@ def test_cli_prints_report(val_dir, tmp_path, monkeypatch, capsys):
     text = capsys.readouterr().out
     assert f"wrote {out}" in text and "parity vs PyTorch" in text and "in-graph NMS" in text
     assert "detections float32 [batch, 20, 6]" in text
-    assert cli.run(main, ["--out", str(tmp_path / "x.onnx"), "--opset", "5"]) == 2
-    assert capsys.readouterr().err.startswith("error: opset must be")
+    with pytest.raises(SystemExit) as exit_:  # refused by the option's type, before any export
+        cli.run(main, ["--out", str(tmp_path / "x.onnx"), "--opset", "5"])
+    assert exit_.value.code == 2 and "--opset: expected an integer from 11 to 20" in capsys.readouterr().err

@@ -320,7 +320,7 @@ def _read_until(final: str, stop, errors) -> None:
     reads = 0
     while not stop.is_set() or reads == 0:
         try:
-            open_(final)
+            open_(final, bind=False)  # the files and digest; the stand-in engine is no real model
         except (EdgeCSPError, OSError) as err:
             errors.put(f"{type(err).__name__}: {err}")
         reads += 1

@@ -63,7 +63,10 @@ def rel(ours: float, ref: float) -> float:
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # refused by the option types (edgecsp.options), before summarize
+        code = int(exit_.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -245,8 +248,10 @@ def test_bad_cfg_is_one_line_exit_2(capsys, tmp_path, text, message):
 @pytest.mark.parametrize("argv,message", [
     (["missing.cfg"], "cfg file not found"),
     (["csp-tiny-efm", "--input-size", "100"], "multiple of 32"),
-    (["peleenet", "--input-size", "0"], "positive"),
-    (["cspdarknet53", "--width", "0"], "width and depth"),
+    (["peleenet", "--input-size", "0"], "multiple of 32"),
+    (["cspdarknet53", "--width", "0"], "--width: expected a finite number > 0"),
+    (["cspdarknet53", "--depth", "1e9"], "--depth: expected a finite number > 0 and <= 2"),
+    (["cspdarknet53", "--width", "nan"], "--width"),
     (["peleenet", "csppeleenet"], "--markdown"),
     (["--markdown", "--pairs", "peleenet"], "even number"),
 ])

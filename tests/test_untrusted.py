@@ -179,7 +179,10 @@ def _copy(artifact: Path, tmp_path: Path) -> tuple[Path, dict]:
 
 
 def _save(root: Path, manifest: dict) -> None:
-    (root / "manifest.json").write_text(json.dumps(manifest))
+    """An attacker who edits the manifest and recomputes its digest: the checks behind the digest must hold."""
+    from edgecsp.artifact import write_manifest
+
+    write_manifest(root, manifest)
 
 
 def _listed(path: Path) -> dict:

@@ -108,3 +108,12 @@ class Backend(ABC):
 
     @abstractmethod
     def open_runner(self, engine_path: Path, manifest: dict, **options: Any) -> Runner: ...
+
+    def engine_facts(self, engine_path: Path) -> Any:
+        """The engine's inputs, outputs and weight precision (edgecsp.binding.EngineFacts), read from
+        the file itself to check the manifest against; None where only the runtime can read it."""
+        if Path(engine_path).suffix == ".onnx":
+            from edgecsp.binding import onnx_facts
+
+            return onnx_facts(Path(engine_path))
+        return None

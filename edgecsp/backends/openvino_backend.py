@@ -440,6 +440,28 @@ class OpenVINOBackend(Backend):
 
     # -- run -----------------------------------------------------------------------------------
 
+    def engine_facts(self, engine_path: Path) -> Any:
+        """From the IR itself: Parameter and Result names and shapes, FakeQuantize (INT8) or f16 constants."""
+        from edgecsp.binding import EngineFacts
+
+        ov = _import_openvino()
+        try:
+            model = ov.Core().read_model(str(engine_path))
+        except RuntimeError as err:
+            raise EdgeCSPError(f"OpenVINO cannot read {engine_path} ({_ov_message(err)}); the file is damaged: "
+                               "rebuild the artifact with python -m edgecsp.compile") from None
+
+        def dims(port: Any) -> list[int | None]:
+            return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+
+        ops = {op.get_type_name() for op in model.get_ops()}
+        constants = {op.get_element_type() for op in model.get_ops() if op.get_type_name() == "Constant"}
+        weights = ("int8" if "FakeQuantize" in ops or constants & {ov.Type.i8, ov.Type.u8}
+                   else "fp16" if ov.Type.f16 in constants else "fp32")
+        return EngineFacts(inputs=[(p.get_any_name(), dims(p)) for p in model.inputs],
+                           outputs=[(p.get_any_name(), dims(p)) for p in model.outputs], weights=weights,
+                           in_graph_nms=any("NMS" in op or "NonMaxSuppression" in op for op in ops))
+
     def open_runner(self, engine_path: Path, manifest: dict, mode: str | None = None, threads: int | None = None,
                     precision_hint: str | None = None, device: str | None = None,
                     libraries: list[str | Path] | None = None, **options: Any) -> OpenVINORunner:

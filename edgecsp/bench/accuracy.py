@@ -23,17 +23,20 @@ def tolerance_points(manifest: dict) -> float:
 
 def check_accuracy(predict_batch: Any, manifest: dict, data: Path | None = None, max_images: int | None = None,
                    model_spec: str | None = None) -> dict[str, Any]:
-    """AP, AP50, AP75 of ``predict_batch`` and of the FP32 reference, the drops, and pass/fail."""
+    """AP, AP50, AP75 of ``predict_batch`` and of the FP32 reference, the drops, and pass/fail
+    (``status`` as in edgecsp.gate: a reference that detects nothing fails too)."""
     from edgecsp.data.coco import resolve_dataset
     from edgecsp.evaluation import evaluate
+    from edgecsp.gate import check_image_count, verdict
     from edgecsp.models.checkpoint import resolve_model
     from edgecsp.pipeline import model_hash_of, reference_metrics
 
+    check_image_count(max_images, "--eval-images")
     from edgecsp.models.checkpoint import source_of
 
     spec = model_spec or source_of(manifest)
     try:
-        model, _ = resolve_model(spec)
+        model, description = resolve_model(spec)
     except EdgeCSPError as err:
         raise EdgeCSPError(f"the accuracy check needs the artifact's FP32 model ({err}); pass it with --model") from None
     model_hash = model_hash_of(model)
@@ -50,6 +53,10 @@ def check_accuracy(predict_batch: Any, manifest: dict, data: Path | None = None,
     if dataset.num_classes != model.config.num_classes:
         raise EdgeCSPError(f"validation set {data} has {dataset.num_classes} classes, the model has "
                            f"{model.config.num_classes}; pass the model's own validation data with --data")
+    from edgecsp.evaluation import check_classes
+
+    check_classes(list((manifest.get("model") or {}).get("class_names") or description["class_names"]), dataset,
+                  f"artifact {manifest.get('model', {}).get('name', spec)}")
     reference = reference_metrics(model, model_hash, dataset, size, max_images)
     from edgecsp.data.preprocess import resize_mode
 
@@ -57,10 +64,12 @@ def check_accuracy(predict_batch: Any, manifest: dict, data: Path | None = None,
                         resize=resize_mode(manifest.get("preprocessing")))
     tol = tolerance_points(manifest)
     ap50_drop = round((reference["AP50"] - measured["AP50"]) * 100, 3)
+    status = verdict(reference["AP50"], ap50_drop, tol)
     return {
         "dataset": str(dataset.annotations_path), "images": measured.get("images"),
         "AP": measured["AP"], "AP50": measured["AP50"], "AP75": measured["AP75"],
         "reference": {k: reference[k] for k in ("AP", "AP50", "AP75")},
         "ap_drop_points": round((reference["AP"] - measured["AP"]) * 100, 3),
-        "ap50_drop_points": ap50_drop, "tolerance_points": tol, "passed": ap50_drop <= tol,
+        "ap50_drop_points": ap50_drop, "tolerance_points": tol,
+        "status": status, "passed": status == "passed",
     }

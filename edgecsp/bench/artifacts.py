@@ -36,9 +36,9 @@ def stale_reason(manifest: dict, model_hash: str, backend_version: str) -> str |
 def ensure_artifact(model: str | None, target: str, precision: str | None, out_root: Path = Path("artifacts"),
                     batch: int | str | None = None, rebuild: bool = False, verify_images: int | None = None,
                     data: Path | None = None, allow_accuracy_drop: bool = False,
-                    progress: Progress = print) -> tuple[Path, dict, bool]:
+                    progress: Progress = print, sign: Path | None = None) -> tuple[Path, dict, bool]:
     """(artifact root, manifest, built now?)."""
-    from edgecsp.artifact import open_artifact
+    from edgecsp.artifact import SIGNATURE, open_artifact
     from edgecsp.backends import get_backend
     from edgecsp.models.checkpoint import resolve_model
     from edgecsp.pipeline import CompileOptions, compile_artifact, model_hash_of
@@ -56,11 +56,14 @@ def ensure_artifact(model: str | None, target: str, precision: str | None, out_r
             progress(f"rebuilding {out}: {err}")
         else:
             reason = stale_reason(manifest, model_hash_of(resolve_model(model)[0]), version)
+            if reason is None and sign is not None and not (root / SIGNATURE).is_file():
+                reason = "not signed, and a signing key is given"
             if reason is None:
                 progress(f"reusing {out} (same model, {backend.name} {version}, checksums pass)")
                 return root, manifest, False
             progress(f"rebuilding {out}: {reason}")
     opts = CompileOptions(target=target, model=model, precision=precision, out=out, batch=batch,
-                          verify_images=verify_images, data=data, allow_accuracy_drop=allow_accuracy_drop)
+                          verify_images=verify_images, data=data, allow_accuracy_drop=allow_accuracy_drop,
+                          sign=sign)
     root, manifest = compile_artifact(opts, progress=progress)
     return root, manifest, True

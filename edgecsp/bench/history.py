@@ -11,6 +11,7 @@ edgecsp schema mark is refused rather than written into.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -53,7 +54,7 @@ def _tables(metadata: Any) -> dict[str, Any]:
         Column("device", String(255), nullable=False, index=True),
         Column("hostname", String(255)),
         Column("edgecsp_version", String(32)),
-        Column("status", String(32)),  # running, ok, regression, failed
+        Column("status", String(32)),  # running, ok, regression, failed, killed (closed by a later run)
         Column("info", Text),  # JSON: machine description, settings
         Column("night", String(128), index=True),  # fleet: the night this device's run belongs to (migration 0002)
     )
@@ -127,6 +128,38 @@ def _migrate(conn: Any, shown: str) -> None:
     except CommandError as err:  # a revision this edgecsp does not know: written by a newer one
         raise EdgeCSPError(f"history database {shown} has a schema revision this edgecsp does not know ({err}); "
                            "upgrade edgecsp on this machine") from None
+
+
+def _start_time(pid: int) -> float | None:
+    """A process's start (clock ticks since boot, from /proc; psutil is optional on devices), or None
+    when the process does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        if fields[0] == "Z":  # a zombie has exited
+            return None
+        return float(fields[19])  # field 22 of stat: starttime
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _this_process() -> dict[str, float]:
+    """pid and start time: a later run tells a dead run from a live one (and from a reused pid)."""
+    import os
+
+    return {"pid": os.getpid(), "started_ticks": _start_time(os.getpid()) or 0.0}
+
+
+def _process_alive(info: str | None) -> bool:
+    try:
+        process = json.loads(info or "{}").get("process") or {}
+        pid, started = int(process["pid"]), float(process["started_ticks"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return True  # written by an older edgecsp: no way to tell, leave it
+    if not started or _start_time(os.getpid()) is None:  # no /proc here: no way to tell, leave it
+        return True
+    now = _start_time(pid)
+    return now is not None and now == started  # else gone, or the pid was reused
 
 
 def _now() -> str:
@@ -211,8 +244,26 @@ class History:
         with self.engine.begin() as conn:
             res = conn.execute(self.t["runs"].insert().values(
                 started_at=_now(), suite=suite, device=device, hostname=hostname, edgecsp_version=__version__,
-                status="running", info=json.dumps(info or {}, default=str), night=night))
+                status="running", info=json.dumps({**(info or {}), "process": _this_process()}, default=str),
+                night=night))
             return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+    def close_killed_runs(self, hostname: str) -> list[int]:
+        """Mark 'killed' the runs of this host still 'running' whose process is gone (a SIGKILL, a
+        power cut): their rows would otherwise say 'running' forever. Runs of other hosts are left
+        alone (their pids mean nothing here), and so are runs whose process still lives."""
+        from sqlalchemy import select
+
+        runs = self.t["runs"]
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(runs.c.id, runs.c.info).where(runs.c.status == "running",
+                                                                     runs.c.hostname == hostname)).all()
+        killed = [int(run_id) for run_id, info in rows if not _process_alive(info)]
+        if killed:
+            with self.engine.begin() as conn:
+                conn.execute(runs.update().where(runs.c.id.in_(killed), runs.c.status == "running")
+                             .values(finished_at=_now(), status="killed"))
+        return killed
 
     def night_run(self, night: str, device: str) -> int | None:
         """The run of ``device`` in ``night`` (a fleet night restarted), or None."""

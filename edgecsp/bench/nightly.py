@@ -47,7 +47,14 @@ def run_job(job: Job, suite: Suite, job_dir: Path) -> dict[str, Any]:
 
     root, _, built = ensure_artifact(job.model, job.target, job.precision, suite.artifacts_dir, suite.batch,
                                      rebuild=suite.rebuild, verify_images=suite.eval_images, data=suite.data,
-                                     allow_accuracy_drop=True, progress=say)
+                                     allow_accuracy_drop=True, progress=say, sign=suite.signing_key)
+    if suite.require_signature:  # what a device would refuse, the nightly refuses too
+        from edgecsp.predictor import check_signature
+        from edgecsp.signing import load_trusted_keys
+
+        assert suite.trusted_keys is not None  # load_suite requires it
+        manifest = json.loads((root / "manifest.json").read_text())
+        say(f"signed by trusted key {check_signature(root, manifest, load_trusted_keys(suite.trusted_keys), True)}")
     opts = BenchmarkOptions(artifact=root, model=job.model, scenarios=list(suite.scenarios),
                             duration_s=suite.duration_s, warmup_s=suite.warmup_s, min_queries=suite.min_queries,
                             compare=list(suite.compare), accuracy=True, eval_images=suite.eval_images,
@@ -192,7 +199,18 @@ def accuracy_gate(job_key: str, acc: dict) -> Finding | None:
     drop = float(acc["ap50_drop_points"]) + 0.0
     return Finding(job_key, "ap50_vs_fp32_reference", acc.get("AP50"), (acc.get("reference") or {}).get("AP50"), 1,
                    0.0 - drop, "points", acc.get("tolerance_points"), not acc.get("passed", True),
-                   "" if acc.get("passed", True) else "below the FP32 reference by more than the profile's tolerance")
+                   "" if acc.get("passed", True) else
+                   "the FP32 reference detects nothing on this data" if acc.get("status") == "vacuous-reference" else
+                   "below the FP32 reference by more than the profile's tolerance")
+
+
+def status_gate(job_key: str, status: str | None) -> Finding | None:
+    """The artifact's own manifest: one kept past its gate (--allow-accuracy-drop), built without
+    verification or against a reference that detects nothing is flagged, whatever tonight measured."""
+    if status is None or status == "passed":
+        return None
+    return Finding(job_key, "artifact_accuracy_status", None, None, 0, None, "", None, True,
+                   f"the artifact's manifest says accuracy status '{status}', not 'passed'")
 
 
 def run_suite(suite: Suite, db: str | Path | None = None, report_dir: Path | None = None, device: str | None = None,
@@ -207,6 +225,8 @@ def run_suite(suite: Suite, db: str | Path | None = None, report_dir: Path | Non
         report_dir = Path(report_dir or Path("runs") / "nightly" / time.strftime("%Y%m%d-%H%M%S"))
         report_dir.mkdir(parents=True, exist_ok=True)
         executor = executor or (isolated_executor() if suite.isolate else in_process_executor)
+        for killed in history.close_killed_runs(info["hostname"]):
+            progress(f"nightly run {killed} was killed before it finished; marked 'killed'")
         run_id = history.start_run(device, suite.name, {"machine": info, "suite": suite.as_dict()}, info["hostname"])
         progress(f"nightly run {run_id}: suite {suite.name} on {device}, history {history.shown}")
         outcomes: list[JobOutcome] = []
@@ -246,9 +266,10 @@ def run_suite(suite: Suite, db: str | Path | None = None, report_dir: Path | Non
                 current = {"fps": rec.fps, "ap50": rec.ap50, "latency_p99_ms": rec.latency_p99_ms,
                            "peak_rss_mb": rec.peak_rss_mb}
                 findings = compare(history, device, rec.job, current, suite.thresholds, before_run=run_id)
-                gate = accuracy_gate(rec.job, acc)
-                if gate is not None:
-                    findings.append(gate)
+                for gate in (accuracy_gate(rec.job, acc),
+                             status_gate(rec.job, (out["report"].get("artifact") or {}).get("accuracy_status"))):
+                    if gate is not None:
+                        findings.append(gate)
                 o = JobOutcome(job, sc, "ok", rec, findings, seconds=seconds)
                 outcomes.append(o)
                 progress(f"  {sc}: {rec.fps:.1f} FPS, AP50 {rec.ap50 if rec.ap50 is not None else float('nan'):.4f}"

@@ -156,6 +156,10 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
 
     if (opts.artifact is None) == (opts.target is None):
         raise EdgeCSPError("pass exactly one of --artifact DIR or --target T")
+    if opts.accuracy:
+        from edgecsp.gate import check_image_count
+
+        check_image_count(opts.eval_images, "--eval-images")  # before minutes of benchmarking
     compare = bl.parse_compare(opts.compare)
     if opts.artifact is not None:
         root, manifest = open_artifact(opts.artifact)  # checksums first: a tampered engine never runs
@@ -283,6 +287,7 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
 
     from edgecsp import __version__
     from edgecsp.bench.report import SCHEMA
+    from edgecsp.gate import status_of
 
     return {
         "schema": SCHEMA,
@@ -295,7 +300,8 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
                      "input_size": size},
         "artifact": {"path": str(root), "name": name, "built_now": built, "target": (manifest.get("target") or {}).get("name"),
                      "backend": manifest["backend"], "precision": precision, "model": manifest.get("model", {}).get("name"),
-                     "model_hash": manifest.get("model", {}).get("hash"), "bytes": artifact_bytes(root, manifest)},
+                     "model_hash": manifest.get("model", {}).get("hash"), "bytes": artifact_bytes(root, manifest),
+                     "accuracy_status": status_of(manifest)},
         "model": {"macs_per_frame": counts["macs"], "cio_elements_per_frame": counts["cio"],
                   "input_size": size},
         "accuracy": accuracy,

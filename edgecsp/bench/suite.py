@@ -17,7 +17,7 @@ from edgecsp.tomlfile import Table, is_file, key_names, read_toml
 
 _KEYS = {
     "suite": {"name", "models", "targets", "precisions", "scenarios", "artifacts_dir", "rebuild", "eval_images",
-              "data", "job_timeout_s", "isolate", "exclude"},
+              "data", "job_timeout_s", "isolate", "exclude", "require_signature", "trusted_keys", "signing_key"},
     "benchmark": {"duration_s", "warmup_s", "min_queries", "compare", "batch"},
     "baseline": {"method", "last_runs", "min_runs"},
     "thresholds": {"throughput_drop_pct", "ap50_drop_points", "latency_p99_increase_pct", "peak_rss_increase_pct"},
@@ -61,6 +61,9 @@ class Suite:
     min_queries: int | None = None
     compare: list[str] = field(default_factory=list)
     batch: int | None = None
+    require_signature: bool = False  # every artifact a job runs must verify against trusted_keys
+    trusted_keys: Path | None = None  # public key file or folder (edgecsp.signing)
+    signing_key: Path | None = None  # private key: artifacts the nightly builds are signed with it
     thresholds: Thresholds = field(default_factory=Thresholds)
     placement: str = "every-device"  # fleet: each job on every live device of its target, or on one of them
     on_device_lost: str = "fail"  # fleet: a device lost mid-job fails it, or (one-device) retries once elsewhere
@@ -165,6 +168,15 @@ def load_suite(path: str | Path) -> Suite:
     art = Path(s.get("artifacts_dir", "str", "artifacts/nightly"))
     data_dir = Path(s.get("data", "str", "")) if s.get("data", "str", "") else None
     eval_images = s.get("eval_images", "int", None, low=1)
+
+    def key_path(key: str) -> Path | None:
+        text = s.get(key, "str", "")
+        return None if not text else (Path(text) if Path(text).is_absolute() else root / text)
+
+    trusted_keys, signing_key = key_path("trusted_keys"), key_path("signing_key")
+    require_signature = s.get("require_signature", "bool", False)
+    if require_signature and trusted_keys is None:
+        raise EdgeCSPError(f"suite {path}: require_signature needs trusted_keys (a public key file or folder)")
     return Suite(
         name=s.get("name", "str", path.stem), path=str(path), models=models,
         targets=targets, precisions=precisions, scenarios=scenarios,
@@ -176,7 +188,8 @@ def load_suite(path: str | Path) -> Suite:
         duration_s=b.get("duration_s", "number", None, above=0), warmup_s=b.get("warmup_s", "number", None, low=0),
         min_queries=b.get("min_queries", "int", None, low=1),
         compare=compare, batch=b.get("batch", "int", None, low=1, high=MAX_BATCH),
-        thresholds=thresholds, placement=placement, on_device_lost=on_lost)
+        thresholds=thresholds, placement=placement, on_device_lost=on_lost,
+        require_signature=require_signature, trusted_keys=trusted_keys, signing_key=signing_key)
 
 
 def skip_reason(job: Job) -> str | None:

@@ -33,6 +33,14 @@ class DataWarning(UserWarning):
     """A dataset problem that was repaired (clipped or dropped boxes); training can go on."""
 
 
+def data_warning(message: str, source: PathLike) -> None:
+    """A DataWarning shown as one line, ``<data file>:0: DataWarning: <message>``: attributed to
+    the data file (line 0) rather than to edgecsp's code, so Python prints no source line under it."""
+    from edgecsp.errors import shown
+
+    warnings.warn_explicit(shown(message), DataWarning, filename=shown(source), lineno=0, module="edgecsp.data")
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     id: int
@@ -145,15 +153,10 @@ class CocoDataset(DetectionDataset):
             clipped += status == "clipped"
             boxes[k].append(box)
             labels[k].append(self.category_to_label[cid])
-        name = self.annotations_path.name
         if clipped:
-            warnings.warn(f"{name}: clipped {clipped} boxes that extend outside their image", DataWarning, stacklevel=3)
+            data_warning(f"clipped {clipped} boxes that extend outside their image", path)
         if dropped:
-            warnings.warn(
-                f"{name}: dropped {dropped} boxes that are fully outside their image or have zero size",
-                DataWarning,
-                stacklevel=3,
-            )
+            data_warning(f"dropped {dropped} boxes that are fully outside their image or have zero size", path)
         return (
             [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes],
             [np.asarray(lab, dtype=np.int64) for lab in labels],

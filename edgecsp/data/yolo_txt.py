@@ -8,14 +8,13 @@ file in the root, or are passed in. Items follow the same interface as CocoDatas
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 
-from edgecsp.data.coco import DataWarning, DetectionDataset, ImageRecord, _clip_box, _short, write_coco
+from edgecsp.data.coco import DetectionDataset, ImageRecord, _clip_box, _short, data_warning, write_coco
 from edgecsp.data.preprocess import _shown, image_size
 from edgecsp.errors import EdgeCSPError
 
@@ -83,19 +82,14 @@ class YoloDataset(DetectionDataset):
         used = {self.labels_dir / Path(rec.file_name).with_suffix(".txt") for rec in self.images}
         orphans = sorted(p for p in self.labels_dir.rglob("*.txt") if p not in used and p.is_file())
         if orphans:
-            warnings.warn(f"{len(orphans)} label files in {self.labels_dir} have no image (first: "
-                          f"{_short(orphans[0].relative_to(self.labels_dir).as_posix())}); their boxes are ignored",
-                          DataWarning, stacklevel=2)
+            data_warning(f"{len(orphans)} label files have no image (first: "
+                         f"{_short(orphans[0].relative_to(self.labels_dir).as_posix())}); their boxes are ignored",
+                         self.labels_dir)
         if counts["clipped"]:
-            warnings.warn(
-                f"clipped {counts['clipped']} YOLO boxes that extend outside their image", DataWarning, stacklevel=2
-            )
+            data_warning(f"clipped {counts['clipped']} YOLO boxes that extend outside their image", self.labels_dir)
         if counts["dropped"]:
-            warnings.warn(
-                f"dropped {counts['dropped']} YOLO boxes that are fully outside their image or have zero size",
-                DataWarning,
-                stacklevel=2,
-            )
+            data_warning(f"dropped {counts['dropped']} YOLO boxes that are fully outside their image or have zero "
+                         "size", self.labels_dir)
 
     def _read_labels(self, path: Path, rec: ImageRecord, counts: dict) -> tuple[np.ndarray, np.ndarray]:
         boxes, labels = [], []

@@ -274,18 +274,27 @@ def guide(profile, precision: str, bundle: dict) -> str:
 def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str | Path | None = None,
                       data: str | Path | None = None, verify_images: int | None = 100,
                       allow_accuracy_drop: bool = False, progress: Callable[[str], None] = print,
-                      stand_in: str | None = None) -> tuple[Path, dict]:
+                      stand_in: str | None = None, verify: bool = True,
+                      sign: Path | None = None) -> tuple[Path, dict]:
     """Build the engine of a bundle with this machine's TensorRT; returns (artifact dir, manifest).
 
     ``stand_in="onnxruntime"``: no TensorRT build; ONNX Runtime runs the bundle's verified model
-    (see the module doc). Only when asked for.
+    (see the module doc). Only when asked for. ``verify=False`` (--no-verify) keeps the engine
+    unmeasured: its manifest says "unverified".
     """
     from edgecsp.artifact import MANIFEST, finalize, open_artifact, staging_dir
     from edgecsp.backends.tensorrt_build import EngineOptions, build_engine, plan_build
     from edgecsp.backends.tensorrt_runner import load_tensorrt
+    from edgecsp.gate import check_image_count, vacuous_message
     from edgecsp.jetson.profiles import check_device_precision
     from edgecsp.targets import load_target
 
+    check_image_count(verify_images, "--verify-images")
+    signing_key = None
+    if sign is not None:
+        from edgecsp.signing import load_private_key
+
+        signing_key = load_private_key(sign)
     root, manifest = open_artifact(bundle_dir)  # every file's sha256, or a one-line error
     bundle = manifest.get("backend", {}).get("info", {}).get("bundle")
     if manifest.get("backend", {}).get("name") != "tensorrt" or not bundle:
@@ -329,14 +338,21 @@ def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str |
             # FP16-typed Q/DQ model differ between releases (1.19, the last for Python 3.8, loses AP)
             new["engine"] = _stand_in(new, bundle.get("verified_model") or plan_build(10, bundle["files"], opts).onnx,
                                       progress)
-        if verify_images != 0:
-            new.setdefault("accuracy", {})["device"] = _verify_on_device(staging, new, data, verify_images, progress)
-            device = new["accuracy"]["device"]
-            if not device["passed"] and not allow_accuracy_drop:
+        accuracy = new.get("accuracy") if isinstance(new.get("accuracy"), dict) else {}
+        new["accuracy"] = accuracy
+        if verify:
+            accuracy["device"] = device = _verify_on_device(staging, new, data, verify_images, progress)
+            accuracy["status"] = device["status"]
+            if device["status"] == "vacuous-reference" and not allow_accuracy_drop:
+                raise EdgeCSPError(vacuous_message(device["reference_fp32_onnx"]["AP50"], data or "the default data"))
+            if device["status"] != "passed" and not allow_accuracy_drop:
                 raise EdgeCSPError(f"the engine loses {device['ap50_drop_points']:.2f} AP50 points against the FP32 "
                                    f"ONNX (tolerance {device['tolerance_points']}); try --precision fp16, or pass "
                                    "--allow-accuracy-drop to keep it")
-        final = finalize(staging, out, new)
+        else:
+            progress("verify: skipped (--no-verify); the manifest says accuracy status 'unverified'")
+            accuracy["status"] = "unverified"  # the host measured the ONNX model, not this engine
+        final = finalize(staging, out, new, signing_key=signing_key)
         done = True  # moved into place
         progress(f"artifact: {final}")
         return final, json.loads((final / MANIFEST).read_text())
@@ -413,10 +429,13 @@ def _verify_on_device(root: Path, manifest: dict, data: str | Path | None, image
     built = {ref: m for ref, m in refs.items() if ref != "fp32"}
     for ref, m in built.items():
         progress(f"      the host's {ref} model in ONNX Runtime: AP50 {m['AP50']:.4f}, AP {m['AP']:.4f}")
+    from edgecsp.gate import verdict
+
+    status = verdict(refs["fp32"]["AP50"], drop, tolerance)
     return {"dataset": f"{name} (the bundle's verification set)", "images": vs.images,
             "evaluator": "edgecsp.cocoap (numpy)", "reference_fp32_onnx": refs["fp32"],
             "host_models": built, "engine": engine,
-            "ap50_drop_points": drop, "tolerance_points": tolerance, "passed": drop <= tolerance}
+            "ap50_drop_points": drop, "tolerance_points": tolerance, "status": status, "passed": status == "passed"}
 
 
 def _verify_on_dataset(root: Path, manifest: dict, data: str | Path, images: int | None,
@@ -424,11 +443,12 @@ def _verify_on_dataset(root: Path, manifest: dict, data: str | Path, images: int
     """Engine AP against the bundle's FP32 ONNX (ONNX Runtime) on the same images of ``data``
     (host extra: ONNX Runtime and pycocotools)."""
     from edgecsp.data.coco import resolve_dataset
-    from edgecsp.evaluation import evaluate
+    from edgecsp.evaluation import check_classes, evaluate
     from edgecsp.jetson.onnx_runner import OnnxModelRunner
     from edgecsp.predictor import Predictor
 
     dataset = resolve_dataset(Path(data))
+    check_classes(list(manifest["model"]["class_names"]), dataset, "the bundle")
     size = int(manifest["model"]["input_size"][0])
     progress(f"verify the engine on {images or len(dataset)} images of {data} against the FP32 ONNX")
     metrics = {}
@@ -441,6 +461,8 @@ def _verify_on_dataset(root: Path, manifest: dict, data: str | Path, images: int
                                     max_images=images)
         finally:
             r.close()
+    from edgecsp.gate import verdict
+
     tolerance = float(manifest["target"].get("max_ap50_drop", 1.0))
     drop = round((metrics["reference"]["AP50"] - metrics["engine"]["AP50"]) * 100, 3)
     progress(f"      engine AP50 {metrics['engine']['AP50']:.4f} vs FP32 ONNX {metrics['reference']['AP50']:.4f} "
@@ -448,4 +470,5 @@ def _verify_on_dataset(root: Path, manifest: dict, data: str | Path, images: int
     return {"dataset": str(data), "images": metrics["engine"].get("images"),
             "reference_fp32_onnx": {k: metrics["reference"][k] for k in ("AP", "AP50", "AP75")},
             "engine": {k: metrics["engine"][k] for k in ("AP", "AP50", "AP75")},
-            "ap50_drop_points": drop, "tolerance_points": tolerance, "passed": drop <= tolerance}
+            "ap50_drop_points": drop, "tolerance_points": tolerance,
+            "status": (status := verdict(metrics["reference"]["AP50"], drop, tolerance)), "passed": status == "passed"}

@@ -216,6 +216,11 @@ class ModelSource:
     weights: str | None = None
     names: str | None = None
 
+    def __post_init__(self) -> None:  # paths from argparse types: kept as text (they go into manifests)
+        for key in ("weights", "names"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, str(getattr(self, key)))
+
     def __str__(self) -> str:
         return self.model
 

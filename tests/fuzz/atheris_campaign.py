@@ -12,6 +12,7 @@ seeded with the real files (shared Darknet cfgs, target profiles, recipes, the n
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -86,6 +87,8 @@ def manifest(data: bytes) -> None:
     root = WORK / "artifact"
     root.mkdir(exist_ok=True)
     (root / "manifest.json").write_bytes(data)
+    # Resealed, so the campaign reaches the parser and schema behind the digest check.
+    (root / "manifest.sha256").write_text(f"{hashlib.sha256(data).hexdigest()}  manifest.json\n")
     open_artifact(root)
 
 

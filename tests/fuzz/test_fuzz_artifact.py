@@ -55,6 +55,15 @@ def _mutate(manifest: dict, path: tuple, value, delete: bool) -> object:
     return m
 
 
+def _reseal(root: Path, raw: bytes) -> None:
+    """Write a manifest with a matching manifest.sha256, as an attacker would: what lies behind the
+    digest check (parsing, schema, binding to the engine) is what these tests fuzz."""
+    import hashlib
+
+    (root / "manifest.json").write_bytes(raw)
+    (root / "manifest.sha256").write_text(f"{hashlib.sha256(raw).hexdigest()}  manifest.json\n")
+
+
 def _load_and_predict(root: Path) -> None:
     with edgecsp.load(root) as predictor:
         predictor(IMAGE)
@@ -78,7 +87,7 @@ def test_mutated_manifests_load_or_fail_in_one_line(tmp_path_factory, ort_artifa
     root = tmp_path_factory.mktemp("m") / "art"
     shutil.copytree(ort_artifact, root)
     mutated = _mutate(manifest, path, value, delete)
-    (root / "manifest.json").write_text(json.dumps(mutated, allow_nan=True))
+    _reseal(root, json.dumps(mutated, allow_nan=True).encode())
     expect_clean("artifact manifest (mutated)", _load_and_predict, root)
 
 
@@ -87,7 +96,7 @@ def test_mutated_manifests_load_or_fail_in_one_line(tmp_path_factory, ort_artifa
 def test_manifest_bytes_load_or_fail_in_one_line(tmp_path_factory, ort_artifact, raw):
     root = tmp_path_factory.mktemp("b") / "art"
     shutil.copytree(ort_artifact, root)
-    (root / "manifest.json").write_bytes(raw)
+    _reseal(root, raw)
     expect_clean("artifact manifest (bytes)", _load_and_predict, root)
 
 

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 from fuzz_harness import examples, expect_clean
 from hypothesis import example, given, settings
@@ -250,8 +251,9 @@ def test_summary_cli_refuses_bad_cfgs_and_configs(tmp_path, capsys):
     cfg.write_text("[net]\nheight=1000000\nwidth=1000000\nchannels=3\n[convolutional]\nfilters=2\n")
     assert cli.run(summary.main, [str(cfg)]) == 2
     assert "huge.cfg:1" in one_error_line(capsys)
-    assert cli.run(summary.main, ["csp-tiny-efm", "--width", "1000"]) == 2
-    assert "width=1000" in one_error_line(capsys)
+    with pytest.raises(SystemExit) as exit_:  # refused by the option's type (edgecsp.options), in one line
+        cli.run(summary.main, ["csp-tiny-efm", "--width", "1000"])
+    assert exit_.value.code == 2 and "--width: expected a finite number" in one_error_line(capsys)
 
 
 def test_cli_refuses_a_damaged_checkpoint_in_a_subprocess(tmp_path):
