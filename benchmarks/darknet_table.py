@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgecsp.errors import EdgeCSPError  # noqa: E402
+from edgecsp.errors import EdgeCSPError
 
 # One cfg per family (issue 11's list); the compile matrix runs on these unless --compile all.
 SUBSET = [
@@ -177,7 +178,7 @@ def run_all(args) -> dict:
             entry[key] = fn()
         except EdgeCSPError as err:
             entry[key] = {"error": str(err)}
-        except Exception as err:  # a crash is a finding for the table, not the end of the run
+        except Exception as err:  # noqa: BLE001 - a crash is a finding for the table, not the end of the run
             entry[key] = {"error": f"{type(err).__name__}: {str(err)[:300]}", "trace": traceback.format_exc()[-2000:]}
         save()
         print(f"{entry['name']}: {key}: {json.dumps(entry[key])[:200]}", file=sys.stderr, flush=True)
@@ -186,18 +187,18 @@ def run_all(args) -> dict:
         work = Path(tmp)
         for name in names:
             entry = results.setdefault(name, {"name": name})
-            attempt(entry, "build", lambda: step_build(root / name))
+            attempt(entry, "build", partial(step_build, root / name))
         order = sorted(names, key=lambda n: results[n]["build"].get("weights_floats", 0))
         if not args.skip_export:
             for name in order:
                 if "error" not in results[name]["build"]:
-                    attempt(results[name], "export", lambda: step_export(root / name, args.size, work))
+                    attempt(results[name], "export", partial(step_export, root / name, args.size, work))
         for name in sorted(subset, key=order.index):
             if "error" in results[name]["build"]:
                 continue
             for target in args.targets:
                 attempt(results[name], f"compile:{target}",
-                        lambda: step_compile(root / name, args.size, target, args, work))
+                        partial(step_compile, root / name, args.size, target, args, work))
     return results
 
 
