@@ -382,6 +382,12 @@ def test_xnor_conv_is_darknets_bit_gemm(tmp_path, stride):
     # bin_output=1: Darknet makes the activation linear (calculate_binary_weights).
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert model.layers[1].act.name == "linear"
+    # The +-1 sums are whole numbers (exact like Darknet's popcount), so a sum of 0 is exactly 0.
+    with torch.no_grad():
+        scale = layer.conv.weight.abs().mean(dim=(1, 2, 3))[:, None, None]
+        conv_out = layer.conv(feats)[0].numpy()
+    ties = np.round(raw / scale.numpy()) == 0
+    assert ties.any() and (conv_out[ties] == 0).all()
 
 
 def test_xnor_ignores_groups_and_exports(tmp_path):

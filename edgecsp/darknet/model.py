@@ -122,16 +122,20 @@ class XnorConv2d(nn.Conv2d):
     def forward(self, x):
         w = self.weight
         scale = w.abs().mean(dim=(1, 2, 3), keepdim=True)
-        wb = torch.where(w > 0, scale, -scale)
+        signs = (w > 0).to(w.dtype) * 2 - 1
         xb = (x > 0).to(x.dtype) * 2 - 1
         if self.training:
             clipped = x.clamp(-1, 1)
             xb = clipped + (xb - clipped).detach()
-            wb = w + (wb - w).detach()
+            signs = signs + (w - w.detach()) / scale.detach()  # gradient of sign*scale taken as identity
         pad_y, pad_x = self.padding  # type: ignore[misc]
         if pad_y or pad_x:
             xb = F.pad(xb, (pad_x, pad_x, pad_y, pad_y), value=-1.0)
-        return F.conv2d(xb, wb, self.bias, self.stride, 0, self.dilation, self.groups)
+        # +-1 times +-1 sums are whole numbers, exact in float32 in any summation order, as
+        # Darknet's popcount is: a sum of exactly 0 stays 0 (and binarizes to -1 in the next xnor
+        # layer) on every backend instead of becoming +-1e-8 depending on the order.
+        out = F.conv2d(xb, signs, None, self.stride, 0, self.dilation, self.groups) * scale.view(1, -1, 1, 1)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
 
 
 class SharedConv2d(nn.Conv2d):
