@@ -171,3 +171,13 @@ def test_export_darknet_refuses_onnx_options_and_a_file_as_out(tmp_path, capsys)
     assert cli.run(main, ["--format", "darknet", "--out", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing written
+
+
+def test_files_that_do_not_read_back_the_same_are_not_written(native, tmp_path, monkeypatch):
+    from edgecsp.darknet import writer
+
+    model, description = native
+    monkeypatch.setattr(writer, "output_difference", lambda a, b, batch: (0.5, 0.0))  # as a wrong layer would
+    with pytest.raises(EdgeCSPError, match="differ from the model by 0.5 px.*nothing written"):
+        writer.export_darknet(model, description, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
