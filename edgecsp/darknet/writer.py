@@ -112,10 +112,17 @@ def read_back(files: DarknetFiles):
 
 
 def output_difference(a, b, batch: np.ndarray) -> tuple[float, float]:
-    """Max abs difference of two detectors' decoded outputs on a batch: (boxes in px, scores)."""
-    with torch.inference_mode():
-        x = torch.from_numpy(batch)
-        pa, pb = a.eval().predict(x), b.eval().predict(x)
+    """Max abs difference of two detectors' decoded outputs on a batch: (boxes in px, scores).
+
+    Both run in eval mode (BatchNorm running statistics); each model's own mode is restored after."""
+    modes = a.training, b.training
+    try:
+        with torch.inference_mode():
+            x = torch.from_numpy(batch)
+            pa, pb = a.eval().predict(x), b.eval().predict(x)
+    finally:
+        a.train(modes[0])
+        b.train(modes[1])
     if pa.shape != pb.shape:
         raise EdgeCSPError(f"the Darknet files give {tuple(pb.shape)} outputs where the model gives {tuple(pa.shape)}")
     box = float((pa[..., :4] - pb[..., :4]).abs().max())
