@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out if args.out is not None else Path(".")
         if out.exists() and not out.is_dir():
             raise EdgeCSPError(f"--out {out} is a file; --format darknet writes three files into a folder")
-        report = export_darknet(model, description, out, input_size=args.input_size)
+        darknet = export_darknet(model, description, out, input_size=args.input_size)
+        lines, data = darknet.lines(), darknet.as_dict()
     else:
         from edgecsp.onnx_export import NMSOptions, export_onnx
 
@@ -77,10 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         report = export_onnx(model, args.out or Path("model.onnx"), opset=args.opset, batch=args.batch,
                              input_size=args.input_size, nms=args.nms, nms_options=options,
                              simplify=not args.no_simplify, description=description)
-    if args.json:
-        print(json.dumps(report.as_dict()))
-    else:
-        print("\n".join(report.lines()))
+        lines, data = report.lines(), report.as_dict()
+    print(json.dumps(data) if args.json else "\n".join(lines))
     return 0
 
 

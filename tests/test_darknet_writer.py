@@ -4,12 +4,16 @@ native model's outputs, AP50 and compiled AP50."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from edgecsp.errors import EdgeCSPError
 from edgecsp.models.checkpoint import ModelSource, resolve_model
+
+CFG_DIR = Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"
 
 VERIFY_IMAGES = 32  # of the default validation set: enough detections for AP50, small enough for CI
 
@@ -171,3 +175,35 @@ def test_export_darknet_refuses_onnx_options_and_a_file_as_out(tmp_path, capsys)
     assert cli.run(main, ["--format", "darknet", "--out", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing written
+
+
+def test_files_that_do_not_read_back_the_same_are_not_written(native, tmp_path, monkeypatch):
+    from edgecsp.darknet import writer
+
+    model, description = native
+    monkeypatch.setattr(writer, "output_difference", lambda a, b, batch: (0.5, 0.0))  # as a wrong layer would
+    with pytest.raises(EdgeCSPError, match="differ from the model by 0.5 px.*nothing written"):
+        writer.export_darknet(model, description, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_written_panet_spp_is_the_published_cfg_layer_for_layer():
+    """The zoo's cspdarknet53-panet-spp written out has csdarknet53-panet-spp.cfg's layer types, in
+    its order, and its convolutions (shapes, strides, groups, BN)."""
+    if not (CFG_DIR / "csdarknet53-panet-spp.cfg").is_file():
+        pytest.skip(f"published Darknet cfgs not found at {CFG_DIR}")
+    from edgecsp.darknet import DarknetModel, parse_cfg
+    from edgecsp.darknet.cfg import parse_cfg_text
+    from edgecsp.darknet.writer import darknet_files
+    from edgecsp.models.detector import build_detector
+
+    def layers(model):
+        convs = [(m.conv.in_channels, m.conv.out_channels, m.conv.kernel_size, m.conv.stride, m.conv.groups,
+                  m.bn is None) for m in model.layers if type(m).__name__ == "ConvLayer"]
+        return [info.type for info in model.layer_info], convs
+
+    text = darknet_files(build_detector("cspdarknet53-panet-spp", num_classes=80), [str(i) for i in range(80)],
+                         "x").cfg_text
+    written = DarknetModel(parse_cfg_text(text), input_size=64)
+    published = DarknetModel(parse_cfg(CFG_DIR / "csdarknet53-panet-spp.cfg"), input_size=64)
+    assert layers(written) == layers(published)

@@ -19,9 +19,10 @@ from __future__ import annotations
 import math
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,10 +112,17 @@ def read_back(files: DarknetFiles):
 
 
 def output_difference(a, b, batch: np.ndarray) -> tuple[float, float]:
-    """Max abs difference of two detectors' decoded outputs on a batch: (boxes in px, scores)."""
-    with torch.inference_mode():
-        x = torch.from_numpy(batch)
-        pa, pb = a.eval().predict(x), b.eval().predict(x)
+    """Max abs difference of two detectors' decoded outputs on a batch: (boxes in px, scores).
+
+    Both run in eval mode (BatchNorm running statistics); each model's own mode is restored after."""
+    modes = a.training, b.training
+    try:
+        with torch.inference_mode():
+            x = torch.from_numpy(batch)
+            pa, pb = a.eval().predict(x), b.eval().predict(x)
+    finally:
+        a.train(modes[0])
+        b.train(modes[1])
     if pa.shape != pb.shape:
         raise EdgeCSPError(f"the Darknet files give {tuple(pb.shape)} outputs where the model gives {tuple(pa.shape)}")
     box = float((pa[..., :4] - pb[..., :4]).abs().max())
@@ -186,14 +194,13 @@ def _at_size(model, size: int):
     if is_darknet(model):
         from edgecsp.models.darknet_detector import DarknetDetector
 
-        copy = DarknetDetector(model.config.with_overrides(input_size=size))
-        copy.load_state_dict(model.state_dict())
-        return copy.eval()
-    from edgecsp.models.detector import Detector
+        resized: nn.Module = DarknetDetector(model.config.with_overrides(input_size=size))
+    else:
+        from edgecsp.models.detector import Detector
 
-    copy = Detector(replace(model.config, input_size=size))
-    copy.load_state_dict(model.state_dict())
-    return copy.eval()
+        resized = Detector(replace(model.config, input_size=size))
+    resized.load_state_dict(model.state_dict())
+    return resized.eval()
 
 
 def _parity_batch(images: Sequence[np.ndarray] | None, size: int, resize: str) -> np.ndarray:
@@ -286,7 +293,7 @@ class _Emitter:
         from edgecsp.models.csp import CSPStage
         from edgecsp.models.layers import SAM, SPP, ConvBNAct, Maxout
 
-        handlers = (
+        handlers: tuple[tuple[type, Callable[[Any, int], int]], ...] = (
             (ConvBNAct, self.conv), (nn.Sequential, self.sequence), (nn.Identity, lambda _m, s: s),
             (nn.MaxPool2d, self.maxpool), (nn.AvgPool2d, self.avgpool), (Residual, self.residual),
             (DenseLayer, self.dense), (TwoWayDenseLayer, self.two_way_dense), (ElasticDenseLayer, self.elastic_dense),
