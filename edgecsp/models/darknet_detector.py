@@ -14,6 +14,7 @@ the loss and the native head expect.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -213,12 +214,20 @@ class DarknetDetector(nn.Module):
 
     def save_darknet(self, cfg_path: str | Path, weights_path: str | Path, seen: int = 0) -> None:
         """Write the model back as Darknet files: the cfg text (at this input size) and .weights."""
-        from edgecsp.darknet.weights import save_darknet_weights_from
+        from edgecsp.darknet.weights import read_weights, save_darknet_weights_from
         from edgecsp.fsutil import atomic_write
 
         text = rewrite_net_size(self.config.cfg_text, self.config.source, self.config.input_size)
-        atomic_write(Path(cfg_path), text)
-        save_darknet_weights_from(self.body, weights_path, seen=seen)
+        weights_path = Path(weights_path)
+        tmp = weights_path.with_name(f".{weights_path.name}.{os.getpid()}.tmp")
+        try:  # .weights built beside the target, then both files replaced whole (never half-written)
+            save_darknet_weights_from(self.body, tmp, seen=seen)
+            read_weights(tmp)  # the bytes read back as a .weights file
+            atomic_write(Path(cfg_path), text)
+            os.replace(tmp, weights_path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
 
 # ------------------------------------------------------------------------------ cfg text edits
