@@ -35,8 +35,14 @@ class EngineFacts:
 
 
 def onnx_facts(path: Path) -> EngineFacts:
-    """An ONNX file's inputs, outputs and weight precision (external data is not read)."""
-    import onnx
+    """An ONNX file's inputs, outputs and weight precision (external data is not read).
+
+    On a device install (no ``onnx`` package) ONNX Runtime reads the inputs and outputs; the
+    weights cannot be inspected there and are reported as "unchecked"."""
+    try:
+        import onnx
+    except ImportError:
+        return _onnxruntime_facts(path)
 
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -58,6 +64,23 @@ def onnx_facts(path: Path) -> EngineFacts:
     return EngineFacts(inputs=[(i.name, dims(i)) for i in graph.input if i.name not in initializers],
                        outputs=[(o.name, dims(o)) for o in graph.output], weights=weights,
                        in_graph_nms=bool(ops & {"NonMaxSuppression", "EfficientNMS_TRT"}))
+
+
+def _onnxruntime_facts(path: Path) -> EngineFacts:
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - ORT raises its own types for a damaged file
+        raise EdgeCSPError(f"{shown(path)} is not a readable ONNX model ({type(err).__name__}); rebuild the "
+                           "artifact") from None
+
+    def dims(shape: Any) -> list[Dim]:
+        return [d if isinstance(d, int) else (d or None) for d in shape]
+
+    outputs = [(o.name, dims(o.shape)) for o in session.get_outputs()]
+    return EngineFacts(inputs=[(i.name, dims(i.shape)) for i in session.get_inputs()], outputs=outputs,
+                       weights="unchecked", in_graph_nms=any(name == "num_detections" for name, _ in outputs))
 
 
 def _refuse(where: object, what: str) -> EdgeCSPError:
@@ -126,7 +149,7 @@ def check_binding(root: Path, manifest: dict[str, Any]) -> None:
     facts = backend.engine_facts(root / engine)
     if facts is None:  # a TensorRT plan: TensorRT checks it when it deserializes it on the device
         return
-    if facts.weights not in PRECISION_WEIGHTS[precision]:
+    if facts.weights != "unchecked" and facts.weights not in PRECISION_WEIGHTS[precision]:
         raise _refuse(where, f"precision {precision} does not match its engine, which holds {facts.weights} weights"
                              + (" (Q/DQ)" if facts.weights == "int8" else ""))
     declared_in = [(i.get("name"), i.get("shape")) for i in manifest["inputs"]]

@@ -223,7 +223,13 @@ class MaxPoolLayer(nn.MaxPool2d):
     def forward(self, x):
         if self.before == self.after and self.before <= self.kernel_size // 2:
             return F.max_pool2d(x, self.kernel_size, self.stride, padding=self.before)
-        x = F.pad(x, (self.before, self.after, self.before, self.after), value=float("-inf"))
+        pad = (self.before, self.after, self.before, self.after)
+        if max(self.before, self.after) < self.kernel_size:
+            # Every window holds an in-image pixel, and the edge pixel it repeats is in that window:
+            # the same maxima as -inf padding, without an infinite tensor that INT8 calibration
+            # (min-max ranges, histograms) cannot quantize.
+            return F.max_pool2d(F.pad(x, pad, mode="replicate"), self.kernel_size, self.stride)
+        x = F.pad(x, pad, value=float("-inf"))
         return F.max_pool2d(x, self.kernel_size, self.stride)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 _checks = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
@@ -20,9 +21,13 @@ settings.register_profile("ci", max_examples=int(os.environ.get("EDGECSP_FUZZ_EX
 settings.register_profile("campaign", max_examples=int(os.environ.get("EDGECSP_FUZZ_EXAMPLES", 20000)),
                           deadline=None, suppress_health_check=_checks, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-# Model size limits follow the machine's free memory; the harness allows each input +1.5 GB, so
-# the fuzzed models get a 1 GB budget (the same check, the limit users set in a container).
-os.environ.setdefault("EDGECSP_MAX_MEMORY_MB", "1024")
+
+
+@pytest.fixture(autouse=True)
+def _fuzzed_models_get_a_1gb_budget(monkeypatch):
+    """Model size limits follow the machine's free memory; the harness allows each input +1.5 GB, so
+    the fuzzed models get a 1 GB budget (the same check, the limit users set in a container)."""
+    monkeypatch.setenv("EDGECSP_MAX_MEMORY_MB", "1024")
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -32,7 +32,10 @@ COMMANDS = ["compile", "export", "evaluate", "detect", "benchmark", "nightly", "
 # Free text, checked where it is used (each with a one-line error of its own): names looked up
 # in a registry, a URL, choices with their own list.
 FREE_TEXT = {"target", "model", "precision", "calibration", "compare", "db", "device", "names", "library",
-             "weights"}
+             "weights",
+             "model_option",  # summary --model: a model name or cfg path, like --model elsewhere
+             "cluster",  # nightly --cluster HOST:PORT: checked when connecting (one line when nothing listens)
+             "night"}  # nightly --night: an id of the caller's choosing, stored as text
 # Where each command's heavy work starts: an accepted input runs up to here, then stops.
 HEAVY = ["edgecsp.pipeline.compile_artifact", "edgecsp.jetson.bundle.build_from_bundle",
          "edgecsp.onnx_export.export_onnx", "edgecsp.evaluation.evaluate", "edgecsp.evaluation.torch_predict_fn",
