@@ -603,17 +603,18 @@ def _maxpool(s: Section, shape: Shape, ctx: _Context):
         if c % out:
             raise s.error(f"out_channels={out} must divide the {c} input channels (channel maxout)", "out_channels")
         return ChannelMaxout(out), (out, h, w), ()
-    sy, sx = _strides(s)
-    size = _at_least(s, "size", s.get_int("stride", 1))
-    padding = _at_least(s, "padding", size - 1, low=0)
-    oh, ow = (h + padding - size) // sy + 1, (w + padding - size) // sx + 1
-    if oh < 1 or ow < 1:
-        raise s.error(f"input {h}x{w} is too small for size={size}; use a larger input size")
-    _check_values(s, (c, h + padding, w + padding), "the padded input", ctx.memory)
-    return MaxPoolLayer(size, sy, sx, padding), (c, oh, ow), ()
+    size, sy, sx, padding, out = _pool_window(s, shape, ctx)
+    return MaxPoolLayer(size, sy, sx, padding), out, ()
 
 
 def _local_avgpool(s: Section, shape: Shape, ctx: _Context):
+    size, sy, sx, padding, out = _pool_window(s, shape, ctx)
+    return LocalAvgPool(size, sy, sx, padding), out, ()
+
+
+def _pool_window(s: Section, shape: Shape, ctx: _Context) -> tuple[int, int, int, int, Shape]:
+    """[maxpool] and [local_avgpool] windows: size, strides, Darknet's padding (default size-1)
+    and the output shape, checked before anything is allocated."""
     c, h, w = shape
     sy, sx = _strides(s)
     size = _at_least(s, "size", s.get_int("stride", 1))
@@ -622,7 +623,7 @@ def _local_avgpool(s: Section, shape: Shape, ctx: _Context):
     if oh < 1 or ow < 1:
         raise s.error(f"input {h}x{w} is too small for size={size}; use a larger input size")
     _check_values(s, (c, h + padding, w + padding), "the padded input", ctx.memory)
-    return LocalAvgPool(size, sy, sx, padding), (c, oh, ow), ()
+    return size, sy, sx, padding, (c, oh, ow)
 
 
 def _reorg3d(s: Section, shape: Shape, ctx: _Context):
