@@ -88,6 +88,15 @@ def _refuse(where: object, what: str) -> EdgeCSPError:
                         "engine): rebuild the artifact")
 
 
+def _check_tensors(where: object, kind: str, declared: list, actual: list) -> None:
+    """The manifest's inputs or outputs (``kind``) are the engine's: same names in order, same shapes."""
+    if [n for n, _ in declared] != [n for n, _ in actual]:
+        raise _refuse(where, f"{kind}s {[n for n, _ in declared]} differ from its engine's {[n for n, _ in actual]}")
+    for (name, shape), (_, dims) in zip(declared, actual):
+        if not _same_dims(shape, dims):
+            raise _refuse(where, f"{kind} {name} shape {shape} differs from its engine's {dims}")
+
+
 def _same_dims(declared: Any, actual: list[Dim]) -> bool:
     if not isinstance(declared, list) or len(declared) != len(actual):
         return False
@@ -152,13 +161,7 @@ def check_binding(root: Path, manifest: dict[str, Any]) -> None:
     if facts.weights != "unchecked" and facts.weights not in PRECISION_WEIGHTS[precision]:
         raise _refuse(where, f"precision {precision} does not match its engine, which holds {facts.weights} weights"
                              + (" (Q/DQ)" if facts.weights == "int8" else ""))
-    declared_in = [(i.get("name"), i.get("shape")) for i in manifest["inputs"]]
-    if [n for n, _ in declared_in] != [n for n, _ in facts.inputs]:
-        raise _refuse(where, f"inputs {[n for n, _ in declared_in]} differ from its engine's "
-                             f"{[n for n, _ in facts.inputs]}")
-    for (name, shape), (_, actual) in zip(declared_in, facts.inputs):
-        if not _same_dims(shape, actual):
-            raise _refuse(where, f"input {name} shape {shape} differs from its engine's {actual}")
+    _check_tensors(where, "input", [(i.get("name"), i.get("shape")) for i in manifest["inputs"]], facts.inputs)
     if facts.in_graph_nms:  # outputs are the NMS graph's own, not the decoded contract
         return
     declared_out = [(o.get("name"), o.get("shape")) for o in manifest.get("outputs") or []]
@@ -169,9 +172,4 @@ def check_binding(root: Path, manifest: dict[str, Any]) -> None:
                 raise _refuse(where, f"{width - 5} class names do not match its engine's output {name} of "
                                      f"{actual[2]} values per row (5 + classes)")
         return
-    if [n for n, _ in declared_out] != [n for n, _ in facts.outputs]:
-        raise _refuse(where, f"outputs {[n for n, _ in declared_out]} differ from its engine's "
-                             f"{[n for n, _ in facts.outputs]}")
-    for (name, shape), (_, actual) in zip(declared_out, facts.outputs):
-        if not _same_dims(shape, actual):
-            raise _refuse(where, f"output {name} shape {shape} differs from its engine's {actual}")
+    _check_tensors(where, "output", declared_out, facts.outputs)
