@@ -403,11 +403,9 @@ def load_darknet_detector(cfg_path: Path, weights: str | Path | None = None, nam
 
 def with_new_classes(model: DarknetDetector, num_classes: int) -> DarknetDetector:
     """The same detector for another class count: every weight but the prediction convs kept."""
+    from edgecsp.models.transfer import load_all_but
+
     fresh = DarknetDetector(model.config.with_overrides(num_classes=num_classes))
-    skip = {id(c) for c in model.prediction_convs()}
-    skip_names = {n for n, m in model.named_modules() if id(m) in skip}
-    state = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[0] not in skip_names}
-    missing, unexpected = fresh.load_state_dict(state, strict=False)
-    if unexpected or any(k.rsplit(".", 1)[0] not in skip_names for k in missing):
+    if not load_all_but(model, fresh, model.prediction_convs()):
         raise EdgeCSPError(f"could not transfer the weights of {shown(model.config.source)} to {num_classes} classes")
     return fresh

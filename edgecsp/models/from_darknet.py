@@ -60,10 +60,8 @@ def detector_from_cfg(cfg_path: str | Path, weights: str | Path | None = None,
         return candidate, name
     # New classes: fresh prediction convs, every other weight transferred.
     model = build_detector(candidate.config.with_overrides(num_classes=num_classes))
-    keep = {id(c.conv) for c in candidate.neck.prediction_convs()}
-    pred_names = {n for n, m in candidate.named_modules() if id(m) in keep}
-    state = {k: v for k, v in candidate.state_dict().items() if not any(k.startswith(p + ".") for p in pred_names)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or not all(any(k.startswith(p + ".") for p in pred_names) for k in missing):
+    from edgecsp.models.transfer import load_all_but
+
+    if not load_all_but(candidate, model, [c.conv for c in candidate.neck.prediction_convs()]):
         raise EdgeCSPError(f"could not transfer the weights of {shown(cfg_path)} to {num_classes} classes")
     return model, name
