@@ -40,8 +40,8 @@ def main() -> int:
     from edgecsp.data.coco import resolve_dataset
     from edgecsp.data.shapes import generate_shapes
     from edgecsp.evaluation import evaluate
-    from edgecsp.jetson.onnx_runner import OnnxModelRunner
-    from edgecsp.jetson.sensitivity import keep_costliest_float
+    from edgecsp.backends.tensorrt.onnx_runner import OnnxModelRunner
+    from edgecsp.backends.tensorrt.sensitivity import keep_costliest_float
     from edgecsp.paths import cache_dir, default_val_dir
 
     tmp = Path(tempfile.mkdtemp(prefix="edgecsp-qdq-accuracy-"))

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stand_in and args.from_bundle is None:
         raise EdgeCSPError("--stand-in goes with --from-bundle DIR (it stands in for the engine build on the device)")
     if args.from_bundle is not None:  # Jetson: engine from a bundle compiled elsewhere
-        from edgecsp.jetson.bundle import build_from_bundle
+        from edgecsp.backends.tensorrt.bundle import build_from_bundle
 
         _, manifest = build_from_bundle(args.from_bundle, target=args.target, out=args.out, data=args.data,
                                         verify_images=100 if args.verify_images is None else args.verify_images,

@@ -298,7 +298,7 @@ def test_bundle_holds_what_the_device_needs(bundle):
 
 
 def test_qdq_follows_tensorrt_rules_on_the_graph(bundle):
-    from edgecsp.jetson.qdq import check_tensorrt_qdq
+    from edgecsp.backends.tensorrt.qdq import check_tensorrt_qdq
     from edgecsp.onnx_graph import head_nodes
 
     model = onnx.load(str(bundle / "model.int8.qdq.onnx"))
@@ -336,7 +336,7 @@ def test_qdq_follows_tensorrt_rules_on_the_graph(bundle):
 
 
 def test_qdq_checker_catches_rule_breaks(bundle):
-    from edgecsp.jetson.qdq import check_tensorrt_qdq
+    from edgecsp.backends.tensorrt.qdq import check_tensorrt_qdq
 
     model = onnx.load(str(bundle / "model.int8.qdq.onnx"))
     inits = {t.name: t for t in model.graph.initializer}
@@ -350,7 +350,7 @@ def test_qdq_checker_catches_rule_breaks(bundle):
 
 
 def test_calibration_cache_matches_the_qdq_scales(bundle):
-    from edgecsp.jetson.qdq import activation_scales, parse_calibration_cache, retag_calibration_cache
+    from edgecsp.backends.tensorrt.qdq import activation_scales, parse_calibration_cache, retag_calibration_cache
 
     text = (bundle / "calibration.cache").read_text()
     header, scales = parse_calibration_cache(text)
@@ -403,7 +403,7 @@ def test_efficient_nms_variant_is_tensorrt_plugin_shaped(bundle):
 def test_fp16_model_is_typed_sorted_and_close(exported, tmp_path):
     import onnxruntime as ort
 
-    from edgecsp.jetson.qdq import to_fp16
+    from edgecsp.backends.tensorrt.qdq import to_fp16
 
     m = to_fp16(exported)
     onnx.checker.check_model(m)  # topologically sorted, valid
@@ -421,7 +421,7 @@ def test_fp16_model_is_typed_sorted_and_close(exported, tmp_path):
 
 
 def test_build_plan_per_tensorrt_version():
-    from edgecsp.backends.tensorrt_build import EngineOptions, plan_build
+    from edgecsp.backends.tensorrt.build import EngineOptions, plan_build
 
     files = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8_qdq": "model.int8.qdq.onnx",
              "calibration_cache": "calibration.cache"}
@@ -446,7 +446,7 @@ def test_build_plan_per_tensorrt_version():
 
 
 def test_engine_from_another_tensorrt_or_gpu_is_refused_with_the_rebuild_line():
-    from edgecsp.backends.tensorrt_runner import check_engine_compatible
+    from edgecsp.backends.tensorrt.runner import check_engine_compatible
 
     built = {"tensorrt_version": "10.3.0", "gpu": "Orin", "compute_capability": "8.7"}
     here = {"gpu": "Xavier", "compute_capability": "7.2"}
@@ -472,7 +472,7 @@ def test_from_bundle_refuses_a_tampered_bundle_and_leaves_nothing(bundle, tmp_pa
 
 
 def test_from_bundle_without_tensorrt_is_one_line_and_leaves_nothing(bundle, tmp_path):
-    from edgecsp.backends.tensorrt_runner import load_tensorrt
+    from edgecsp.backends.tensorrt.runner import load_tensorrt
 
     if load_tensorrt() is not None:
         pytest.skip("TensorRT is installed here")
@@ -498,7 +498,7 @@ def test_bundle_verification_set_holds_inputs_truth_and_both_references(bundle):
     for ref in vs.references:  # the recorded AP is the stored detections' AP
         assert vs.score(vs.reference(ref))["AP50"] == info["references"][ref]["AP50"] > 0.8
     # The FP32 model run again on the stored inputs gives the stored detections.
-    from edgecsp.jetson.onnx_runner import OnnxModelRunner
+    from edgecsp.backends.tensorrt.onnx_runner import OnnxModelRunner
 
     with OnnxModelRunner(bundle / "model.onnx") as r:
         again = vs.run(r.run)
@@ -514,7 +514,7 @@ def test_bundle_verification_set_holds_inputs_truth_and_both_references(bundle):
 
 def test_from_bundle_with_the_onnxruntime_stand_in_verifies_on_the_bundles_own_set(bundle, tmp_path):
     import edgecsp
-    from edgecsp.jetson.bundle import build_from_bundle
+    from edgecsp.backends.tensorrt.bundle import build_from_bundle
 
     out, manifest = build_from_bundle(bundle, target="jetson-orin-nano", out=tmp_path / "engine",
                                       stand_in="onnxruntime", progress=lambda line: None)
@@ -533,7 +533,7 @@ def test_from_bundle_with_the_onnxruntime_stand_in_verifies_on_the_bundles_own_s
 
 
 def test_fp16_typed_qdq_model_keeps_the_rules_and_the_accuracy(bundle):
-    from edgecsp.jetson.qdq import check_tensorrt_qdq
+    from edgecsp.backends.tensorrt.qdq import check_tensorrt_qdq
     from edgecsp.onnx_graph import head_nodes
 
     model = onnx.load(str(bundle / "model.int8.qdq.fp16.onnx"))
@@ -553,8 +553,8 @@ def test_fp16_typed_qdq_model_keeps_the_rules_and_the_accuracy(bundle):
 def test_sensitivity_pass_floats_the_costliest_convs_and_records_them(bundle):
     from edgecsp import verifyset
     from edgecsp.calibration import CalibrationRecipe, calibration_set
-    from edgecsp.jetson.qdq import check_tensorrt_qdq
-    from edgecsp.jetson.sensitivity import float_convs, keep_costliest_float, output_error, quantized_convs
+    from edgecsp.backends.tensorrt.qdq import check_tensorrt_qdq
+    from edgecsp.backends.tensorrt.sensitivity import float_convs, keep_costliest_float, output_error, quantized_convs
     from edgecsp.onnx_graph import head_nodes
 
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -584,7 +584,7 @@ def test_sensitivity_pass_floats_the_costliest_convs_and_records_them(bundle):
     d = report.as_dict()
     assert d["kept_float"] == report.floated and d["quantized_convs"] == 5
     with tempfile.TemporaryDirectory() as tmp:  # a conv's cost is the output error its Q/DQ adds, re-measured
-        from edgecsp.jetson.onnx_runner import OnnxModelRunner
+        from edgecsp.backends.tensorrt.onnx_runner import OnnxModelRunner
 
         outs = []
         for i, m in enumerate((fp32, qdq, float_convs(qdq, fp32, [report.ranking[0]["conv"]]))):
@@ -596,7 +596,7 @@ def test_sensitivity_pass_floats_the_costliest_convs_and_records_them(bundle):
 
 
 def test_from_bundle_refuses_int8_on_a_device_without_it(bundle):
-    from edgecsp.jetson.bundle import build_from_bundle
+    from edgecsp.backends.tensorrt.bundle import build_from_bundle
 
     with pytest.raises(EdgeCSPError, match="does not support precision 'int8'"):
         build_from_bundle(bundle, target="jetson-tx2")
@@ -626,7 +626,7 @@ def test_compile_for_jetson_writes_a_verified_bundle_that_loads(tmp_path):
 @pytest.mark.tensorrt
 def test_cuda_wrapper_moves_data_through_pinned_memory_on_gpu():
     """The typed CUDA wrapper on a real GPU: pinned host -> device -> pinned host on a stream."""
-    from edgecsp.backends.tensorrt_runner import CudaRuntime, gpu_facts, load_cuda_module, pinned_array
+    from edgecsp.backends.tensorrt.runner import CudaRuntime, gpu_facts, load_cuda_module, pinned_array
 
     if load_cuda_module() is None:
         pytest.skip("needs cuda-python (pip install cuda-bindings)")
@@ -658,13 +658,13 @@ def test_cuda_wrapper_moves_data_through_pinned_memory_on_gpu():
 
 @pytest.mark.tensorrt
 def test_engine_builds_and_matches_the_qdq_model_on_gpu(request, tmp_path):
-    from edgecsp.backends.tensorrt_backend import can_build_here
+    from edgecsp.backends.tensorrt.backend import can_build_here
 
     ok, why = can_build_here()
     if not ok:
         pytest.skip(f"needs TensorRT and a CUDA GPU: {why}")
     bundle = request.getfixturevalue("bundle")
-    from edgecsp.jetson.bundle import build_from_bundle
+    from edgecsp.backends.tensorrt.bundle import build_from_bundle
     from edgecsp.predictor import load
 
     target = json.loads((bundle / "manifest.json").read_text())["target"]["path"]

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKED = ["edgecsp/backends/tensorrt_build.py", "edgecsp/backends/tensorrt_runner.py",
-           "edgecsp/backends/tensorrt_backend.py", "edgecsp/jetson/bundle.py", "edgecsp/jetson/qdq.py",
+CHECKED = ["edgecsp/backends/tensorrt/build.py", "edgecsp/backends/tensorrt/runner.py",
+           "edgecsp/backends/tensorrt/backend.py", "edgecsp/backends/tensorrt/bundle.py", "edgecsp/backends/tensorrt/qdq.py",
            "edgecsp/jetson/profiles.py", "edgecsp/jetson/tegrastats.py"]
 STUB_FILES = ["tensorrt/__init__.pyi", "tensorrt_bindings/__init__.pyi", "tensorrt_bindings/tensorrt.pyi"]
 INSTALL = "pip install --no-deps 'tensorrt-stubs==10.13.*'"
@@ -154,7 +154,7 @@ def test_the_type_check_catches_calls_the_tensorrt_api_lacks(repaired_stubs, tmp
 
 def test_tensorrt_is_detected_by_what_it_provides_not_by_import():
     """With only the stubs installed, ``import tensorrt`` succeeds (namespace package) but is no TensorRT."""
-    from edgecsp.backends.tensorrt_runner import load_tensorrt
+    from edgecsp.backends.tensorrt.runner import load_tensorrt
 
     trt = load_tensorrt()
     if trt is not None:
@@ -170,11 +170,11 @@ def test_tensorrt_is_detected_by_what_it_provides_not_by_import():
 
 
 def _runner_source() -> str:
-    return (ROOT / "edgecsp/backends/tensorrt_runner.py").read_text()
+    return (ROOT / "edgecsp/backends/tensorrt/runner.py").read_text()
 
 
 def test_cuda_calls_listed_are_the_calls_made():
-    from edgecsp.backends.tensorrt_runner import CUDA_CALLS
+    from edgecsp.backends.tensorrt.runner import CUDA_CALLS
 
     src = _runner_source()
     called = set(re.findall(r'_call\("(\w+)"', src)) | {"cudaGetErrorString"}
@@ -183,13 +183,13 @@ def test_cuda_calls_listed_are_the_calls_made():
     direct = set(re.findall(r"self\._rt\.(\w+)", src))
     assert direct <= {"cudaGetErrorString", "cudaMemcpyKind"}, direct
     # Nothing outside CudaRuntime touches cuda-python.
-    for path in ("edgecsp/backends/tensorrt_build.py", "edgecsp/backends/tensorrt_backend.py",
-                 "edgecsp/jetson/bundle.py"):
+    for path in ("edgecsp/backends/tensorrt/build.py", "edgecsp/backends/tensorrt/backend.py",
+                 "edgecsp/backends/tensorrt/bundle.py"):
         assert "cuda.bindings" not in (ROOT / path).read_text() and "cudart" not in (ROOT / path).read_text()
 
 
 def test_cuda_calls_exist_in_cuda_python():
-    from edgecsp.backends.tensorrt_runner import CUDA_CALLS, load_cuda_module
+    from edgecsp.backends.tensorrt.runner import CUDA_CALLS, load_cuda_module
 
     rt = load_cuda_module()
     if rt is None:

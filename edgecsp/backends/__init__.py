@@ -10,7 +10,7 @@ from edgecsp.errors import EdgeCSPError
 _BACKENDS = {
     "onnxruntime": "edgecsp.backends.onnxruntime_backend:OnnxRuntimeBackend",
     "openvino": "edgecsp.backends.openvino_backend:OpenVINOBackend",
-    "tensorrt": "edgecsp.backends.tensorrt_backend:TensorRTBackend",
+    "tensorrt": "edgecsp.backends.tensorrt.backend:TensorRTBackend",
 }
 
 

@@ -41,7 +41,7 @@ def _version(module: str) -> str | None:
 
 def backend_versions() -> dict[str, str]:
     """The backends this machine really has, with their versions."""
-    from edgecsp.backends.tensorrt_runner import load_tensorrt
+    from edgecsp.backends.tensorrt.runner import load_tensorrt
 
     found = {}
     for name in ("onnxruntime", "openvino"):

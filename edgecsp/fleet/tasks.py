@@ -99,7 +99,7 @@ def run_on_device(job: Any, suite: Any, facts: dict[str, Any], data: bytes) -> d
         bundle = (backend.get("info") or {}).get("bundle")
         if engine == "tensorrt" and bundle and manifest.get("engine") != "model.engine":
             if "tensorrt" in me["backends"]:
-                from edgecsp.jetson.bundle import build_from_bundle
+                from edgecsp.backends.tensorrt.bundle import build_from_bundle
 
                 root, manifest = build_from_bundle(root, target=job.target, out=work / (facts["name"] + "-engine"),
                                                    data=suite.data, verify_images=suite.eval_images,

@@ -1,6 +1,5 @@
-"""NVIDIA Jetson: device profiles and detection, TensorRT-rules Q/DQ and calibration caches,
-deployable bundles (engine built on the device), and tegrastats monitoring.
+"""NVIDIA Jetson, the device: profiles and detection (profiles.py) and tegrastats monitoring.
 
-Nothing here imports TensorRT or CUDA: the backend (edgecsp.backends.tensorrt_backend) does,
-inside its functions, so all of this works on a machine without either.
+Everything about TensorRT (the builder, the runner, Q/DQ and calibration caches, the bundle that is
+built on the device) lives in the TensorRT backend package, edgecsp.backends.tensorrt.
 """

@@ -1,6 +1,6 @@
 """TensorRT's implicit-calibration cache (INT8 on TensorRT 8.x; deprecated in 10.1, removed in 11).
 
-Text only, no ONNX: the host writes the cache into a bundle (edgecsp.jetson.qdq), and the device
+Text only, no ONNX: the host writes the cache into a bundle (edgecsp.backends.tensorrt.qdq), and the device
 retags it with its TensorRT version before the build, with only the device install.
 """
 

@@ -29,7 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecsp.errors import EdgeCSPError
-from edgecsp.jetson.calibcache import (  # noqa: F401 - their home was here; the device imports calibcache
+from edgecsp.backends.tensorrt.calibcache import (  # noqa: F401 - their home was here; the device imports calibcache
     CACHE_ALGORITHM,
     format_calibration_cache,
     parse_calibration_cache,

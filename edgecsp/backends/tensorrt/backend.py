@@ -1,8 +1,8 @@
 """TensorRT backend (NVIDIA Jetson and other CUDA GPUs).
 
-``build`` always writes the device-independent bundle (edgecsp.jetson.bundle: FP32 ONNX, FP16 or
+``build`` always writes the device-independent bundle (edgecsp.backends.tensorrt.bundle: FP32 ONNX, FP16 or
 INT8 Q/DQ ONNX, calibration cache, guide). Where TensorRT and a CUDA GPU are present it also
-builds the engine (edgecsp.backends.tensorrt_build) and the artifact's engine is ``model.engine``;
+builds the engine (edgecsp.backends.tensorrt.build) and the artifact's engine is ``model.engine``;
 elsewhere the artifact is the bundle, its "engine" the ONNX model TensorRT will build, and
 ``open_runner`` runs that model with ONNX Runtime on the CPU, so the compile pipeline measures
 the accuracy of exactly the quantized model the device will build.
@@ -25,7 +25,7 @@ NO_TENSORRT = "none (bundle: the engine is built on the device)"
 
 def can_build_here() -> tuple[bool, str]:
     """(True, facts) where TensorRT and a CUDA GPU are usable, else (False, why not)."""
-    from edgecsp.backends.tensorrt_runner import gpu_facts, load_tensorrt
+    from edgecsp.backends.tensorrt.runner import gpu_facts, load_tensorrt
 
     trt = load_tensorrt()
     if trt is None:
@@ -46,13 +46,13 @@ class TensorRTBackend(Backend):
 
     def version(self) -> str:
         """TensorRT's version, or NO_TENSORRT: without TensorRT compile still writes a bundle."""
-        from edgecsp.backends.tensorrt_runner import load_tensorrt
+        from edgecsp.backends.tensorrt.runner import load_tensorrt
 
         trt = load_tensorrt()
         return str(trt.__version__) if trt is not None else NO_TENSORRT
 
     def build(self, request: BuildRequest) -> BuildResult:
-        from edgecsp.jetson.bundle import ENGINE, TIMING_CACHE, write_bundle
+        from edgecsp.backends.tensorrt.bundle import ENGINE, TIMING_CACHE, write_bundle
 
         result = write_bundle(request)
         ok, why = can_build_here()
@@ -61,7 +61,7 @@ class TensorRTBackend(Backend):
             result.info["engine_built"] = False
             result.info["why_no_engine"] = why
             return result
-        from edgecsp.backends.tensorrt_build import EngineOptions, build_engine
+        from edgecsp.backends.tensorrt.build import EngineOptions, build_engine
 
         opts = EngineOptions.from_build_table(request.precision, bundle["build"], bundle["batch"])
         facts = build_engine(request.out_dir, bundle["files"], opts, bundle["input"]["shape"], ENGINE, TIMING_CACHE)
@@ -77,9 +77,9 @@ class TensorRTBackend(Backend):
         engine_path = Path(engine_path)
         libraries = user_libraries(options.get("libraries"), "TensorRT plugin")
         if engine_path.suffix == ".onnx":  # a bundle: the model TensorRT will build, on the CPU
-            from edgecsp.jetson.onnx_runner import OnnxModelRunner
+            from edgecsp.backends.tensorrt.onnx_runner import OnnxModelRunner
 
             return OnnxModelRunner(engine_path, threads=options.get("threads"))
-        from edgecsp.backends.tensorrt_runner import TensorRTRunner
+        from edgecsp.backends.tensorrt.runner import TensorRTRunner
 
         return TensorRTRunner(engine_path, manifest, device=int(options.get("device", 0)), libraries=libraries)

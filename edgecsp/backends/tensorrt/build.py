@@ -90,8 +90,8 @@ def build_engine(root: Path, files: dict[str, str], opts: EngineOptions, input_s
     """Build ``root/engine_name`` from the bundle files in ``root``; returns the facts for the manifest."""
     import tensorrt as trt
 
-    from edgecsp.backends.tensorrt_runner import gpu_facts, tensorrt_major
-    from edgecsp.jetson.calibcache import retag_calibration_cache
+    from edgecsp.backends.tensorrt.runner import gpu_facts, tensorrt_major
+    from edgecsp.backends.tensorrt.calibcache import retag_calibration_cache
 
     version = str(trt.__version__)
     major = tensorrt_major(trt)

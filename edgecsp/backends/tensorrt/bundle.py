@@ -67,7 +67,7 @@ def write_bundle(request: BuildRequest) -> BuildResult:
     import onnx
 
     from edgecsp.jetson.profiles import check_device_precision
-    from edgecsp.jetson.qdq import (
+    from edgecsp.backends.tensorrt.qdq import (
         add_efficient_nms,
         format_calibration_cache,
         quantize_for_tensorrt,
@@ -139,13 +139,13 @@ def write_bundle(request: BuildRequest) -> BuildResult:
 
 def _sensitivity_pass(request: BuildRequest, fp32: Any, verify: dict[str, Any]) -> dict[str, Any]:
     """Where the Q/DQ model loses more AP50 on the verification images than the profile allows,
-    float its costliest convs until it does not (edgecsp.jetson.sensitivity); the manifest records
+    float its costliest convs until it does not (edgecsp.backends.tensorrt.sensitivity); the manifest records
     which and what each cost. Inside the tolerance nothing runs (it costs a minute)."""
     import onnx
 
     from edgecsp import verifyset
-    from edgecsp.jetson.qdq import check_tensorrt_qdq
-    from edgecsp.jetson.sensitivity import keep_costliest_float
+    from edgecsp.backends.tensorrt.qdq import check_tensorrt_qdq
+    from edgecsp.backends.tensorrt.sensitivity import keep_costliest_float
     from edgecsp.onnx_graph import head_nodes
 
     refs = verify["references"]
@@ -174,7 +174,7 @@ def _write_verify_set(request: BuildRequest, files: dict[str, str], input_size: 
     """verify.npz: the first validation images with the host's detections of the FP32 ONNX and of
     the model TensorRT builds (both in ONNX Runtime), for the device's check."""
     from edgecsp import verifyset
-    from edgecsp.jetson.onnx_runner import OnnxModelRunner
+    from edgecsp.backends.tensorrt.onnx_runner import OnnxModelRunner
 
     references = {role: files[role] for role in ("fp32", "fp16", "int8_qdq", "int8_qdq_fp16") if role in files}
     runners = {name: OnnxModelRunner(request.out_dir / f) for name, f in references.items()}
@@ -198,7 +198,7 @@ def _write_verify_set(request: BuildRequest, files: dict[str, str], input_size: 
 
 def trtexec_line(files: dict[str, str], precision: str, build: dict, shape: list[int | str], trt_major: int) -> str:
     """The trtexec command equivalent to edgecsp's on-device build for a TensorRT major version."""
-    from edgecsp.backends.tensorrt_build import EngineOptions, plan_build
+    from edgecsp.backends.tensorrt.build import EngineOptions, plan_build
 
     batch: int | str = "dynamic" if shape[0] == "dynamic" else int(shape[0])
     opts = EngineOptions.from_build_table(precision, build, batch)
@@ -283,8 +283,8 @@ def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str |
     unmeasured: its manifest says "unverified".
     """
     from edgecsp.artifact import MANIFEST, finalize, open_artifact, staging_dir
-    from edgecsp.backends.tensorrt_build import EngineOptions, build_engine, plan_build
-    from edgecsp.backends.tensorrt_runner import load_tensorrt
+    from edgecsp.backends.tensorrt.build import EngineOptions, build_engine, plan_build
+    from edgecsp.backends.tensorrt.runner import load_tensorrt
     from edgecsp.gate import check_image_count, vacuous_message
     from edgecsp.jetson.profiles import check_device_precision
     from edgecsp.targets import load_target
@@ -391,10 +391,10 @@ def _check_bundle(bundle: Any, manifest: dict, root: Path) -> None:
 
 def _engine_runner(root: Path, manifest: dict) -> Any:
     if manifest["backend"]["info"].get("stand_in"):
-        from edgecsp.jetson.onnx_runner import OnnxModelRunner
+        from edgecsp.backends.tensorrt.onnx_runner import OnnxModelRunner
 
         return OnnxModelRunner(root / manifest["engine"])
-    from edgecsp.backends.tensorrt_runner import TensorRTRunner
+    from edgecsp.backends.tensorrt.runner import TensorRTRunner
 
     return TensorRTRunner(root / manifest["engine"], manifest)
 
@@ -444,7 +444,7 @@ def _verify_on_dataset(root: Path, manifest: dict, data: str | Path, images: int
     (host extra: ONNX Runtime and pycocotools)."""
     from edgecsp.data.coco import resolve_dataset
     from edgecsp.evaluation import check_classes, evaluate
-    from edgecsp.jetson.onnx_runner import OnnxModelRunner
+    from edgecsp.backends.tensorrt.onnx_runner import OnnxModelRunner
     from edgecsp.predictor import Predictor
 
     dataset = resolve_dataset(Path(data))

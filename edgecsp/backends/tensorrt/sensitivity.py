@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from edgecsp.jetson.qdq import QUANTIZED_OPS, drop_dead_qdq
+from edgecsp.backends.tensorrt.qdq import QUANTIZED_OPS, drop_dead_qdq
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
@@ -98,7 +98,7 @@ class _Sessions:
         self._n = 0
 
     def predict_fn(self, model: onnx.ModelProto) -> Any:
-        from edgecsp.jetson.onnx_runner import OnnxModelRunner
+        from edgecsp.backends.tensorrt.onnx_runner import OnnxModelRunner
 
         self._n += 1
         path = Path(self._dir.name) / f"m{self._n}.onnx"
