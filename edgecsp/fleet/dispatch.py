@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Callable  # typing's: collections.abc.Callable[...] is not subscriptable at run time on 3.8
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import (
+    Any,
+    Callable,  # typing's: collections.abc.Callable[...] is not subscriptable at run time on 3.8
+)
 
 from edgecsp.bench.history import History, Record
 from edgecsp.bench.nightly import JobOutcome, accuracy_gate, records_from
@@ -223,9 +225,6 @@ def _probe(cluster: str, timeout_s: float = 10.0) -> None:
 
 def _run(ray: Any, history: History, suite: Suite, night: str, report_dir: Path | None, progress: Progress,
          poll_s: float) -> FleetResult:
-    from edgecsp.fleet.tasks import build_artifact, run_on_device
-    from edgecsp.targets import load_target
-
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     nodes = discover(ray, progress)
     devices = {n.name: n for n in nodes if n.info["targets"]}
@@ -238,154 +237,61 @@ def _run(ray: Any, history: History, suite: Suite, night: str, report_dir: Path 
     nt = Night(history, suite, night, progress)
     for name, n in devices.items():
         nt.run_id(name, n.info)
-    done = {(r["device"], r["job"].rsplit("/", 1)[0]) for r in history.night_results(night) if r["status"] in DONE}
-    done_jobs = {j for _, j in done}
-
-    units: list[Unit] = []
-    no_device: list[str] = []
-    already = 0
-    for job in suite.matrix():
-        profile = load_target(job.target)
-        serving = [d for d, n in devices.items() if job.target in n.info["targets"]]
-        if job.precision not in profile.precisions:
-            continue  # the local nightly's "skipped": the target does not offer it, nothing to report per device
-        if suite.placement == "one-device":
-            if job.name in done_jobs:
-                already += 1
-            elif serving:
-                units.append(Unit(job, None))
-            else:
-                no_device.append(job.target)
-                nt.fail(NO_DEVICE, job, "no-device", f"no live device serves target {job.target}")
-            continue
-        if not serving:
-            no_device.append(job.target)
-            nt.fail(NO_DEVICE, job, "no-device", f"no live device serves target {job.target}")
-        for d in serving:
-            if (d, job.name) in done:
-                already += 1
-            else:
-                units.append(Unit(job, d))
-    if already:
-        progress(f"{already} job(s) of night {night} already recorded: not run again")
-
-    # Build each needed artifact once, on a builder (Ray retries a build whose builder died, once).
-    build = ray.remote(build_artifact)
-    builds: dict[Job, tuple[Any, Any]] = {}
-    build_state: dict[Job, Any] = {}  # job -> facts dict, or an exception
-    if units and not builders:
-        for u in units:
-            nt.fail(u.device or NO_DEVICE, u.job, "failed", "no live builder (a worker with PyTorch) to build the "
-                    "artifact; start one with python -m edgecsp.worker --build")
-        units = []
-    for job in dict.fromkeys(u.job for u in units):
-        builds[job] = build.options(num_returns=2, num_cpus=1, resources={dev.BUILDER_RESOURCE: 1},
-                                    max_retries=1).remote(job, suite)
-        progress(f"build {job.name} (queued on a builder)")
-
-    run_task = ray.remote(run_on_device)
-    pending: list[Unit] = list(units)
-    running: dict[Any, tuple[Unit, str, float]] = {}
-    busy: set[str] = set()
-    lost: set[str] = set()
-    last_check = 0.0
-
-    while pending or running:
-        now = time.monotonic()
-        # An artifact no job still needs leaves the object store (a night of 250 artifacts would
-        # otherwise keep them all, and the builders' stores would spill to disk).
-        needed = {u.job for u in pending} | {v[0].job for v in running.values()}
-        for job, (meta, packed) in list(builds.items()):
-            if packed is not None and job in build_state and job not in needed:
-                builds[job] = (meta, None)
-        # Which builds finished (their facts are small; the packed artifact stays in the object store).
-        waiting = [builds[j][0] for j in builds if j not in build_state]
-        if waiting:
-            ready, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
-            for job in [j for j in builds if builds[j][0] in ready]:
-                try:
-                    build_state[job] = ray.get(builds[job][0])
-                    f = build_state[job]
-                    progress(f"built {job.name} on {f['builder']}: {f['name']}, {f['bytes'] / 1e6:.1f} MB"
-                             f"{'' if f['built'] else ' (reused)'}")
-                except Exception as err:  # noqa: BLE001 - a failed build fails that job on every device
-                    build_state[job] = err
-        if now - last_check >= 2 * poll_s:
-            last_check = now
-            alive = alive_node_ids(ray)
-            for name, n in devices.items():
-                if name not in lost and n.node_id not in alive:
-                    lost.add(name)
-                    progress(f"device {name} is gone")
-        # Jobs that can no longer run: build failed, device lost before its turn, no device left.
-        for u in list(pending):
-            st = build_state.get(u.job)
-            if isinstance(st, BaseException):
-                pending.remove(u)
-                msg, details = _describe_failure(st)
-                nt.fail(u.device or NO_DEVICE, u.job, "failed", f"build failed: {msg}", details)
-            elif u.device is not None and u.device in lost:
-                pending.remove(u)
-                nt.fail(u.device, u.job, "failed", f"{LOST} (before the job started)")
-            elif u.device is None and not [d for d, n in devices.items() if u.job.target in n.info["targets"]
-                                           and d not in lost and d not in u.excluded]:
-                pending.remove(u)
-                nt.fail(u.retried_from or NO_DEVICE, u.job, "no-device" if u.retried_from is None else "failed",
-                        f"no live device serves target {u.job.target}" if u.retried_from is None
-                        else f"{LOST}; no other live device of {u.job.target} to retry on")
-        # Start jobs on free devices, one job per device.
-        for u in list(pending):
-            if not isinstance(build_state.get(u.job), dict):
-                continue
-            choices = ([u.device] if u.device is not None else
-                       [d for d, n in devices.items() if u.job.target in n.info["targets"] and d not in u.excluded])
-            free = [d for d in choices if d not in busy and d not in lost]
-            if not free:
-                continue
-            d = free[0]
-            ref = run_task.options(num_cpus=1, resources={dev.DEVICE_RESOURCE: 1}, max_retries=0,
-                                   scheduling_strategy=_strategy(devices[d].node_id)).remote(
-                u.job, suite, build_state[u.job], builds[u.job][1])
-            running[ref] = (u, d, time.monotonic())
-            busy.add(d)
-            pending.remove(u)
-            progress(f"run {u.job.name} on {d}" + (f" (retry; {u.retried_from} was lost)" if u.retried_from else ""))
-        if not running:
-            if pending:
-                time.sleep(poll_s)
-            continue
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=poll_s)
-        for ref in ready:
-            u, d, t0 = running.pop(ref)
-            busy.discard(d)
-            seconds = time.monotonic() - t0
-            extra = {"night": night, "facts": {k: v for k, v in build_state[u.job].items() if k != "name"}}
-            if u.retried_from:
-                extra["retry_of"] = u.retried_from
-            try:
-                out = ray.get(ref)
-            except Exception as err:  # noqa: BLE001 - classified below: the job's error or a lost device
-                _job_failed(ray, nt, u, d, devices, lost, pending, suite, err, seconds, extra, progress)
-                continue
-            extra.update(engine=out.get("engine"), ran_on=out.get("device"))
-            try:
-                if not records_from(u.job, out):
-                    raise EdgeCSPError("the benchmark returned no result for the artifact")
-                nt.ok(d, u.job, out, seconds, extra)
-            except Exception as err:  # noqa: BLE001 - a malformed result is that job's failure
-                nt.fail(d, u.job, "failed", f"{type(err).__name__}: {err}", traceback.format_exc(), seconds, extra)
-        # Per-job timeouts, measured here, on the head: they hold whatever happens on the device.
-        for ref, (u, d, t0) in list(running.items()):
-            if time.monotonic() - t0 > suite.job_timeout_s:
-                ray.cancel(ref, force=True)
-                running.pop(ref)
-                busy.discard(d)  # the forced cancel kills the job's worker process; the device is free
-                nt.fail(d, u.job, "failed", f"timed out after {suite.job_timeout_s:g} s (suite job_timeout_s)",
-                        seconds=time.monotonic() - t0)
+    plan = _plan(history, suite, night, devices, nt, progress)
+    dispatcher = _Dispatcher(ray, nt, suite, devices, progress, poll_s)
+    dispatcher.queue_builds(plan.units, has_builder=bool(builders))
+    dispatcher.run()
 
     finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    result = FleetResult(night, suite, {n: devices[n].info for n in devices}, nt.outcomes, already, started,
-                         finished, sorted(set(no_device)), report_dir)
+    result = FleetResult(night, suite, {n: devices[n].info for n in devices}, nt.outcomes, plan.already, started,
+                         finished, sorted(set(plan.no_device)), report_dir)
+    _finish_runs(history, nt)
+    if report_dir is not None:
+        _write_summary(result, Path(report_dir))
+    return result
+
+
+@dataclass
+class _Plan:
+    units: list[Unit]
+    no_device: list[str]  # targets of jobs that no live device serves
+    already: int  # jobs of this night recorded by an earlier head
+
+
+def _plan(history: History, suite: Suite, night: str, devices: dict[str, Node], nt: Night,
+          progress: Progress) -> _Plan:
+    """The night's units of work: every job of the matrix on its device(s), less what is recorded."""
+    from edgecsp.targets import load_target
+
+    done = {(r["device"], r["job"].rsplit("/", 1)[0]) for r in history.night_results(night) if r["status"] in DONE}
+    done_jobs = {j for _, j in done}
+    plan = _Plan([], [], 0)
+    for job in suite.matrix():
+        if job.precision not in load_target(job.target).precisions:
+            continue  # the local nightly's "skipped": the target does not offer it, nothing to report per device
+        serving = [d for d, n in devices.items() if job.target in n.info["targets"]]
+        if suite.placement == "one-device" and job.name in done_jobs:
+            plan.already += 1
+            continue
+        if not serving:
+            plan.no_device.append(job.target)
+            nt.fail(NO_DEVICE, job, "no-device", f"no live device serves target {job.target}")
+            continue
+        if suite.placement == "one-device":
+            plan.units.append(Unit(job, None))
+            continue
+        for d in serving:
+            if (d, job.name) in done:
+                plan.already += 1
+            else:
+                plan.units.append(Unit(job, d))
+    if plan.already:
+        progress(f"{plan.already} job(s) of night {night} already recorded: not run again")
+    return plan
+
+
+def _finish_runs(history: History, nt: Night) -> None:
+    """Each device's run ends failed, regression or ok, the worst of its jobs."""
     statuses: dict[str, list[str]] = {}
     for d, o in nt.outcomes:
         statuses.setdefault(d, []).append("failed" if o.status in ("failed", "no-device") else
@@ -393,38 +299,194 @@ def _run(ray: Any, history: History, suite: Suite, night: str, report_dir: Path 
     for d, run_id in nt.runs.items():
         s = statuses.get(d, [])
         history.finish_run(run_id, "failed" if "failed" in s else ("regression" if "regression" in s else "ok"))
-    if report_dir is not None:
-        _write_summary(result, Path(report_dir))
-    return result
 
 
-def _job_failed(ray: Any, nt: Night, u: Unit, d: str, devices: dict[str, Node], lost: set[str], pending: list[Unit],
-                suite: Suite, err: BaseException, seconds: float, extra: dict, progress: Progress) -> None:
-    from ray.exceptions import RayTaskError
+class _Dispatcher:
+    """The head's loop: builds once per job on a builder, one job per device at a time, each
+    result written as it arrives; lost devices, failed builds and timeouts end their jobs."""
 
-    msg, details = _describe_failure(err)
-    if isinstance(err, RayTaskError):  # the job raised: its own failure, the device is fine
-        nt.fail(d, u.job, "failed", msg, details, seconds, extra)
-        return
-    # The job's process or its whole node died. Unless Ray already says the node died, wait for
-    # its health checks (about 15 s with Ray's defaults) before telling "device lost" from "the
-    # job's process died".
-    gone = type(err).__name__ == "NodeDiedError"
-    deadline = time.monotonic() + 30
-    while not gone and time.monotonic() < deadline:
-        gone = devices[d].node_id not in alive_node_ids(ray)
+    def __init__(self, ray: Any, nt: Night, suite: Suite, devices: dict[str, Node], progress: Progress,
+                 poll_s: float):
+        self.ray, self.nt, self.suite, self.devices = ray, nt, suite, devices
+        self.progress, self.poll_s = progress, poll_s
+        self.builds: dict[Job, tuple[Any, Any]] = {}  # job -> (facts ref, packed artifact ref or None)
+        self.build_state: dict[Job, Any] = {}  # job -> facts dict, or an exception
+        self.pending: list[Unit] = []
+        self.running: dict[Any, tuple[Unit, str, float]] = {}  # ref -> (unit, device, start)
+        self.busy: set[str] = set()
+        self.lost: set[str] = set()
+        self.last_check = 0.0
+
+    def queue_builds(self, units: list[Unit], has_builder: bool) -> None:
+        """Build each needed artifact once, on a builder (Ray retries a build whose builder died, once)."""
+        from edgecsp.fleet.tasks import build_artifact
+
+        if units and not has_builder:
+            for u in units:
+                self.nt.fail(u.device or NO_DEVICE, u.job, "failed", "no live builder (a worker with PyTorch) to "
+                             "build the artifact; start one with python -m edgecsp.worker --build")
+            return
+        build = self.ray.remote(build_artifact)
+        for job in dict.fromkeys(u.job for u in units):
+            self.builds[job] = build.options(num_returns=2, num_cpus=1, resources={dev.BUILDER_RESOURCE: 1},
+                                             max_retries=1).remote(job, self.suite)
+            self.progress(f"build {job.name} (queued on a builder)")
+        self.pending = list(units)
+
+    def run(self) -> None:
+        while self.pending or self.running:
+            self._release_unneeded_artifacts()
+            self._collect_builds()
+            self._notice_lost_devices()
+            self._drop_unrunnable()
+            self._start_jobs()
+            if not self.running:
+                if self.pending:
+                    time.sleep(self.poll_s)
+                continue
+            self._collect_results()
+            self._enforce_timeouts()
+
+    def _serving(self, target: str) -> list[str]:
+        return [d for d, n in self.devices.items() if target in n.info["targets"]]
+
+    def _release_unneeded_artifacts(self) -> None:
+        # An artifact no job still needs leaves the object store (a night of 250 artifacts would
+        # otherwise keep them all, and the builders' stores would spill to disk).
+        needed = {u.job for u in self.pending} | {v[0].job for v in self.running.values()}
+        for job, (meta, packed) in list(self.builds.items()):
+            if packed is not None and job in self.build_state and job not in needed:
+                self.builds[job] = (meta, None)
+
+    def _collect_builds(self) -> None:
+        """Which builds finished (their facts are small; the packed artifact stays in the object store)."""
+        waiting = [self.builds[j][0] for j in self.builds if j not in self.build_state]
+        if not waiting:
+            return
+        ready, _ = self.ray.wait(waiting, num_returns=len(waiting), timeout=0)
+        for job in [j for j in self.builds if self.builds[j][0] in ready]:
+            try:
+                self.build_state[job] = f = self.ray.get(self.builds[job][0])
+                self.progress(f"built {job.name} on {f['builder']}: {f['name']}, {f['bytes'] / 1e6:.1f} MB"
+                              f"{'' if f['built'] else ' (reused)'}")
+            except Exception as err:  # noqa: BLE001 - a failed build fails that job on every device
+                self.build_state[job] = err
+
+    def _notice_lost_devices(self) -> None:
+        now = time.monotonic()
+        if now - self.last_check < 2 * self.poll_s:
+            return
+        self.last_check = now
+        alive = alive_node_ids(self.ray)
+        for name, n in self.devices.items():
+            if name not in self.lost and n.node_id not in alive:
+                self.lost.add(name)
+                self.progress(f"device {name} is gone")
+
+    def _drop_unrunnable(self) -> None:
+        """Jobs that can no longer run: build failed, device lost before its turn, no device left."""
+        for u in list(self.pending):
+            st = self.build_state.get(u.job)
+            if isinstance(st, BaseException):
+                self.pending.remove(u)
+                msg, details = _describe_failure(st)
+                self.nt.fail(u.device or NO_DEVICE, u.job, "failed", f"build failed: {msg}", details)
+            elif u.device is not None and u.device in self.lost:
+                self.pending.remove(u)
+                self.nt.fail(u.device, u.job, "failed", f"{LOST} (before the job started)")
+            elif u.device is None and not [d for d in self._serving(u.job.target)
+                                           if d not in self.lost and d not in u.excluded]:
+                self.pending.remove(u)
+                if u.retried_from is None:
+                    self.nt.fail(NO_DEVICE, u.job, "no-device", f"no live device serves target {u.job.target}")
+                else:
+                    self.nt.fail(u.retried_from, u.job, "failed",
+                                 f"{LOST}; no other live device of {u.job.target} to retry on")
+
+    def _start_jobs(self) -> None:
+        """Start jobs whose artifact is built on free devices, one job per device."""
+        from edgecsp.fleet.tasks import run_on_device
+
+        run_task = self.ray.remote(run_on_device)
+        for u in list(self.pending):
+            if not isinstance(self.build_state.get(u.job), dict):
+                continue
+            choices = [u.device] if u.device is not None else [d for d in self._serving(u.job.target)
+                                                               if d not in u.excluded]
+            free = [d for d in choices if d not in self.busy and d not in self.lost]
+            if not free:
+                continue
+            d = free[0]
+            ref = run_task.options(num_cpus=1, resources={dev.DEVICE_RESOURCE: 1}, max_retries=0,
+                                   scheduling_strategy=_strategy(self.devices[d].node_id)).remote(
+                u.job, self.suite, self.build_state[u.job], self.builds[u.job][1])
+            self.running[ref] = (u, d, time.monotonic())
+            self.busy.add(d)
+            self.pending.remove(u)
+            self.progress(f"run {u.job.name} on {d}" + (f" (retry; {u.retried_from} was lost)" if u.retried_from
+                                                        else ""))
+
+    def _collect_results(self) -> None:
+        ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=self.poll_s)
+        for ref in ready:
+            u, d, t0 = self.running.pop(ref)
+            self.busy.discard(d)
+            seconds = time.monotonic() - t0
+            extra = {"night": self.nt.night,
+                     "facts": {k: v for k, v in self.build_state[u.job].items() if k != "name"}}
+            if u.retried_from:
+                extra["retry_of"] = u.retried_from
+            try:
+                out = self.ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - classified below: the job's error or a lost device
+                self._job_failed(u, d, err, seconds, extra)
+                continue
+            extra.update(engine=out.get("engine"), ran_on=out.get("device"))
+            try:
+                if not records_from(u.job, out):
+                    raise EdgeCSPError("the benchmark returned no result for the artifact")
+                self.nt.ok(d, u.job, out, seconds, extra)
+            except Exception as err:  # noqa: BLE001 - a malformed result is that job's failure
+                self.nt.fail(d, u.job, "failed", f"{type(err).__name__}: {err}", traceback.format_exc(), seconds,
+                             extra)
+
+    def _enforce_timeouts(self) -> None:
+        """Per-job timeouts, measured here, on the head: they hold whatever happens on the device."""
+        for ref, (u, d, t0) in list(self.running.items()):
+            if time.monotonic() - t0 > self.suite.job_timeout_s:
+                self.ray.cancel(ref, force=True)
+                self.running.pop(ref)
+                self.busy.discard(d)  # the forced cancel kills the job's worker process; the device is free
+                self.nt.fail(d, u.job, "failed", f"timed out after {self.suite.job_timeout_s:g} s "
+                             "(suite job_timeout_s)", seconds=time.monotonic() - t0)
+
+    def _job_failed(self, u: Unit, d: str, err: BaseException, seconds: float, extra: dict) -> None:
+        """A job whose ray.get raised: its own error, its process died, or its device is lost."""
+        from ray.exceptions import RayTaskError
+
+        msg, details = _describe_failure(err)
+        if isinstance(err, RayTaskError):  # the job raised: its own failure, the device is fine
+            self.nt.fail(d, u.job, "failed", msg, details, seconds, extra)
+            return
+        # The job's process or its whole node died. Unless Ray already says the node died, wait for
+        # its health checks (about 15 s with Ray's defaults) before telling "device lost" from "the
+        # job's process died".
+        gone = type(err).__name__ == "NodeDiedError"
+        deadline = time.monotonic() + 30
+        while not gone and time.monotonic() < deadline:
+            gone = self.devices[d].node_id not in alive_node_ids(self.ray)
+            if not gone:
+                time.sleep(1)
         if not gone:
-            time.sleep(1)
-    if not gone:
-        nt.fail(d, u.job, "failed", f"the job's process died ({msg})", details, seconds, extra)
-        return
-    lost.add(d)
-    if suite.placement == "one-device" and suite.on_device_lost == "retry" and u.retried_from is None:
-        progress(f"{u.job.name}: {LOST} ({d}); retrying once on another device of {u.job.target}")
-        pending.insert(0, Unit(u.job, None, retried_from=d, excluded={d}))
-        nt.run_id(d)  # the lost device's run stays in the night
-        return
-    nt.fail(d, u.job, "failed", f"{LOST} ({msg})", details, seconds, extra)
+            self.nt.fail(d, u.job, "failed", f"the job's process died ({msg})", details, seconds, extra)
+            return
+        self.lost.add(d)
+        if self.suite.placement == "one-device" and self.suite.on_device_lost == "retry" and u.retried_from is None:
+            self.progress(f"{u.job.name}: {LOST} ({d}); retrying once on another device of {u.job.target}")
+            self.pending.insert(0, Unit(u.job, None, retried_from=d, excluded={d}))
+            self.nt.run_id(d)  # the lost device's run stays in the night
+            return
+        self.nt.fail(d, u.job, "failed", f"{LOST} ({msg})", details, seconds, extra)
 
 
 def _write_summary(result: FleetResult, out: Path) -> None:
