@@ -458,6 +458,49 @@ def _set_output_shape(proto, model, size: tuple[int, int], batch: int | str) -> 
 # ----------------------------------------------------------------------------- in-graph NMS
 
 
+class _NMSGraph:
+    """Appends named nodes and constants under ``/nms/`` to a list (the graph is edited at the end)."""
+
+    def __init__(self, opset: int):
+        self.opset = opset
+        self.nodes: list = []
+        self.inits: list = []
+
+    def const(self, name: str, value) -> str:
+        from onnx import numpy_helper
+
+        full = f"/nms/{name}"
+        self.inits.append(numpy_helper.from_array(np.asarray(value), full))
+        return full
+
+    def node(self, op: str, inputs: list[str], name: str, n_out: int = 1, **attrs) -> list[str]:
+        from onnx import helper
+
+        outs = [f"/nms/{name}_output_{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=f"/nms/{name}", **attrs))
+        return outs
+
+    def output(self, op: str, inputs: list[str], name: str, out: str, **attrs) -> None:
+        """A node that writes one of the graph's outputs under its public name."""
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, [out], name=f"/nms/{name}", **attrs))
+
+    def unsqueeze(self, x: str, axis: int, name: str) -> str:
+        if self.opset >= 13:
+            return self.node("Unsqueeze", [x, self.const(f"{name}_axes", np.array([axis], np.int64))], name)[0]
+        return self.node("Unsqueeze", [x], name, axes=[axis])[0]
+
+    def slice_last(self, x: str, start: int, end: int, name: str) -> str:
+        return self.node("Slice", [x, self.const(f"{name}_starts", np.array([start], np.int64)),
+                                   self.const(f"{name}_ends", np.array([end], np.int64)),
+                                   self.const(f"{name}_axes", np.array([-1], np.int64))], name)[0]
+
+
+# A padding row that belongs to no image (label -1).
+_PAD_ROW = np.array([0, 0, 0, 0, 0, -1], np.float32)
+
+
 def append_nms(proto, num_classes: int, opts: NMSOptions, opset: int):
     """Replace the ``predictions`` output by ``detections`` (B, max_det, 6) and ``num_detections`` (B,).
 
@@ -467,95 +510,91 @@ def append_nms(proto, num_classes: int, opts: NMSOptions, opset: int):
     candidate row, and a (B, candidates) score matrix that is -1 outside each image's own rows
     goes through TopK, so each image gets its own best max_det whatever the batch size.
     """
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     proto = copy.deepcopy(proto)
-    g = proto.graph
-    nodes: list = []
-    inits: list = []
+    g = _NMSGraph(opset)
+    boxes, best, selected = _select_per_class(g, num_classes, opts)
+    rows, row_batch, row_score = _candidate_rows(g, boxes, best, selected, opts.max_det)
+    _best_rows_per_image(g, rows, row_batch, row_score, opts.max_det)
 
-    def const(name: str, value) -> str:
-        full = f"/nms/{name}"
-        inits.append(numpy_helper.from_array(np.asarray(value), full))
-        return full
-
-    def node(op: str, inputs: list[str], name: str, n_out: int = 1, **attrs) -> list[str]:
-        outs = [f"/nms/{name}_output_{i}" for i in range(n_out)]
-        nodes.append(helper.make_node(op, inputs, outs, name=f"/nms/{name}", **attrs))
-        return outs
-
-    def unsqueeze(x: str, axis: int, name: str) -> str:
-        if opset >= 13:
-            return node("Unsqueeze", [x, const(f"{name}_axes", np.array([axis], np.int64))], name)[0]
-        return node("Unsqueeze", [x], name, axes=[axis])[0]
-
-    def slice_last(x: str, start: int, end: int, name: str) -> str:
-        return node("Slice", [x, const(f"{name}_starts", np.array([start], np.int64)),
-                              const(f"{name}_ends", np.array([end], np.int64)),
-                              const(f"{name}_axes", np.array([-1], np.int64))], name)[0]
-
-    c, m = num_classes, opts.max_det
-    pred = OUTPUT_NAME
-    boxes = slice_last(pred, 0, 4, "boxes")  # (B, K, 4)
-    obj = slice_last(pred, 4, 5, "objectness")  # (B, K, 1)
-    cls = slice_last(pred, 5, 5 + c, "class_probs")  # (B, K, C)
-    scores = node("Mul", [cls, obj], "scores")[0]  # (B, K, C), the same product as postprocess
-    label = node("ArgMax", [scores], "label", axis=2, keepdims=1)[0]  # (B, K, 1)
-    best = node("GatherElements", [scores, label], "best_score", axis=2)[0]  # (B, K, 1)
-    own = node("Equal", [label, const("class_ids", np.arange(c, dtype=np.int64))], "own_class")[0]
-    masked = node("Where", [own, best, const("zero", np.float32(0))], "own_class_score")[0]
-    per_class = node("Transpose", [masked], "per_class_scores", perm=[0, 2, 1])[0]  # (B, C, K)
-    selected = node("NonMaxSuppression", [
-        boxes, per_class, const("max_output_boxes_per_class", np.array([m], np.int64)),
-        const("iou_threshold", np.array([opts.iou], np.float32)),
-        const("score_threshold", np.array([opts.score], np.float32)),
-    ], "NonMaxSuppression", center_point_box=0)[0]  # (S, 3): batch, class, box
-
-    sel_batch = node("Gather", [selected, const("col_batch", np.int64(0))], "sel_batch", axis=1)[0]  # (S,)
-    sel_class = node("Gather", [selected, const("col_class", np.array([1], np.int64))], "sel_class", axis=1)[0]
-    sel_bk = node("Gather", [selected, const("cols_batch_box", np.array([0, 2], np.int64))], "sel_batch_box",
-                  axis=1)[0]  # (S, 2)
-    cand_box = node("GatherND", [boxes, sel_bk], "cand_box")[0]  # (S, 4)
-    cand_score = node("GatherND", [best, sel_bk], "cand_score")[0]  # (S, 1)
-    cand_label = node("Cast", [sel_class], "cand_label", to=TensorProto.FLOAT)[0]  # (S, 1)
-    cand = node("Concat", [cand_box, cand_score, cand_label], "cand_rows", axis=1)[0]  # (S, 6)
-    # max_det padding rows that belong to no image: TopK always finds max_det entries, and an
-    # empty selection (S = 0) needs no special case.
-    pad_row = np.array([0, 0, 0, 0, 0, -1], np.float32)
-    rows = node("Concat", [cand, const("pad_rows", np.tile(pad_row, (m, 1)))], "rows", axis=0)[0]  # (S+m, 6)
-    row_batch = node("Concat", [sel_batch, const("pad_batch", np.full(m, -1, np.int64))], "row_batch", axis=0)[0]
-    row_score = node("Gather", [rows, const("col_score", np.int64(4))], "row_score", axis=1)[0]  # (S+m,)
-
-    shape = node("Shape", [pred], "shape")[0]
-    n = node("Gather", [shape, const("dim_batch", np.int64(0))], "batch_size", axis=0)[0]
-    ids = node("Range", [const("range_start", np.int64(0)), n, const("range_step", np.int64(1))], "batch_ids")[0]
-    ids = unsqueeze(ids, 1, "batch_ids_column")  # (B, 1)
-    mine = node("Equal", [ids, unsqueeze(row_batch, 0, "row_batch_row")], "row_in_image")[0]  # (B, S+m)
-    dense = node("Where", [mine, unsqueeze(row_score, 0, "row_score_row"), const("minus_one", np.float32(-1))],
-                 "image_scores")[0]
-    top_val, top_idx = node("TopK", [dense, const("k", np.array([m], np.int64))], "TopK", n_out=2,
-                            axis=1, largest=1, sorted=1)
-    picked = node("Gather", [rows, top_idx], "picked_rows", axis=0)[0]  # (B, m, 6)
-    valid = node("Greater", [top_val, const("valid_above", np.float32(-0.5))], "valid")[0]  # (B, m)
-    valid3 = unsqueeze(valid, 2, "valid_column")
-    nodes.append(helper.make_node("Where", [valid3, picked, const("empty_row", pad_row)], [NMS_OUTPUT_NAMES[0]],
-                                  name="/nms/detections"))
-    count = node("Cast", [valid], "valid_int", to=TensorProto.INT64)[0]
-    if opset >= 13:
-        nodes.append(helper.make_node("ReduceSum", [count, const("sum_axes", np.array([1], np.int64))],
-                                      [NMS_OUTPUT_NAMES[1]], name="/nms/num_detections", keepdims=0))
-    else:
-        nodes.append(helper.make_node("ReduceSum", [count], [NMS_OUTPUT_NAMES[1]], name="/nms/num_detections",
-                                      axes=[1], keepdims=0))
-
-    b = g.output[0].type.tensor_type.shape.dim[0]
+    graph = proto.graph
+    b = graph.output[0].type.tensor_type.shape.dim[0]
     b = b.dim_param or b.dim_value
-    g.node.extend(nodes)
-    g.initializer.extend(inits)
-    del g.output[:]
-    g.output.extend([helper.make_tensor_value_info(NMS_OUTPUT_NAMES[0], TensorProto.FLOAT, [b, m, 6]),
-                     helper.make_tensor_value_info(NMS_OUTPUT_NAMES[1], TensorProto.INT64, [b])])
+    graph.node.extend(g.nodes)
+    graph.initializer.extend(g.inits)
+    del graph.output[:]
+    graph.output.extend([helper.make_tensor_value_info(NMS_OUTPUT_NAMES[0], TensorProto.FLOAT, [b, opts.max_det, 6]),
+                         helper.make_tensor_value_info(NMS_OUTPUT_NAMES[1], TensorProto.INT64, [b])])
     return proto
+
+
+def _select_per_class(g: _NMSGraph, c: int, opts: NMSOptions) -> tuple[str, str, str]:
+    """Boxes (B, K, 4), each box's best score (B, K, 1), and NonMaxSuppression's (S, 3) selection
+    of (batch, class, box), where a box scores only in its own class."""
+    boxes = g.slice_last(OUTPUT_NAME, 0, 4, "boxes")  # (B, K, 4)
+    obj = g.slice_last(OUTPUT_NAME, 4, 5, "objectness")  # (B, K, 1)
+    cls = g.slice_last(OUTPUT_NAME, 5, 5 + c, "class_probs")  # (B, K, C)
+    scores = g.node("Mul", [cls, obj], "scores")[0]  # (B, K, C), the same product as postprocess
+    label = g.node("ArgMax", [scores], "label", axis=2, keepdims=1)[0]  # (B, K, 1)
+    best = g.node("GatherElements", [scores, label], "best_score", axis=2)[0]  # (B, K, 1)
+    own = g.node("Equal", [label, g.const("class_ids", np.arange(c, dtype=np.int64))], "own_class")[0]
+    masked = g.node("Where", [own, best, g.const("zero", np.float32(0))], "own_class_score")[0]
+    per_class = g.node("Transpose", [masked], "per_class_scores", perm=[0, 2, 1])[0]  # (B, C, K)
+    selected = g.node("NonMaxSuppression", [
+        boxes, per_class, g.const("max_output_boxes_per_class", np.array([opts.max_det], np.int64)),
+        g.const("iou_threshold", np.array([opts.iou], np.float32)),
+        g.const("score_threshold", np.array([opts.score], np.float32)),
+    ], "NonMaxSuppression", center_point_box=0)[0]  # (S, 3): batch, class, box
+    return boxes, best, selected
+
+
+def _candidate_rows(g: _NMSGraph, boxes: str, best: str, selected: str, m: int) -> tuple[str, str, str]:
+    """The selected boxes as rows (S + m, 6) [x1 y1 x2 y2 score label], each row's image (S + m,)
+    and score (S + m,). The m padding rows belong to no image: TopK then always finds m entries,
+    and an empty selection (S = 0) needs no special case."""
+    from onnx import TensorProto
+
+    sel_batch = g.node("Gather", [selected, g.const("col_batch", np.int64(0))], "sel_batch", axis=1)[0]  # (S,)
+    sel_class = g.node("Gather", [selected, g.const("col_class", np.array([1], np.int64))], "sel_class", axis=1)[0]
+    sel_bk = g.node("Gather", [selected, g.const("cols_batch_box", np.array([0, 2], np.int64))], "sel_batch_box",
+                    axis=1)[0]  # (S, 2)
+    cand_box = g.node("GatherND", [boxes, sel_bk], "cand_box")[0]  # (S, 4)
+    cand_score = g.node("GatherND", [best, sel_bk], "cand_score")[0]  # (S, 1)
+    cand_label = g.node("Cast", [sel_class], "cand_label", to=TensorProto.FLOAT)[0]  # (S, 1)
+    cand = g.node("Concat", [cand_box, cand_score, cand_label], "cand_rows", axis=1)[0]  # (S, 6)
+    rows = g.node("Concat", [cand, g.const("pad_rows", np.tile(_PAD_ROW, (m, 1)))], "rows", axis=0)[0]
+    row_batch = g.node("Concat", [sel_batch, g.const("pad_batch", np.full(m, -1, np.int64))], "row_batch",
+                       axis=0)[0]
+    row_score = g.node("Gather", [rows, g.const("col_score", np.int64(4))], "row_score", axis=1)[0]
+    return rows, row_batch, row_score
+
+
+def _best_rows_per_image(g: _NMSGraph, rows: str, row_batch: str, row_score: str, m: int) -> None:
+    """Each image's best m rows through one TopK over a (B, S + m) score matrix that is -1 outside
+    the image's own rows; writes ``detections`` and ``num_detections``."""
+    from onnx import TensorProto
+
+    shape = g.node("Shape", [OUTPUT_NAME], "shape")[0]
+    n = g.node("Gather", [shape, g.const("dim_batch", np.int64(0))], "batch_size", axis=0)[0]
+    ids = g.node("Range", [g.const("range_start", np.int64(0)), n, g.const("range_step", np.int64(1))],
+                 "batch_ids")[0]
+    ids = g.unsqueeze(ids, 1, "batch_ids_column")  # (B, 1)
+    mine = g.node("Equal", [ids, g.unsqueeze(row_batch, 0, "row_batch_row")], "row_in_image")[0]  # (B, S+m)
+    dense = g.node("Where", [mine, g.unsqueeze(row_score, 0, "row_score_row"),
+                             g.const("minus_one", np.float32(-1))], "image_scores")[0]
+    top_val, top_idx = g.node("TopK", [dense, g.const("k", np.array([m], np.int64))], "TopK", n_out=2,
+                              axis=1, largest=1, sorted=1)
+    picked = g.node("Gather", [rows, top_idx], "picked_rows", axis=0)[0]  # (B, m, 6)
+    valid = g.node("Greater", [top_val, g.const("valid_above", np.float32(-0.5))], "valid")[0]  # (B, m)
+    valid3 = g.unsqueeze(valid, 2, "valid_column")
+    g.output("Where", [valid3, picked, g.const("empty_row", _PAD_ROW)], "detections", NMS_OUTPUT_NAMES[0])
+    count = g.node("Cast", [valid], "valid_int", to=TensorProto.INT64)[0]
+    if g.opset >= 13:
+        g.output("ReduceSum", [count, g.const("sum_axes", np.array([1], np.int64))], "num_detections",
+                 NMS_OUTPUT_NAMES[1], keepdims=0)
+    else:
+        g.output("ReduceSum", [count], "num_detections", NMS_OUTPUT_NAMES[1], axes=[1], keepdims=0)
 
 
 def _check_nms(proto, feeds: list[np.ndarray], opts: NMSOptions) -> float:
