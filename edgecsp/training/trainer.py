@@ -121,28 +121,18 @@ def train(model: Detector, dataset: CocoDataset, out: Path, settings: TrainSetti
     torch.manual_seed(settings.seed)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    if len(dataset) == 0:
-        raise EdgeCSPError(f"training set {dataset.annotations_path} has no images")
-    if dataset.num_classes != model.config.num_classes:
-        raise EdgeCSPError(
-            f"the data set has {dataset.num_classes} classes but the model was built for {model.config.num_classes}")
+    _check_data(dataset, model)
     size = input_size_of(model)
     stretch = resize_of(model) == "stretch"
     items = load_training_images(dataset, max_side=round(size * 1.3))
     if fit:
-        wh = box_sizes(items, size, stretch)
-        anchors = fit_anchors(wh, k=len(model.config.anchors), seed=settings.seed)
-        fitness = anchor_fitness(wh, anchors)
-        tqdm.write(f"anchors fitted to the data (mean best IoU {fitness:.3f}): {anchors}")
-        torch.manual_seed(settings.seed)
-        model = type(model)(model.config.with_overrides(anchors=tuple(anchors)))
+        model = _with_fitted_anchors(model, items, size, stretch, settings.seed)
     device = torch.device(settings.device)
     model.to(device)
     loss_fn = YoloLoss(model.head)
     optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.999))
     ema = ModelEMA(model, settings.ema_decay)
     steps_per_epoch = max(1, len(items) // settings.batch)
-    total_steps = steps_per_epoch * settings.epochs
     start_epoch, history = 0, []
     state_path = out.with_suffix(".resume.safetensors")
     if resume and state_path.is_file():
@@ -154,26 +144,7 @@ def train(model: Detector, dataset: CocoDataset, out: Path, settings: TrainSetti
     model.train()
     for epoch in range(start_epoch, settings.epochs):
         samples.epoch = epoch
-        loader = torch.utils.data.DataLoader(
-            samples, batch_size=settings.batch, shuffle=True, drop_last=True, collate_fn=collate,
-            num_workers=settings.workers, generator=torch.Generator().manual_seed(settings.seed * 1000 + epoch),
-            persistent_workers=False)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch")
-        running = {}
-        for step, (x, targets) in enumerate(bar):
-            it = epoch * steps_per_epoch + step
-            lr = settings.lr * (min(1.0, (it + 1) / settings.warmup_iters)
-                                * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * it / total_steps))))
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            loss, parts = loss_fn(model(x.to(device, non_blocking=True)), targets.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
-            ema.update(model)
-            running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in parts.items()}
-            bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()} | {"lr": f"{lr:.1e}"})
+        running = _train_epoch(model, samples, loss_fn, optimizer, ema, settings, epoch, steps_per_epoch, device)
         history.append({"epoch": epoch + 1, "minutes": round((time.time() - t0) / 60, 2),
                         **{k: round(v, 5) for k, v in running.items()}})
         _save_state(state_path, model, ema, optimizer, epoch + 1, history)
@@ -190,6 +161,54 @@ def train(model: Detector, dataset: CocoDataset, out: Path, settings: TrainSetti
     ema.module.cpu()
     save_checkpoint(out, ema.module, describe(ema.module, names, training, name=name))
     return out
+
+
+def _check_data(dataset: CocoDataset, model: Detector) -> None:
+    if len(dataset) == 0:
+        raise EdgeCSPError(f"training set {dataset.annotations_path} has no images")
+    if dataset.num_classes != model.config.num_classes:
+        raise EdgeCSPError(
+            f"the data set has {dataset.num_classes} classes but the model was built for {model.config.num_classes}")
+
+
+def _with_fitted_anchors(model: Detector, items, size: int, stretch: bool, seed: int) -> Detector:
+    """A fresh model of the same config with anchors fitted (k-means on IoU) to the data's boxes."""
+    wh = box_sizes(items, size, stretch)
+    anchors = fit_anchors(wh, k=len(model.config.anchors), seed=seed)
+    tqdm.write(f"anchors fitted to the data (mean best IoU {anchor_fitness(wh, anchors):.3f}): {anchors}")
+    torch.manual_seed(seed)
+    return type(model)(model.config.with_overrides(anchors=tuple(anchors)))
+
+
+def learning_rate(settings: TrainSettings, it: int, total_steps: int) -> float:
+    """Linear warm-up, then cosine decay to 2% of the base rate."""
+    warmup = min(1.0, (it + 1) / settings.warmup_iters)
+    return settings.lr * warmup * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * it / total_steps)))
+
+
+def _train_epoch(model, samples: AugmentedSet, loss_fn, optimizer, ema, settings: TrainSettings, epoch: int,
+                 steps_per_epoch: int, device) -> dict[str, float]:
+    """One pass over the data; returns the smoothed loss parts."""
+    loader = torch.utils.data.DataLoader(
+        samples, batch_size=settings.batch, shuffle=True, drop_last=True, collate_fn=collate,
+        num_workers=settings.workers, generator=torch.Generator().manual_seed(settings.seed * 1000 + epoch),
+        persistent_workers=False)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch")
+    total_steps = steps_per_epoch * settings.epochs
+    running: dict[str, float] = {}
+    for step, (x, targets) in enumerate(bar):
+        lr = learning_rate(settings, epoch * steps_per_epoch + step, total_steps)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        loss, parts = loss_fn(model(x.to(device, non_blocking=True)), targets.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        ema.update(model)
+        running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in parts.items()}
+        bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()} | {"lr": f"{lr:.1e}"})
+    return running
 
 
 def _save_state(path: Path, model, ema, optimizer, epoch: int, history: list) -> None:
