@@ -113,10 +113,43 @@ def _models(table: Table, path: Path) -> list[Any]:
 
 def load_suite(path: str | Path) -> Suite:
     from edgecsp.bench.baselines import parse_compare
-    from edgecsp.bench.harness import SCENARIOS
-    from edgecsp.targets import MAX_BATCH, PRECISIONS, load_target
+    from edgecsp.targets import MAX_BATCH
 
     path = Path(path)
+    s, b, base, th, fl = _tables(path)
+    models, targets, precisions, scenarios, exclude = _matrix(s, path)
+    thresholds = _thresholds(th, base, path)
+    try:
+        compare = parse_compare(_list(b, "compare", []))
+    except EdgeCSPError as err:
+        raise EdgeCSPError(f"suite {path} [benchmark]: {err}") from None
+    root = path.resolve().parent.parent if path.resolve().parent.name == "benchmarks" else Path.cwd()
+
+    def key_path(key: str, default: str = "") -> Path | None:
+        text = s.get(key, "str", default)
+        return None if not text else (Path(text) if Path(text).is_absolute() else root / text)
+
+    trusted_keys, signing_key = key_path("trusted_keys"), key_path("signing_key")
+    require_signature = s.get("require_signature", "bool", False)
+    if require_signature and trusted_keys is None:
+        raise EdgeCSPError(f"suite {path}: require_signature needs trusted_keys (a public key file or folder)")
+    return Suite(
+        name=s.get("name", "str", path.stem), path=str(path), models=models,
+        targets=targets, precisions=precisions, scenarios=scenarios,
+        artifacts_dir=key_path("artifacts_dir", "artifacts/nightly"), rebuild=s.get("rebuild", "bool", False),
+        eval_images=s.get("eval_images", "int", None, low=1), data=key_path("data"),
+        job_timeout_s=s.get("job_timeout_s", "number", 3600.0, above=0), isolate=s.get("isolate", "bool", True),
+        exclude=exclude,
+        duration_s=b.get("duration_s", "number", None, above=0), warmup_s=b.get("warmup_s", "number", None, low=0),
+        min_queries=b.get("min_queries", "int", None, low=1),
+        compare=compare, batch=b.get("batch", "int", None, low=1, high=MAX_BATCH),
+        thresholds=thresholds, placement=fl.get("placement", "str", "every-device", choices=PLACEMENTS),
+        on_device_lost=fl.get("on_device_lost", "str", "fail", choices=ON_DEVICE_LOST),
+        require_signature=require_signature, trusted_keys=trusted_keys, signing_key=signing_key)
+
+
+def _tables(path: Path) -> tuple[Table, ...]:
+    """The suite file's tables in _KEYS order, each refusing keys it does not know."""
     if not is_file(path):
         raise EdgeCSPError(f"suite file {path} does not exist; see benchmarks/nightly.toml for an example")
     data = read_toml(path, "suite")
@@ -125,10 +158,14 @@ def load_suite(path: str | Path) -> Suite:
         raise EdgeCSPError(f"suite {path}: unknown table(s) {key_names(sorted(unknown_tables, key=str))}; "
                            f"known: {', '.join(_KEYS)}")
     # Every table is checked here, once: a wrong type fails the night on load, not in job 7 of 30.
-    s, b, base, th, fl = (Table(data.get(t, {}), f"suite {path} [{t}]", known=sorted(keys))
-                          for t, keys in _KEYS.items())
-    placement = fl.get("placement", "str", "every-device", choices=PLACEMENTS)
-    on_lost = fl.get("on_device_lost", "str", "fail", choices=ON_DEVICE_LOST)
+    return tuple(Table(data.get(t, {}), f"suite {path} [{t}]", known=sorted(keys)) for t, keys in _KEYS.items())
+
+
+def _matrix(s: Table, path: Path) -> tuple[list, list[str], list[str], list[str], list[dict]]:
+    """[suite]'s models, targets, precisions, scenarios and exclusions, each checked."""
+    from edgecsp.bench.harness import SCENARIOS
+    from edgecsp.targets import PRECISIONS, load_target
+
     for key in ("models", "targets"):
         if not s.data.get(key):
             raise EdgeCSPError(f"suite {path}: [suite] {key} is missing or empty")
@@ -151,45 +188,19 @@ def load_suite(path: str | Path) -> Suite:
     if not isinstance(exclude, list) or not all(isinstance(e, dict) and set(e) <= {"model", "target", "precision"}
                and all(isinstance(v, str) for v in e.values()) for e in exclude):
         raise EdgeCSPError(f"suite {path}: exclude must be a list of {{model, target, precision}} tables of strings")
+    return models, targets, precisions, scenarios, list(exclude)
+
+
+def _thresholds(th: Table, base: Table, path: Path) -> Thresholds:
     limits = {key: th.get(key, "number", default) for key, default in (
         ("throughput_drop_pct", 10.0), ("ap50_drop_points", 0.5), ("latency_p99_increase_pct", None),
         ("peak_rss_increase_pct", None))}
     limits.update(baseline=base.get("method", "str", "median"), baseline_runs=base.get("last_runs", "int", 7, low=1),
                   min_baseline_runs=base.get("min_runs", "int", 1, low=1))
     try:
-        thresholds = Thresholds(**limits)
+        return Thresholds(**limits)
     except EdgeCSPError as err:
         raise EdgeCSPError(f"suite {path}: {err}") from None
-    try:
-        compare = parse_compare(_list(b, "compare", []))
-    except EdgeCSPError as err:
-        raise EdgeCSPError(f"suite {path} [benchmark]: {err}") from None
-    root = path.resolve().parent.parent if path.resolve().parent.name == "benchmarks" else Path.cwd()
-    art = Path(s.get("artifacts_dir", "str", "artifacts/nightly"))
-    data_dir = Path(s.get("data", "str", "")) if s.get("data", "str", "") else None
-    eval_images = s.get("eval_images", "int", None, low=1)
-
-    def key_path(key: str) -> Path | None:
-        text = s.get(key, "str", "")
-        return None if not text else (Path(text) if Path(text).is_absolute() else root / text)
-
-    trusted_keys, signing_key = key_path("trusted_keys"), key_path("signing_key")
-    require_signature = s.get("require_signature", "bool", False)
-    if require_signature and trusted_keys is None:
-        raise EdgeCSPError(f"suite {path}: require_signature needs trusted_keys (a public key file or folder)")
-    return Suite(
-        name=s.get("name", "str", path.stem), path=str(path), models=models,
-        targets=targets, precisions=precisions, scenarios=scenarios,
-        artifacts_dir=art if art.is_absolute() else root / art, rebuild=s.get("rebuild", "bool", False),
-        eval_images=eval_images,
-        data=(data_dir if data_dir is None or data_dir.is_absolute() else root / data_dir),
-        job_timeout_s=s.get("job_timeout_s", "number", 3600.0, above=0), isolate=s.get("isolate", "bool", True),
-        exclude=list(exclude),
-        duration_s=b.get("duration_s", "number", None, above=0), warmup_s=b.get("warmup_s", "number", None, low=0),
-        min_queries=b.get("min_queries", "int", None, low=1),
-        compare=compare, batch=b.get("batch", "int", None, low=1, high=MAX_BATCH),
-        thresholds=thresholds, placement=placement, on_device_lost=on_lost,
-        require_signature=require_signature, trusted_keys=trusted_keys, signing_key=signing_key)
 
 
 def skip_reason(job: Job) -> str | None:
