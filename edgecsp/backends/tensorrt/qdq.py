@@ -208,76 +208,110 @@ def _const(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return out
 
 
+@dataclass
+class _Graph:
+    """What the Q/DQ checks look up: constants, who produces and who reads each tensor."""
+
+    model: onnx.ModelProto
+    consts: dict[str, np.ndarray]
+    producers: dict[str, onnx.NodeProto]
+    consumers: dict[str, list[onnx.NodeProto]]
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> _Graph:
+        consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in model.graph.node:
+            for name in n.input:
+                consumers.setdefault(name, []).append(n)
+        return cls(model, _const(model), {o: n for n in model.graph.node for o in n.output}, consumers)
+
+    def ops(self, op_type: str) -> list[onnx.NodeProto]:
+        return [n for n in self.model.graph.node if n.op_type == op_type]
+
+
 def check_tensorrt_qdq(model: onnx.ModelProto | str | Path, float_nodes: list[str] | None = None) -> list[str]:
     """Every way ``model`` breaks TensorRT's Q/DQ rules (see the module doc); empty when it follows them."""
-    model = _load(model)
-    consts = _const(model)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
-    producers = {o: n for n in model.graph.node for o in n.output}
+    g = _Graph.of(_load(model))
     problems: list[str] = []
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = next((o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
         problems.append(f"opset {opset} < 13 (per-channel Q/DQ needs 13)")
-    qs = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
-    if not dqs:
+    if not g.ops("DequantizeLinear"):
         problems.append("no Q/DQ nodes at all")
-    for n in qs + dqs:
-        if len(n.input) < 3 or n.input[2] not in consts:
-            problems.append(f"{n.name}: no constant zero-point (TensorRT needs an explicit int8 zero-point 0)")
-            continue
-        zp, scale = consts[n.input[2]], consts.get(n.input[1])
-        if zp.dtype != np.int8:
-            problems.append(f"{n.name}: zero-point is {zp.dtype}, TensorRT INT8 needs int8")
-        if np.any(zp != 0):
-            problems.append(f"{n.name}: zero-point not 0 (asymmetric); TensorRT INT8 is symmetric")
-        if scale is None:
-            problems.append(f"{n.name}: scale is not a constant")
-        elif not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
-            problems.append(f"{n.name}: scale not positive and finite")
-    for q in qs:
-        users = consumers.get(q.output[0], [])
-        if not users or any(u.op_type != "DequantizeLinear" for u in users):
-            problems.append(f"{q.name}: QuantizeLinear not followed by DequantizeLinear only")
-        if q.input[1] in consts and consts[q.input[1]].size != 1:
-            problems.append(f"{q.name}: activation quantized per channel; TensorRT needs one scale per tensor")
-    for dq in dqs:
-        users = consumers.get(dq.output[0], [])
-        src_q = producers.get(dq.input[0])
-        weight = dq.input[0] in consts  # int8 weight initializer straight into DQ
-        if weight:
-            w = consts[dq.input[0]]
-            if w.dtype != np.int8:
-                problems.append(f"{dq.name}: weight stored as {w.dtype}, expected int8")
-            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-            scale = consts.get(dq.input[1])
-            if w.ndim >= 2 and (scale is None or scale.size != w.shape[0] or axis != 0):
-                problems.append(f"{dq.name}: weight scales must be per output channel on axis 0 "
-                                f"(got {None if scale is None else scale.size} scales on axis {axis})")
-            for u in users:
-                if u.op_type not in QUANTIZED_OPS or list(u.input).index(dq.output[0]) != 1:
-                    problems.append(f"{dq.name}: quantized weight feeds {u.op_type} {u.name} other than as its weight")
-        elif src_q is None or src_q.op_type != "QuantizeLinear":
-            problems.append(f"{dq.name}: DequantizeLinear without its QuantizeLinear")
-        else:
-            for u in users:
-                data_input = u.op_type in QUANTIZED_OPS and list(u.input).index(dq.output[0]) == 0
-                if not (data_input or u.op_type in FUSED_RESIDUAL_OPS):
-                    problems.append(f"{dq.name}: activation Q/DQ at an input of {u.op_type} {u.name}; TensorRT "
-                                    f"fuses Q/DQ into {', '.join(QUANTIZED_OPS)} data inputs and residual Adds only")
-    for n in model.graph.node:
+    for n in g.ops("QuantizeLinear") + g.ops("DequantizeLinear"):
+        problems += _zero_point_and_scale(g, n)
+    for q in g.ops("QuantizeLinear"):
+        problems += _quantize_node(g, q)
+    for dq in g.ops("DequantizeLinear"):
+        problems += _weight_dequantize(g, dq) if dq.input[0] in g.consts else _activation_dequantize(g, dq)
+    for n in g.model.graph.node:
         if n.op_type in QUANTIZED_OPS and len(n.input) > 2 and n.input[2]:
-            b = producers.get(n.input[2])
+            b = g.producers.get(n.input[2])
             if b is not None and b.op_type == "DequantizeLinear":
                 problems.append(f"{n.name}: bias quantized; TensorRT keeps biases float")
-    dq_out = {d.output[0] for d in dqs}
+    dq_out = {d.output[0] for d in g.ops("DequantizeLinear")}
     for name in float_nodes or []:
-        node = next((n for n in model.graph.node if n.name == name), None)
+        node = next((n for n in g.model.graph.node if n.name == name), None)
         if node is not None and any(i in dq_out for i in node.input):
             problems.append(f"{name}: a head/decode node reads a dequantized tensor; it must stay float")
+    return problems
+
+
+def _zero_point_and_scale(g: _Graph, n: onnx.NodeProto) -> list[str]:
+    """TensorRT INT8 is symmetric: an explicit int8 zero-point 0 and a positive, finite scale."""
+    if len(n.input) < 3 or n.input[2] not in g.consts:
+        return [f"{n.name}: no constant zero-point (TensorRT needs an explicit int8 zero-point 0)"]
+    problems = []
+    zp, scale = g.consts[n.input[2]], g.consts.get(n.input[1])
+    if zp.dtype != np.int8:
+        problems.append(f"{n.name}: zero-point is {zp.dtype}, TensorRT INT8 needs int8")
+    if np.any(zp != 0):
+        problems.append(f"{n.name}: zero-point not 0 (asymmetric); TensorRT INT8 is symmetric")
+    if scale is None:
+        problems.append(f"{n.name}: scale is not a constant")
+    elif not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+        problems.append(f"{n.name}: scale not positive and finite")
+    return problems
+
+
+def _quantize_node(g: _Graph, q: onnx.NodeProto) -> list[str]:
+    problems = []
+    users = g.consumers.get(q.output[0], [])
+    if not users or any(u.op_type != "DequantizeLinear" for u in users):
+        problems.append(f"{q.name}: QuantizeLinear not followed by DequantizeLinear only")
+    if q.input[1] in g.consts and g.consts[q.input[1]].size != 1:
+        problems.append(f"{q.name}: activation quantized per channel; TensorRT needs one scale per tensor")
+    return problems
+
+
+def _weight_dequantize(g: _Graph, dq: onnx.NodeProto) -> list[str]:
+    """An int8 weight initializer straight into DQ: per output channel, feeding a conv's weight."""
+    problems = []
+    w = g.consts[dq.input[0]]
+    if w.dtype != np.int8:
+        problems.append(f"{dq.name}: weight stored as {w.dtype}, expected int8")
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    scale = g.consts.get(dq.input[1])
+    if w.ndim >= 2 and (scale is None or scale.size != w.shape[0] or axis != 0):
+        problems.append(f"{dq.name}: weight scales must be per output channel on axis 0 "
+                        f"(got {None if scale is None else scale.size} scales on axis {axis})")
+    for u in g.consumers.get(dq.output[0], []):
+        if u.op_type not in QUANTIZED_OPS or list(u.input).index(dq.output[0]) != 1:
+            problems.append(f"{dq.name}: quantized weight feeds {u.op_type} {u.name} other than as its weight")
+    return problems
+
+
+def _activation_dequantize(g: _Graph, dq: onnx.NodeProto) -> list[str]:
+    """An activation DQ: after its Q, read only where TensorRT fuses it (conv data inputs, residual Adds)."""
+    src_q = g.producers.get(dq.input[0])
+    if src_q is None or src_q.op_type != "QuantizeLinear":
+        return [f"{dq.name}: DequantizeLinear without its QuantizeLinear"]
+    problems = []
+    for u in g.consumers.get(dq.output[0], []):
+        data_input = u.op_type in QUANTIZED_OPS and list(u.input).index(dq.output[0]) == 0
+        if not (data_input or u.op_type in FUSED_RESIDUAL_OPS):
+            problems.append(f"{dq.name}: activation Q/DQ at an input of {u.op_type} {u.name}; TensorRT "
+                            f"fuses Q/DQ into {', '.join(QUANTIZED_OPS)} data inputs and residual Adds only")
     return problems
 
 
