@@ -8,16 +8,18 @@ one the application sees (no work enqueued ahead and timed without waiting).
 Scenarios:
   latency     one stream: one query in flight at a time (MLPerf SingleStream); p50/p90/p99/max and FPS.
   throughput  as many queries in flight as the backend uses best (MLPerf Offline-like); FPS.
-              OpenVINO runners (``compiled_model``): the plugin's optimal number of infer requests,
-              each driven by its own thread with synchronous ``infer`` (which releases the GIL).
-              Runners marked ``thread_safe`` with ``streams`` > 1: that many threads calling ``run``.
-              Anything else: one stream (the backend parallelises inside the call).
+              ``--streams`` or else the runner's ``capabilities.parallel`` queries in flight, each
+              driven by its own thread through ``runner.parallel_calls(n)``: one OpenVINO infer
+              request or TensorRT execution context each, or ``run`` itself where the runner is
+              thread-safe (ONNX Runtime; one such: a single stream, the backend parallelises inside
+              the call).
 
-Why not OpenVINO's AsyncInferQueue with a Python callback: the callback runs on OpenVINO's
-executor threads, which then need the GIL; destroying the compiled model afterwards joins those
-threads with the GIL held, and under load that deadlocks (seen with OpenVINO 2026.4 here). With
-one synchronous request per thread no OpenVINO thread ever enters Python, and the queries in
-flight are the same.
+The harness uses only the Runner interface (edgecsp.backends.base): ``run``, ``capabilities``,
+``parallel_calls``. Why not OpenVINO's AsyncInferQueue (``infer_queue``) with a Python callback:
+the callback runs on OpenVINO's executor threads, which then need the GIL; destroying the
+compiled model afterwards joins those threads with the GIL held, and under load that deadlocks
+(seen with OpenVINO 2026.4 here). With one synchronous request per thread no OpenVINO thread
+ever enters Python, and the queries in flight are the same.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecsp.backends.base import Runner
 from edgecsp.errors import EdgeCSPError
 
 SCENARIOS = ("latency", "throughput")
@@ -61,7 +64,7 @@ class Measurement:
     latencies_ns: np.ndarray  # one per measured query, completion order
     wall_s: float  # first measured query start to last completion
     streams: int  # queries in flight
-    mode: str  # "sync", "threads" or "infer-requests"
+    mode: str  # "sync", or the runner's capabilities.parallel_kind ("threads", "infer-requests", "cuda-streams")
     warmup_queries: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -86,7 +89,7 @@ class Measurement:
                 "min": float(ms.min()), "mean": float(ms.mean())}
 
 
-def first_inference_ms(runner: Any, batch: np.ndarray) -> float:
+def first_inference_ms(runner: Runner, batch: np.ndarray) -> float:
     """The first call after loading, timed alone (lazy initialisation, allocation, JIT)."""
     t0 = time.perf_counter_ns()
     runner.run(batch)
@@ -97,7 +100,7 @@ def _nothing() -> None:
     pass
 
 
-def measure(runner: Any, inputs: list[np.ndarray], settings: Settings,
+def measure(runner: Runner, inputs: list[np.ndarray], settings: Settings,
             on_start: Callable[[], None] = _nothing, on_end: Callable[[], None] = _nothing) -> Measurement:
     """Run one scenario on ``runner`` cycling over ``inputs`` (preprocessed batches of one shape).
 
@@ -109,15 +112,11 @@ def measure(runner: Any, inputs: list[np.ndarray], settings: Settings,
     hooks = (on_start, on_end)
     if settings.scenario == "latency":
         return _sync_loop(runner.run, inputs, settings, batch, hooks)
-    if getattr(runner, "compiled_model", None) is not None:
-        calls = _openvino_requests(runner.compiled_model, settings.streams)
-        return _threads(calls, inputs, settings, batch, hooks, mode="infer-requests")
-    streams = settings.streams or int(getattr(runner, "streams", 1) or 1)
-    if streams > 1:
-        if not getattr(runner, "thread_safe", False):
-            raise EdgeCSPError(f"{type(runner).__name__} is not safe to call from {streams} threads; "
-                               "benchmark it with --streams 1")
-        return _threads([runner.run] * streams, inputs, settings, batch, hooks)
+    capabilities = runner.capabilities
+    streams = settings.streams or capabilities.parallel
+    if streams > 1 or capabilities.parallel_kind != "threads":  # requests or CUDA streams: even one is its own
+        calls = runner.parallel_calls(streams)
+        return _threads(calls, inputs, settings, batch, hooks, mode=capabilities.parallel_kind)
     m = _sync_loop(runner.run, inputs, settings, batch, hooks)
     m.scenario = "throughput"
     return m
@@ -153,21 +152,6 @@ def _sync_loop(call, inputs: list[np.ndarray], settings: Settings, batch: int, h
             break
     hooks[1]()
     return Measurement(settings.scenario, batch, lat[:k].copy(), (t1 - start) / 1e9, 1, "sync", warm)
-
-
-def _openvino_requests(compiled_model: Any, n: int | None) -> list[Callable[[np.ndarray], np.ndarray]]:
-    """One synchronous call per infer request. The input is read in place (an application hands
-    its frame over without a copy); the output is copied out once, as the application needs it."""
-    n = n or int(compiled_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-
-    def make(request: Any) -> Callable[[np.ndarray], np.ndarray]:
-        def call(x: np.ndarray) -> np.ndarray:
-            request.infer({0: x}, share_inputs=True, share_outputs=True)
-            return request.get_output_tensor(0).data.copy()  # the request reuses its output buffer
-
-        return call
-
-    return [make(compiled_model.create_infer_request()) for _ in range(max(1, n))]
 
 
 def _threads(calls: list[Callable[[np.ndarray], Any]], inputs: list[np.ndarray], settings: Settings, batch: int,
