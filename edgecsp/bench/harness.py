@@ -154,59 +154,66 @@ def _sync_loop(call, inputs: list[np.ndarray], settings: Settings, batch: int, h
     return Measurement(settings.scenario, batch, lat[:k].copy(), (t1 - start) / 1e9, 1, "sync", warm)
 
 
-def _threads(calls: list[Callable[[np.ndarray], Any]], inputs: list[np.ndarray], settings: Settings, batch: int,
-             hooks, mode: str = "threads") -> Measurement:
-    """One thread per call, each a synchronous loop; the backend must release the GIL in its call."""
-    streams = len(calls)
-    inputs = [np.ascontiguousarray(x, dtype=np.float32) for x in inputs]
-    n = len(inputs)
-    clock = time.perf_counter_ns
-    state = {"measuring": False, "stop": False, "count": 0, "deadline": 0}
-    lock = threading.Lock()
-    per_thread: list[list[int]] = [[] for _ in range(streams)]
-    warm_counts = [0] * streams
-    ends = [0] * streams
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(streams + 1)
+class _Streams:
+    """The state the threads of a throughput run share: one synchronous loop per call."""
 
-    def worker(w: int) -> None:
-        call = calls[w]
+    def __init__(self, calls: list[Callable[[np.ndarray], Any]], inputs: list[np.ndarray], min_queries: int):
+        self.calls, self.inputs, self.min_queries = calls, inputs, min_queries
+        n = len(calls)
+        self.measuring = self.stop = False
+        self.count = self.deadline = 0
+        self.lock = threading.Lock()
+        self.latencies: list[list[int]] = [[] for _ in range(n)]
+        self.warm_counts = [0] * n
+        self.ends = [0] * n
+        self.errors: list[BaseException] = []
+        self.barrier = threading.Barrier(n + 1)
+
+    def worker(self, w: int) -> None:
+        call, inputs, n, clock = self.calls[w], self.inputs, len(self.inputs), time.perf_counter_ns
         try:
             i = w
-            barrier.wait()
-            while not state["measuring"]:
+            self.barrier.wait()
+            while not self.measuring:
                 call(inputs[i % n])
                 i += 1
-                warm_counts[w] += 1
-            lat = per_thread[w]
-            while not state["stop"]:
+                self.warm_counts[w] += 1
+            lat = self.latencies[w]
+            while not self.stop:
                 t0 = clock()
                 call(inputs[i % n])
                 t1 = clock()
                 lat.append(t1 - t0)
-                ends[w] = t1
+                self.ends[w] = t1
                 i += 1
-                with lock:
-                    state["count"] += 1
-                    if t1 >= state["deadline"] and state["count"] >= settings.min_queries:
-                        state["stop"] = True
+                with self.lock:
+                    self.count += 1
+                    if t1 >= self.deadline and self.count >= self.min_queries:
+                        self.stop = True
         except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(err)
-            state["stop"] = state["measuring"] = True
+            self.errors.append(err)
+            self.stop = self.measuring = True
 
-    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(streams)]
+
+def _threads(calls: list[Callable[[np.ndarray], Any]], inputs: list[np.ndarray], settings: Settings, batch: int,
+             hooks, mode: str = "threads") -> Measurement:
+    """One thread per call, each a synchronous loop; the backend must release the GIL in its call."""
+    inputs = [np.ascontiguousarray(x, dtype=np.float32) for x in inputs]
+    run = _Streams(calls, inputs, settings.min_queries)
+    threads = [threading.Thread(target=run.worker, args=(w,), daemon=True) for w in range(len(calls))]
     for t in threads:
         t.start()
-    barrier.wait()
+    run.barrier.wait()
     time.sleep(settings.warmup_s)
     hooks[0]()
-    start = clock()
-    state["deadline"] = start + int(settings.duration_s * 1e9)
-    state["measuring"] = True
+    start = time.perf_counter_ns()
+    run.deadline = start + int(settings.duration_s * 1e9)
+    run.measuring = True
     for t in threads:
         t.join()
     hooks[1]()
-    if errors:
-        raise errors[0]
-    lat = np.array([v for lst in per_thread for v in lst], dtype=np.int64)
-    return Measurement("throughput", batch, lat, (max(ends) - start) / 1e9, streams, mode, sum(warm_counts))
+    if run.errors:
+        raise run.errors[0]
+    lat = np.array([v for lst in run.latencies for v in lst], dtype=np.int64)
+    return Measurement("throughput", batch, lat, (max(run.ends) - start) / 1e9, len(calls), mode,
+                       sum(run.warm_counts))
