@@ -10,6 +10,10 @@ Precisions:
         and, only when it exceeds the tolerance, NNCF's accuracy-control loop reverts the most
         sensitive layers to float.
 
+Build options ([build], checked by OpenVINOBuildOptions): performance_hint (LATENCY|THROUGHPUT,
+the runner's default mode), accuracy_aware, ranking_images, max_reverted_layers,
+fast_bias_correction; nms is accepted and ignored (NMS runs in numpy after the runner).
+
 The runtime precision is always set explicitly: OpenVINO's CPU plugin otherwise runs FP32 models
 in bf16 on CPUs that have it, which would make "fp32" mean different things on different hosts.
 
