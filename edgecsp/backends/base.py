@@ -7,7 +7,6 @@ where it is used, with a line that says how to install it.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -258,24 +257,26 @@ class _MallInfo2(ctypes.Structure):
                  "keepcost")]
 
 
-def _load_mallinfo2() -> Callable[[], Any] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.mallinfo2  # glibc >= 2.33
-    except (OSError, AttributeError):
-        return None
-    fn.restype = _MallInfo2
-    return fn
+_MALLINFO2: list[Callable[[], Any] | None] = []  # looked up once, on first use
 
 
-_MALLINFO2 = _load_mallinfo2()
+def _mallinfo2() -> Callable[[], Any] | None:
+    if not _MALLINFO2:
+        try:
+            fn = ctypes.CDLL(None).mallinfo2  # the process's own libc; glibc >= 2.33 has it
+            fn.restype = _MallInfo2
+        except (OSError, AttributeError):  # older glibc (JetPack 5: 2.31), musl, macOS
+            fn = None
+        _MALLINFO2.append(fn)
+    return _MALLINFO2[0]
 
 
 def heap_in_use() -> int | None:
     """Bytes the C heap has handed out and not freed (glibc's mallinfo2), None where unknown."""
-    if _MALLINFO2 is None:
+    fn = _mallinfo2()
+    if fn is None:
         return None
-    info = _MALLINFO2()
+    info = fn()
     return int(info.uordblks + info.hblkhd)
 
 
