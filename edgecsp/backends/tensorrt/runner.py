@@ -448,8 +448,11 @@ class TensorRTRunner(Runner):
         """Device memory: each context's activation memory (device_memory_size_v2, or
         device_memory_size before TensorRT 10.1), the engine's weights (its serialized size, an
         upper bound: kernels are in it too) and the I/O buffers."""
-        engine: Any = self._engine
-        per_context = int(getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size)
+        engine = self._engine
+        if hasattr(engine, "device_memory_size_v2"):  # TensorRT >= 10.1: includes weight-streaming scratch
+            per_context = int(engine.device_memory_size_v2)
+        else:
+            per_context = int(engine.device_memory_size)
         return (per_context * len(self._lanes) + self._engine_bytes
                 + sum(lane.device_bytes for lane in self._lanes))
 
