@@ -54,7 +54,7 @@ def list_targets() -> list[str]:
 
 # What a profile may hold. Every key is checked on load: a misspelt one is refused by name, since
 # a silently ignored [benchmark] duraton_s or [hardware] emc_bus_widht_bits is a quiet wrong result.
-# [build] options differ per backend and are checked by the backend that builds.
+# [build] options differ per backend: each backend's BuildOptions dataclass checks them.
 _TABLES = ("target", "accuracy", "build", "benchmark", "hardware")
 _TARGET_KEYS = ("name", "backend", "device", "description", "precisions", "default_precision", "input_size", "batch")
 MAX_INPUT_SIZE = 4096  # network input side; larger is a typo (and GBs of activations)
@@ -129,9 +129,11 @@ def _profile(data: dict, path: Path) -> TargetProfile:
     target = Table(data["target"], f"{where} [target]", known=_TARGET_KEYS)
     if "backend" not in target:
         raise EdgeCSPError(f"target profile {path} has no [target] backend = \"...\"")
-    from edgecsp.backends import backend_names
+    from edgecsp.backends import backend_names, get_backend
 
     backend = target.get("backend", "str", choices=backend_names())
+    build = Table(data.get("build", {}), f"{where} [build]").data
+    get_backend(backend).build_options.from_table(build, f"{where} [build]")
     precisions = tuple(p.lower() for p in target.get("precisions", "strings", ["fp32"]))
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad or not precisions:
@@ -170,7 +172,7 @@ def _profile(data: dict, path: Path) -> TargetProfile:
         input_size=input_size,
         batch=batch,
         max_ap50_drop=accuracy.get("max_ap50_drop", "number", 1.0, low=0, high=100),
-        build=dict(Table(data.get("build", {}), f"{where} [build]").data),
+        build=dict(build),
         benchmark=dict(benchmark.data),
         hardware=dict(hardware.data),
         path=str(path),

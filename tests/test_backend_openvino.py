@@ -315,6 +315,40 @@ def test_bad_requests(backend, profile, onnx_path, tmp_path):
         _build(backend, profile, tmp_path / "none.onnx", tmp_path / "o", "fp32")
 
 
+def _profile_with(tmp_path: Path, source: str, replace: tuple[str, str]) -> Path:
+    from edgecsp.targets import TARGETS_DIR
+
+    text = (TARGETS_DIR / f"{source}.toml").read_text()
+    assert replace[0] in text
+    path = tmp_path / "typo.toml"
+    path.write_text(text.replace(*replace))
+    return path
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('performance_hint = "LATENCY"', 'performance_hint = "LATENCY"\nnthreads = 4',
+     "[build]: unknown openvino build option 'nthreads'; known: accuracy_aware, "),
+    ("accuracy_aware = true", 'accuracy_aware = "yes"', "[build]: accuracy_aware must be true or false, got 'yes'"),
+    ('performance_hint = "LATENCY"', 'performance_hint = "FAST"',
+     "[build]: performance_hint must be one of LATENCY, THROUGHPUT, got 'FAST'"),
+])
+def test_a_misspelt_or_mistyped_build_option_is_refused_with_one_line(tmp_path, capsys, old, new, message):
+    """OpenVINO used to ignore a [build] key it did not know (a typo built with the default)."""
+    from edgecsp import cli
+    from edgecsp.compile import main
+
+    profile = _profile_with(tmp_path, "intel-cpu", (old, new))
+    assert cli.run(main, ["--target", str(profile), "--model", str(tmp_path / "none.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_a_misspelt_option_in_a_build_request_is_refused(backend, profile, onnx_path, tmp_path):
+    with pytest.raises(EdgeCSPError, match="unknown openvino build option 'fast_bias_corection'"):
+        backend.build(BuildRequest(onnx_path=onnx_path, precision="fp32", profile=profile, out_dir=tmp_path,
+                                   options={**profile.build, "fast_bias_corection": False}))
+
+
 # --- missing libraries -------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from edgecsp.backends.base import Capabilities, Runner
 from edgecsp.bench import bandwidth, counters, memory, report, traffic
 from edgecsp.bench.harness import Settings, measure
 from edgecsp.errors import EdgeCSPError
@@ -21,8 +22,10 @@ from edgecsp.errors import EdgeCSPError
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-class FakeRunner:
+class FakeRunner(Runner):
     """Counts calls; ``run`` does a little numpy work (releases the GIL) and returns (N, 3, 11)."""
+
+    input_shape = (1, 3, 8, 8)
 
     def __init__(self, thread_safe: bool = False, streams: int = 1, work: int = 20_000):
         self.calls = 0
@@ -41,6 +44,10 @@ class FakeRunner:
         with self._lock:
             self.in_flight -= 1
         return np.zeros((len(batch), 3, 11), np.float32)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(thread_safe=self.thread_safe, parallel=self.streams)
 
     def describe(self) -> dict:
         return {"backend": "fake"}
@@ -112,18 +119,20 @@ def test_openvino_throughput_keeps_its_infer_requests_busy():
     w = ops.constant(np.random.default_rng(0).random((8, 3, 3, 3)).astype(np.float32))
     model = ov.Model([ops.result(ops.convolution(x, w, [1, 1], [1, 1], [1, 1], [1, 1]))], [x])
 
-    class Runner:  # what the harness needs of an OpenVINO runner: its compiled model
-        compiled_model = ov.Core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT",
-                                                                "INFERENCE_NUM_THREADS": 1})
+    from edgecsp.backends.openvino_backend import OpenVINORunner
 
+    class Requests(OpenVINORunner):
         def run(self, batch):
             raise AssertionError("the throughput scenario drives infer requests, not run()")
 
+    core = ov.Core()
+    runner = Requests(core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": 1}),
+                      core, "CPU", "throughput")
     data = [np.random.default_rng(1).random((1, 3, 16, 16)).astype(np.float32)]
-    m = measure(Runner(), data, Settings("throughput", duration_s=0.1, warmup_s=0.05, min_queries=40, streams=3))
+    m = measure(runner, data, Settings("throughput", duration_s=0.1, warmup_s=0.05, min_queries=40, streams=3))
     assert m.mode == "infer-requests" and m.streams == 3
     assert m.queries >= 40 and (m.latencies_ns > 0).all() and m.wall_s >= 0.1
-    Runner.compiled_model = None  # released after its requests: must not hang
+    runner.close()  # the compiled model released after its requests: must not hang
 
 
 # -- memory ---------------------------------------------------------------------------------------------
@@ -323,6 +332,9 @@ def test_benchmark_cli_end_to_end_with_both_baselines(tiny_artifact, tmp_path, c
     art = rep["results"][0]
     assert art["queries"] >= 3 and art["fps"] > 0 and art["first_inference_ms"] > 0 and art["load_s"] > 0
     assert rep["results"][1]["mode"] == "infer-requests"  # OpenVINO's throughput scenario: requests in flight
+    for r in (art, rep["results"][1], rep["results"][4]):  # the engine's own memory: OpenVINO, ONNX Runtime
+        assert r["memory"]["backend_mb"] > 0 and r["memory"]["backend_reason"] is None, r["memory"]
+    assert rep["results"][2]["memory"]["backend_mb"] is None and rep["results"][2]["memory"]["backend_reason"]
     assert set(art["ratios"]) == {"pytorch-eager-fp32", "onnxruntime-fp32"}
     assert art["ratios"]["onnxruntime-fp32"]["fps"] == pytest.approx(art["fps"] / rep["results"][4]["fps"], rel=1e-3)
     bw = art["bandwidth"]
@@ -339,6 +351,50 @@ def test_benchmark_cli_end_to_end_with_both_baselines(tiny_artifact, tmp_path, c
     for png in ("latency.png", "throughput.png", "roofline.png"):
         assert (out / png).read_bytes()[:8] == PNG
     assert "tiny-intel-cpu-fp32" in captured.out and "ratios (this / baseline)" in captured.out
+    assert "eng MB" in captured.out
+
+
+def test_real_runners_declare_what_they_can_do(tiny_artifact):
+    """The harness reads capabilities and calls parallel_calls; every call gives run()'s answer."""
+    import edgecsp
+    from edgecsp.backends import get_backend
+
+    x = np.random.default_rng(2).random((1, 3, 64, 64)).astype(np.float32)
+    ov_runner = edgecsp.load(tiny_artifact["artifact"], mode="throughput").runner
+    ort_runner = get_backend("onnxruntime").open_runner(tiny_artifact["root"] / "tiny.onnx", {}, mode="throughput")
+    ov_caps, ort_caps = ov_runner.capabilities, ort_runner.capabilities
+    assert (ov_caps.parallel_kind, ov_caps.thread_safe, ov_caps.async_queue) == ("infer-requests", False, True)
+    assert (ort_caps.parallel_kind, ort_caps.thread_safe, ort_caps.async_queue) == ("threads", True, False)
+    assert ov_caps.parallel >= 1 and ort_caps.parallel == ort_runner.streams >= 1
+    for runner in (ov_runner, ort_runner):
+        want = runner.run(x)
+        calls = runner.parallel_calls(2)
+        assert len(calls) == 2
+        for call in calls:
+            np.testing.assert_allclose(call(x), want, rtol=0, atol=1e-5)
+        runner.close()
+    with pytest.raises(EdgeCSPError, match="has no asynchronous request queue"):
+        ort_runner.infer_queue()
+
+
+def test_real_runners_report_their_memory(tiny_artifact):
+    """OpenVINO's and ONNX Runtime's runners say what their engine took (neither library reports
+    it for the CPU); the benchmark's backend-memory figure reads it."""
+    import edgecsp
+    from edgecsp.backends import get_backend
+
+    ov_runner = edgecsp.load(tiny_artifact["artifact"]).runner
+    ort_runner = get_backend("onnxruntime").open_runner(tiny_artifact["root"] / "tiny.onnx", {}, threads=1)
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    for runner in (ov_runner, ort_runner):
+        loaded = runner.memory_bytes()
+        assert loaded is not None and loaded > 0, type(runner).__name__
+        runner.run(x)  # the first query's working memory counts too, once
+        after_first = runner.memory_bytes()
+        runner.run(x)
+        assert after_first >= loaded and runner.memory_bytes() == after_first
+        assert memory.backend_memory(runner)["mb"] == round(after_first / memory.MB, 2) > 0
+        runner.close()
 
 
 def test_artifact_whose_checksums_fail_is_refused(tiny_artifact, tmp_path, capsys):

@@ -445,6 +445,46 @@ def test_build_plan_per_tensorrt_version():
         plan_build(10, {"fp32": "model.onnx"}, EngineOptions(precision="fp16"))
 
 
+@pytest.mark.parametrize("old, new, message", [
+    ("workspace_mb = 1024", "workspace_mbb = 1024", "[build]: unknown tensorrt build option 'workspace_mbb'; known: "),
+    ("dla_core = -1", 'dla_core = "gpu"', "[build]: dla_core must be an integer, got 'gpu'"),
+])
+def test_a_misspelt_or_mistyped_build_option_is_refused_with_one_line(tmp_path, capsys, old, new, message):
+    """TensorRT used to ignore a [build] key it did not know (a typo built with the default)."""
+    from edgecsp import cli
+    from edgecsp.compile import main
+    from edgecsp.targets import TARGETS_DIR
+
+    text = (TARGETS_DIR / "jetson-orin-nx.toml").read_text()
+    assert old in text
+    (tmp_path / "typo.toml").write_text(text.replace(old, new))
+    assert cli.run(main, ["--target", str(tmp_path / "typo.toml"), "--model", str(tmp_path / "none.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_one_list_of_tensorrt_build_options_for_bundle_trtexec_and_builder():
+    from edgecsp.backends.tensorrt.build import EngineOptions, TensorRTBuildOptions
+    from edgecsp.backends.tensorrt.bundle import _build_table, trtexec_line
+    from edgecsp.targets import list_targets, load_target
+
+    for name in list_targets():  # every shipped profile still loads, and its [build] is all known
+        profile = load_target(name)
+        if profile.backend == "tensorrt":
+            assert _build_table(profile.build) == profile.build
+    files = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
+    line = trtexec_line(files, "fp16", {"workspace_mb": 512, "dla_core": 0}, ["dynamic", 3, 64, 64], 10)
+    assert "--memPoolSize=workspace:512" in line and "--useDLACore=0" in line and "--maxShapes=images:8x3x64x64" in line
+    for bad in ({"worksapce_mb": 512}, {"max_batch": 0}):  # the bundle's table is checked where it is read
+        with pytest.raises(EdgeCSPError, match="tensorrt build option 'worksapce_mb'|max_batch must be"):
+            trtexec_line(files, "fp16", bad, [1, 3, 64, 64], 10)
+        with pytest.raises(EdgeCSPError):
+            EngineOptions.from_build_table("fp16", bad, 1)
+    with pytest.raises(EdgeCSPError, match="unknown tensorrt build option 'nms_iou'"):
+        _build_table({"recipe": None, "nms_iou": 0.4})
+    assert set(TensorRTBuildOptions.names()) >= {"workspace_mb", "nms_max_detections"}
+
+
 def test_engine_from_another_tensorrt_or_gpu_is_refused_with_the_rebuild_line():
     from edgecsp.backends.tensorrt.runner import check_engine_compatible
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from edgecsp.backends.base import Backend, BuildRequest, BuildResult, PredictFn, Runner
+from edgecsp.backends.base import Backend, BuildOptions, BuildRequest, BuildResult, Capabilities, PredictFn, Runner
 from edgecsp.errors import EdgeCSPError
 
 _BACKENDS = {
@@ -29,4 +29,14 @@ def backend_names() -> list[str]:
     return list(_BACKENDS)
 
 
-__all__ = ["Backend", "BuildRequest", "BuildResult", "PredictFn", "Runner", "get_backend", "backend_names"]
+__all__ = [
+    "Backend",
+    "BuildOptions",
+    "BuildRequest",
+    "BuildResult",
+    "Capabilities",
+    "PredictFn",
+    "Runner",
+    "backend_names",
+    "get_backend",
+]

@@ -44,11 +44,23 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from edgecsp.backends.base import Backend, BuildRequest, BuildResult, PredictFn, Runner, import_library, run_in_static_batches
+from edgecsp.backends.base import (
+    Backend,
+    BuildOptions,
+    BuildRequest,
+    BuildResult,
+    Capabilities,
+    MemoryMeter,
+    PredictFn,
+    Runner,
+    import_library,
+    option,
+    run_in_static_batches,
+)
 from edgecsp.errors import EdgeCSPError
 
 INSTALL_HINT = "pip install 'edgecsp[host]'"
@@ -56,7 +68,6 @@ ENGINE = "model.onnx"
 INPUT_NAME = "images"
 OUTPUT_NAME = "predictions"
 GRAPH_LEVELS = ("all", "extended", "basic", "disable")
-BUILD_OPTIONS = ("recipe", "graph_optimization", "reduce_range", "accuracy_fallback", "nms")
 RUNNER_OPTIONS = ("threads", "mode", "libraries")
 # Histogram calibrators keep every activation of the images they are given until the histogram
 # is updated; feeding them in chunks bounds that memory at any calibration-set size.
@@ -112,6 +123,19 @@ def _cpuinfo_cores() -> int:
         elif key == "core id":
             pairs.add((phys, value.strip()))
     return len(pairs)
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeBuildOptions(BuildOptions):
+    """[build] for onnxruntime (see the module doc)."""
+
+    backend: ClassVar[str] = "onnxruntime"
+    graph_optimization: str = option("all", "str", choices=GRAPH_LEVELS, fold="lower")
+    reduce_range: bool = option(False, "bool")
+    accuracy_fallback: bool = option(True, "bool")
+    nms: bool = option(False, "bool")  # accepted and ignored: NMS runs in numpy after the runner
+    # edgecsp.calibration.CalibrationRecipe, from the pipeline (option() returns a dataclasses.field)
+    recipe: Any = option(None, "any", profile=False)  # noqa: RUF009
 
 
 # ------------------------------------------------------------------------------------------
@@ -328,6 +352,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     precisions = ("fp32", "int8")
     install_hint = INSTALL_HINT
+    build_options = OnnxRuntimeBuildOptions
 
     def version(self) -> str:
         return _import_ort().__version__
@@ -339,14 +364,8 @@ class OnnxRuntimeBackend(Backend):
         precision = request.precision.lower()
         if precision not in self.precisions:
             raise EdgeCSPError(f"the onnxruntime backend builds {', '.join(self.precisions)}, not {precision!r}")
-        options = dict(request.options or {})
-        unknown = set(options) - set(BUILD_OPTIONS)
-        if unknown:
-            raise EdgeCSPError(f"unknown onnxruntime build option(s) {', '.join(sorted(unknown))}; "
-                               f"known: {', '.join(BUILD_OPTIONS)}")
-        level = str(options.get("graph_optimization", "all")).lower()
-        if level not in GRAPH_LEVELS:
-            raise EdgeCSPError(f"onnxruntime graph_optimization must be one of {', '.join(GRAPH_LEVELS)}, got {level!r}")
+        options = OnnxRuntimeBuildOptions.from_request(request.options)
+        level = options.graph_optimization
         onnx_path = Path(request.onnx_path)
         if not onnx_path.is_file():
             raise EdgeCSPError(f"ONNX model {onnx_path} does not exist; export it first (edgecsp.onnx_export)")
@@ -367,21 +386,21 @@ class OnnxRuntimeBackend(Backend):
         return BuildResult(engine=ENGINE, files=[ENGINE], info=info)
 
     def _build_int8(self, request: BuildRequest, onnx_path: Path, out_path: Path, level: str,
-                    options: dict) -> dict[str, Any]:
+                    options: OnnxRuntimeBuildOptions) -> dict[str, Any]:
         import onnx
 
         from edgecsp.calibration import CalibrationRecipe
 
-        recipe = options.get("recipe") or CalibrationRecipe()
+        recipe = options.recipe or CalibrationRecipe()
         calib = request.calibration
         if calib is None or len(getattr(calib, "images", ())) == 0:
             raise EdgeCSPError("int8 needs calibration images; pass a calibration set (edgecsp.calibration) "
                                "or build fp32")
         images = np.asarray(calib.images, dtype=np.float32)
-        fallback = bool(options.get("accuracy_fallback", True)) and request.validate is not None
+        fallback = options.accuracy_fallback and request.validate is not None
         with tempfile.TemporaryDirectory(prefix="edgecsp-ort-") as tmp:
             work = Path(tmp)
-            qz = _Quantizer(onnx_path, work, images, recipe, bool(options.get("reduce_range", False)))
+            qz = _Quantizer(onnx_path, work, images, recipe, options.reduce_range)
             rungs = [_Rung("recipe", recipe.method)]
             validate = request.validate
             reference = None if validate is None else float(validate(_session_predict(onnx_path, level)))
@@ -466,9 +485,11 @@ class OnnxRuntimeBackend(Backend):
                     or (((manifest or {}).get("target") or {}).get("build") or {}).get("graph_optimization")
                     or "all").lower()
         engine_path = Path(engine_path)
-        session, threads = _open_session(engine_path, level, threads, mode, user_libraries(libraries, "onnxruntime"))
+        meter = MemoryMeter()
+        with meter.measure():
+            session, threads = _open_session(engine_path, level, threads, mode, user_libraries(libraries, "onnxruntime"))
         precision = (manifest or {}).get("precision") or info.get("precision")
-        return OnnxRuntimeRunner(session, engine_path, threads, mode, level, precision, ort.__version__)
+        return OnnxRuntimeRunner(session, engine_path, threads, mode, level, precision, ort.__version__, meter)
 
 
 def _open_session(path: Path, level: str, threads: int | None, mode: str,
@@ -517,14 +538,19 @@ def _batched(infer, batch: np.ndarray, static_batch: int) -> np.ndarray:
 
 class OnnxRuntimeRunner(Runner):
     """One InferenceSession. ``run`` may be called from several threads at once (ORT's session
-    is thread-safe); in throughput mode ``streams`` says how many concurrent calls fill the CPU."""
+    is thread-safe); in throughput mode ``streams`` says how many concurrent calls fill the CPU.
+
+    ``memory_bytes``: ORT's Python API exposes no allocator statistics, so it is what the process
+    took while the session loaded and ran its first query (edgecsp.backends.base.MemoryMeter).
+    """
 
     thread_safe = True
 
     def __init__(self, session: Any, path: Path, threads: int, mode: str, level: str, precision: str | None,
-                 version: str):
+                 version: str, meter: MemoryMeter | None = None):
         self.session, self.path, self.threads, self.mode = session, Path(path), threads, mode
         self._level, self._precision, self._version = level, precision, version
+        self._meter = meter or MemoryMeter()
         shape = session.get_inputs()[0].shape
         self.input_shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in shape)
         self._static_batch = _static_batch(shape)
@@ -541,7 +567,15 @@ class OnnxRuntimeRunner(Runner):
             raise EdgeCSPError(f"ONNX Runtime engine expects batches shaped (N, {', '.join(map(str, expected))}), "
                                f"got {tuple(batch.shape)}; letterbox images to the artifact's input size")
         session, name = self.session, self._output
-        return _batched(lambda c: session.run([name], {INPUT_NAME: c})[0], batch, self._static_batch)
+        call = lambda: _batched(lambda c: session.run([name], {INPUT_NAME: c})[0], batch, self._static_batch)
+        return self._meter.first_query(call) if self._meter.first_query_pending else call()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(thread_safe=True, parallel=self.streams)
+
+    def memory_bytes(self) -> int | None:
+        return self._meter.bytes or None
 
     def describe(self) -> dict:
         providers = self.session.get_providers() if self.session is not None else []

@@ -10,6 +10,10 @@ Precisions:
         and, only when it exceeds the tolerance, NNCF's accuracy-control loop reverts the most
         sensitive layers to float.
 
+Build options ([build], checked by OpenVINOBuildOptions): performance_hint (LATENCY|THROUGHPUT,
+the runner's default mode), accuracy_aware, ranking_images, max_reverted_layers,
+fast_bias_correction; nms is accepted and ignored (NMS runs in numpy after the runner).
+
 The runtime precision is always set explicitly: OpenVINO's CPU plugin otherwise runs FP32 models
 in bf16 on CPUs that have it, which would make "fp32" mean different things on different hosts.
 
@@ -22,12 +26,25 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from edgecsp.backends.base import Backend, BuildRequest, BuildResult, PredictFn, Runner, import_library, run_in_static_batches
+from edgecsp.backends.base import (
+    Backend,
+    BuildOptions,
+    BuildRequest,
+    BuildResult,
+    Capabilities,
+    MemoryMeter,
+    PredictFn,
+    Runner,
+    import_library,
+    option,
+    run_in_static_batches,
+)
 from edgecsp.errors import EdgeCSPError
 
 INSTALL_HINT = "pip install 'edgecsp[host]'"
@@ -211,6 +228,83 @@ def _to_float(item: np.ndarray) -> np.ndarray:
     return item.astype(np.float32) / 255 if item.dtype == np.uint8 else item
 
 
+@dataclass(frozen=True)
+class OpenVINOBuildOptions(BuildOptions):
+    """[build] for openvino."""
+
+    backend: ClassVar[str] = "openvino"
+    performance_hint: str = option("LATENCY", "str", choices=("LATENCY", "THROUGHPUT"), fold="upper")
+    accuracy_aware: bool = option(False, "bool")  # measure the int8 AP50 drop; past the tolerance, NNCF's loop
+    ranking_images: int = option(RANKING_IMAGES, "int", low=1)  # images the accuracy-control loop ranks on
+    max_reverted_layers: int = option(0, "int", low=0)  # cap on the loop's iterations (0: NNCF's default)
+    fast_bias_correction: bool = option(True, "bool")
+    nms: bool = option(False, "bool")  # accepted and ignored: NMS runs in numpy after the runner
+    # edgecsp.calibration.CalibrationRecipe, from the pipeline (option() returns a dataclasses.field)
+    recipe: Any = option(None, "any", profile=False)  # noqa: RUF009
+
+
+def _default_recipe() -> Any:
+    from edgecsp.calibration import CalibrationRecipe
+
+    return CalibrationRecipe()
+
+
+@dataclass
+class _NNCFRun:
+    """What every NNCF call of one int8 build shares."""
+
+    nncf: Any
+    options: OpenVINOBuildOptions
+    calibration: Any  # nncf.Dataset of input batches
+    images: int  # calibration images used (whole batches)
+    advanced: Any  # AdvancedQuantizationParameters
+    ranges: dict  # how the ranges are chosen, for the manifest
+    head_names: list[str]  # ops kept in float
+    params: dict  # keyword arguments of nncf.quantize and quantize_with_accuracy_control
+
+
+def _calibration_dataset(nncf: Any, model: Any, calib: Any) -> tuple[Any, int]:
+    """The calibration images as an nncf.Dataset of whole batches, and how many images that is."""
+    if calib is None or len(getattr(calib, "images", ())) == 0:
+        raise EdgeCSPError("int8 needs calibration images; pass a calibration recipe (--calibration default)")
+    batch = _static_batch(model) or 1
+    images = np.asarray(calib.images, dtype=np.float32)
+    if len(images) < batch:  # a static batch larger than the set: repeat images to fill one
+        images = np.concatenate([images] * (batch // len(images) + 1))[:batch]
+    items = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
+    return nncf.Dataset(items), len(items) * batch
+
+
+def _nncf_run(nncf: Any, model: Any, request: BuildRequest, device: str, recipe: Any,
+              options: OpenVINOBuildOptions) -> _NNCFRun:
+    advanced, ranges = _nncf_settings(recipe)
+    calibration, images = _calibration_dataset(nncf, model, request.calibration)
+    ignored, head_names = None, []
+    if recipe.keep_head_float:
+        head_names = head_op_names(model, Path(request.onnx_path))
+        # validate=False: NNCF may fold some decode ops away; head_op_names insists on the convs.
+        ignored = nncf.IgnoredScope(names=head_names, validate=False)
+    target = getattr(nncf.TargetDevice, device.split(".")[0].upper(), nncf.TargetDevice.ANY)
+    batch = _static_batch(model) or 1
+    params = {"preset": nncf.QuantizationPreset.MIXED, "target_device": target, "subset_size": images // batch,
+              "fast_bias_correction": options.fast_bias_correction, "model_type": None, "ignored_scope": ignored}
+    return _NNCFRun(nncf, options, calibration, images, advanced, ranges, head_names, params)
+
+
+def _quantization_info(nncf: Any, model: Any, calib: Any, recipe: Any, run: _NNCFRun) -> dict[str, Any]:
+    """The manifest's record of how the int8 model was made."""
+    return {
+        "tool": f"nncf {nncf.__version__}", "preset": "mixed (symmetric weights, asymmetric activations)",
+        "target_device": run.params["target_device"].value, "calibration_images": run.images,
+        "calibration_hash": getattr(calib, "data_hash", ""), "recipe": getattr(recipe, "name", ""),
+        "recipe_digest": recipe.digest() if hasattr(recipe, "digest") else "",
+        "fast_bias_correction": run.params["fast_bias_correction"], **run.ranges,
+        "keep_head_float": bool(recipe.keep_head_float), "ignored_ops": len(run.head_names),
+        "float_head_convs": sorted(op.get_friendly_name() for op in model.get_ops()
+                                   if op.get_type_name() == "Convolution" and op.get_friendly_name() in run.head_names),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -218,6 +312,7 @@ class OpenVINOBackend(Backend):
     name = "openvino"
     precisions = ("fp32", "fp16", "bf16", "int8")
     install_hint = INSTALL_HINT
+    build_options = OpenVINOBuildOptions
 
     def version(self) -> str:
         return _import_openvino().__version__
@@ -230,7 +325,7 @@ class OpenVINOBackend(Backend):
         if precision not in self.precisions:
             raise EdgeCSPError(f"OpenVINO has no precision {precision!r}; use one of {', '.join(self.precisions)}")
         device = getattr(request.profile, "device", "CPU") or "CPU"
-        options = dict(request.options or {})
+        options = OpenVINOBuildOptions.from_request(request.options)
         core = ov.Core()
         capabilities = self._capabilities(core, device)
         if precision == "bf16" and "BF16" not in capabilities:
@@ -248,9 +343,9 @@ class OpenVINOBackend(Backend):
         info: dict[str, Any] = {"openvino": ov.__version__, "device": device, "precision": precision,
                                 "ir_weights": "fp16" if precision == "fp16" else "fp32",
                                 "inference_precision": hint,
-                                "performance_hint": str(options.get("performance_hint", "LATENCY")).upper()}
+                                "performance_hint": options.performance_hint}
         if precision == "int8":
-            model, info["quantization"] = self._quantize(core, model, request, device)
+            model, info["quantization"] = self._quantize(core, model, request, device, options)
 
         out_dir = Path(request.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -291,88 +386,44 @@ class OpenVINOBackend(Backend):
             config[props.inference_num_threads] = int(threads)
         return config
 
-    def _quantize(self, core: Any, model: Any, request: BuildRequest, device: str) -> tuple[Any, dict]:
+    def _quantize(self, core: Any, model: Any, request: BuildRequest, device: str,
+                  options: OpenVINOBuildOptions) -> tuple[Any, dict]:
+        """NNCF post-training quantization; with ``accuracy_aware``, then the accuracy check."""
         nncf = _import_nncf()
-        calib = request.calibration
-        if calib is None or len(getattr(calib, "images", ())) == 0:
-            raise EdgeCSPError("int8 needs calibration images; pass a calibration recipe (--calibration default)")
-        recipe = request.options.get("recipe")
-        if recipe is None:
-            from edgecsp.calibration import CalibrationRecipe
-
-            recipe = CalibrationRecipe()
-        options = request.options
-        advanced, ranges = _nncf_settings(recipe)
-
-        batch = _static_batch(model) or 1
-        images = np.asarray(calib.images, dtype=np.float32)
-        if len(images) < batch:  # a static batch larger than the set: repeat images to fill one
-            images = np.concatenate([images] * (batch // len(images) + 1))[:batch]
-        items = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
-        calibration = nncf.Dataset(items)
-
-        ignored, head_names = None, []
-        if recipe.keep_head_float:
-            head_names = head_op_names(model, Path(request.onnx_path))
-            # validate=False: NNCF may fold some decode ops away; head_op_names insists on the convs.
-            ignored = nncf.IgnoredScope(names=head_names, validate=False)
-        target = getattr(nncf.TargetDevice, device.split(".")[0].upper(), nncf.TargetDevice.ANY)
-        params = {"preset": nncf.QuantizationPreset.MIXED, "target_device": target, "subset_size": len(items),
-                  "fast_bias_correction": bool(options.get("fast_bias_correction", True)),
-                  "model_type": None, "ignored_scope": ignored}
-        info: dict[str, Any] = {
-            "tool": f"nncf {nncf.__version__}", "preset": "mixed (symmetric weights, asymmetric activations)",
-            "target_device": target.value, "calibration_images": len(items) * batch,
-            "calibration_hash": getattr(calib, "data_hash", ""), "recipe": getattr(recipe, "name", ""),
-            "recipe_digest": recipe.digest() if hasattr(recipe, "digest") else "",
-            "fast_bias_correction": params["fast_bias_correction"], **ranges,
-            "keep_head_float": bool(recipe.keep_head_float), "ignored_ops": len(head_names),
-            "float_head_convs": sorted(op.get_friendly_name() for op in model.get_ops()
-                                       if op.get_type_name() == "Convolution" and op.get_friendly_name() in head_names),
-        }
-
+        recipe = options.recipe or _default_recipe()
+        run = _nncf_run(nncf, model, request, device, recipe, options)
+        info = _quantization_info(nncf, model, request.calibration, recipe, run)
         start = time.perf_counter()
         with _quiet_nncf():
-            quantized = nncf.quantize(model.clone(), calibration, advanced_parameters=advanced, **params)
+            quantized = nncf.quantize(model.clone(), run.calibration, advanced_parameters=run.advanced, **run.params)
         info["quantize_seconds"] = round(time.perf_counter() - start, 2)
         info["path"] = "nncf.quantize"
         info["quantized_ops"] = len(quantized_op_names(quantized))
-
-        if not options.get("accuracy_aware", False):
+        if not options.accuracy_aware:
             return quantized, info
         if request.validate is None:
             info["accuracy_check"] = "skipped: no validation data given"
             return quantized, info
+        return self._control_accuracy(core, model, quantized, request, device, run, info)
 
-        # Measure first: the accuracy-control loop is slow and usually not needed.
+    def _control_accuracy(self, core: Any, model: Any, quantized: Any, request: BuildRequest, device: str,
+                          run: _NNCFRun, info: dict) -> tuple[Any, dict]:
+        """Measure the AP50 drop first: the accuracy-control loop is slow and usually not needed.
+        Past the tolerance, NNCF reverts the most sensitive layers to float; the better model wins."""
+        assert request.validate is not None
         ranking: list[np.ndarray] = []
         reference = self._validate(core, model, device, request.validate, record=ranking,
-                                   limit=int(options.get("ranking_images", RANKING_IMAGES)))
+                                   limit=run.options.ranking_images)
         measured = self._validate(core, quantized, device, request.validate)
-        drop = reference - measured
-        info.update(ap50_float=round(reference, 5), ap50_int8=round(measured, 5), ap50_drop=round(drop, 5),
-                    max_ap50_drop=request.max_ap50_drop)
-        if drop <= request.max_ap50_drop:
+        info.update(ap50_float=round(reference, 5), ap50_int8=round(measured, 5),
+                    ap50_drop=round(reference - measured, 5), max_ap50_drop=request.max_ap50_drop)
+        if reference - measured <= request.max_ap50_drop:
             return quantized, info
         if not ranking:
             info["accuracy_control"] = "skipped: validate() ran no images through the model"
             return quantized, info
-
-        from nncf.quantization.advanced_parameters import (  # type: ignore[import-untyped]
-            AdvancedAccuracyRestorerParameters,
-        )
-
-        restorer = AdvancedAccuracyRestorerParameters()
-        if options.get("max_reverted_layers"):
-            restorer.max_num_iterations = int(options["max_reverted_layers"])
         start = time.perf_counter()
-        with _quiet_nncf():
-            controlled = nncf.quantize_with_accuracy_control(
-                model.clone(), calibration, nncf.Dataset(ranking, _to_float),
-                self._nncf_validation_fn(request.validate, ranking),
-                max_drop=request.max_ap50_drop, drop_type=nncf.DropType.ABSOLUTE,
-                advanced_quantization_parameters=advanced, advanced_accuracy_restorer_parameters=restorer,
-                **params)
+        controlled = self._accuracy_control_loop(model, request, ranking, run)
         final = self._validate(core, controlled, device, request.validate)
         info["accuracy_control_seconds"] = round(time.perf_counter() - start, 2)
         if final < measured:
@@ -385,6 +436,26 @@ class OpenVINOBackend(Backend):
                     reverted_to_float=sorted(quantized_op_names(quantized) - quantized_op_names(controlled)),
                     quantized_ops=len(quantized_op_names(controlled)))
         return controlled, info
+
+    def _accuracy_control_loop(self, model: Any, request: BuildRequest, ranking: list[np.ndarray],
+                               run: _NNCFRun) -> Any:
+        """nncf.quantize_with_accuracy_control, ranking layers on the recorded validation images."""
+        from nncf.quantization.advanced_parameters import (  # type: ignore[import-untyped]
+            AdvancedAccuracyRestorerParameters,
+        )
+
+        assert request.validate is not None
+        nncf = run.nncf
+        restorer = AdvancedAccuracyRestorerParameters()
+        if run.options.max_reverted_layers:
+            restorer.max_num_iterations = run.options.max_reverted_layers
+        with _quiet_nncf():
+            return nncf.quantize_with_accuracy_control(
+                model.clone(), run.calibration, nncf.Dataset(ranking, _to_float),
+                self._nncf_validation_fn(request.validate, ranking),
+                max_drop=request.max_ap50_drop, drop_type=nncf.DropType.ABSOLUTE,
+                advanced_quantization_parameters=run.advanced, advanced_accuracy_restorer_parameters=restorer,
+                **run.params)
 
     def _validate(self, core: Any, model: Any, device: str, validate: Callable[[PredictFn], float],
                   record: list | None = None, limit: int = 0) -> float:
@@ -499,17 +570,23 @@ class OpenVINOBackend(Backend):
                                   else info.get("inference_precision", "f32"))
         if hint not in ("f32", "f16", "bf16"):
             raise EdgeCSPError(f"unknown OpenVINO inference precision {hint!r}; use f32, f16 or bf16")
+        meter = MemoryMeter()
+        with meter.measure():
+            compiled = self._compile(core, engine_path, device, self._config(ov, hint, mode, threads))
+        return OpenVINORunner(compiled, core, device, mode, meter)
+
+    @staticmethod
+    def _compile(core: Any, engine_path: Path, device: str, config: dict) -> Any:
         try:
             model = core.read_model(str(engine_path))
         except RuntimeError as err:
             raise EdgeCSPError(f"OpenVINO cannot read {engine_path} ({_ov_message(err)}); the file is damaged: "
                                "rebuild the artifact with python -m edgecsp.compile") from None
         try:
-            compiled = core.compile_model(model, device, self._config(ov, hint, mode, threads))
+            return core.compile_model(model, device, config)
         except RuntimeError as err:
             raise EdgeCSPError(f"OpenVINO cannot compile {engine_path} for {device} ({_ov_message(err)}); "
                                "rebuild the artifact on this device") from None
-        return OpenVINORunner(compiled, core, device, mode)
 
 
 def _manifest_info(manifest: dict) -> dict:
@@ -530,11 +607,18 @@ def _manifest_precision(manifest: dict, info: dict) -> str | None:
 
 
 class OpenVINORunner(Runner):
-    """One compiled model and one reused infer request; not thread-safe (use ``infer_queue``)."""
+    """One compiled model and one reused infer request for ``run`` (not thread-safe); for queries
+    in flight at once, ``parallel_calls`` (one infer request per thread) or ``infer_queue``.
 
-    def __init__(self, compiled_model: Any, core: Any, device: str, mode: str):
+    ``memory_bytes``: the GPU plugin's own allocation statistics on a GPU; the CPU plugin reports
+    none, so there it is what the process took while the model compiled and ran its first query
+    (edgecsp.backends.base.MemoryMeter).
+    """
+
+    def __init__(self, compiled_model: Any, core: Any, device: str, mode: str, meter: MemoryMeter | None = None):
         self.compiled_model = compiled_model
         self._core, self._device, self._mode = core, device, mode
+        self._meter = meter or MemoryMeter()
         self._request = compiled_model.create_infer_request()
         shape = compiled_model.input(0).get_partial_shape()
         self.input_shape = tuple(d.get_length() if d.is_static else -1 for d in shape)
@@ -546,14 +630,37 @@ class OpenVINORunner(Runner):
         if batch.ndim != 4 or any(e != -1 and e != s for e, s in zip(expected, batch.shape[1:])):
             raise EdgeCSPError(f"OpenVINO engine expects batches shaped (N, {', '.join(map(str, expected))}), "
                                f"got {tuple(batch.shape)}; letterbox images to the artifact's input size")
+        if self._meter.first_query_pending:
+            return self._meter.first_query(lambda: run_in_static_batches(self._infer, batch, self._static_batch))
         return run_in_static_batches(self._infer, batch, self._static_batch)
 
     def _infer(self, chunk: np.ndarray) -> np.ndarray:
         self._request.infer({0: np.ascontiguousarray(chunk)})
         return self._request.get_output_tensor(0).data.copy()  # the request reuses its output buffer
 
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(thread_safe=False, parallel=int(self._property("OPTIMAL_NUMBER_OF_INFER_REQUESTS") or 1),
+                            parallel_kind="infer-requests", async_queue=True)
+
+    def parallel_calls(self, n: int) -> list[Callable[[np.ndarray], np.ndarray]]:
+        """One synchronous call per infer request, each for its own thread: no OpenVINO thread ever
+        enters Python (an AsyncInferQueue's Python callback does, see bench/harness.py). The input
+        is read in place (an application hands its frame over without a copy); the output is
+        copied out once, as the application needs it."""
+        static_batch = self._static_batch
+
+        def make(request: Any) -> Callable[[np.ndarray], np.ndarray]:
+            def infer(x: np.ndarray) -> np.ndarray:
+                request.infer({0: np.ascontiguousarray(x, dtype=np.float32)}, share_inputs=True, share_outputs=True)
+                return request.get_output_tensor(0).data.copy()  # the request reuses its output buffer
+
+            return lambda batch: run_in_static_batches(infer, batch, static_batch)
+
+        return [make(self.compiled_model.create_infer_request()) for _ in range(max(1, n))]
+
     def infer_queue(self, n_requests: int | None = None) -> Any:
-        """An ov.AsyncInferQueue for throughput benchmarks.
+        """An ov.AsyncInferQueue.
 
         Usage: ``q = runner.infer_queue(); q.set_callback(fn)`` where ``fn(request, userdata)``
         reads ``request.get_output_tensor(0).data`` (copy it: the buffer is reused);
@@ -562,20 +669,28 @@ class OpenVINORunner(Runner):
         """
         from openvino import AsyncInferQueue  # type: ignore[import-untyped]
 
-        n = n_requests or int(self.compiled_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        return AsyncInferQueue(self.compiled_model, n)
+        return AsyncInferQueue(self.compiled_model, n_requests or self.capabilities.parallel)
+
+    def memory_bytes(self) -> int | None:
+        if self._device.upper().startswith("GPU"):
+            try:  # bytes per allocation type (usm_device, usm_host, cl_mem...) that the plugin holds
+                stats = self._core.get_property(self._device, "GPU_MEMORY_STATISTICS")
+            except RuntimeError:
+                stats = None
+            if isinstance(stats, dict) and stats:
+                return int(sum(int(v) for v in stats.values()))
+        return self._meter.bytes or None
+
+    def _property(self, name: str) -> Any:
+        try:
+            return self.compiled_model.get_property(name)
+        except RuntimeError:
+            return None
 
     def describe(self) -> dict:
         from openvino import __version__  # type: ignore[import-untyped]
 
-        cm = self.compiled_model
-
-        def prop(name: str) -> Any:
-            try:
-                return cm.get_property(name)
-            except RuntimeError:
-                return None
-
+        prop = self._property
         streams = prop("NUM_STREAMS")
         return {
             "backend": "openvino", "openvino": __version__, "device": self._device,

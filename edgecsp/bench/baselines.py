@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecsp.backends.base import Runner
+from edgecsp.backends.base import Capabilities, MemoryMeter, Runner
 from edgecsp.errors import EdgeCSPError
 
 BASELINES = ("torch", "onnxruntime-fp32")
@@ -59,18 +59,28 @@ class TorchRunner(Runner):
 class OrtRunner(Runner):
     """A plain ``onnxruntime.InferenceSession`` (default options) on an FP32 ONNX file."""
 
-    thread_safe = True  # InferenceSession.run may be called from several threads
-
     def __init__(self, onnx_path: Path, input_shape: tuple[int, ...]):
         import onnxruntime as ort
 
         self.path = Path(onnx_path)
-        self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        self._meter = MemoryMeter()
+        with self._meter.measure():
+            self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.input_shape = input_shape
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if self._meter.first_query_pending:
+            return self._meter.first_query(lambda: self.session.run(None, {self.input_name: x})[0])
+        return self.session.run(None, {self.input_name: x})[0]
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(thread_safe=True)  # InferenceSession.run may be called from several threads
+
+    def memory_bytes(self) -> int | None:
+        return self._meter.bytes or None  # what the session took to load and run its first query
 
     def describe(self) -> dict:
         import onnxruntime as ort

@@ -8,16 +8,18 @@ one the application sees (no work enqueued ahead and timed without waiting).
 Scenarios:
   latency     one stream: one query in flight at a time (MLPerf SingleStream); p50/p90/p99/max and FPS.
   throughput  as many queries in flight as the backend uses best (MLPerf Offline-like); FPS.
-              OpenVINO runners (``compiled_model``): the plugin's optimal number of infer requests,
-              each driven by its own thread with synchronous ``infer`` (which releases the GIL).
-              Runners marked ``thread_safe`` with ``streams`` > 1: that many threads calling ``run``.
-              Anything else: one stream (the backend parallelises inside the call).
+              ``--streams`` or else the runner's ``capabilities.parallel`` queries in flight, each
+              driven by its own thread through ``runner.parallel_calls(n)``: one OpenVINO infer
+              request or TensorRT execution context each, or ``run`` itself where the runner is
+              thread-safe (ONNX Runtime; one such: a single stream, the backend parallelises inside
+              the call).
 
-Why not OpenVINO's AsyncInferQueue with a Python callback: the callback runs on OpenVINO's
-executor threads, which then need the GIL; destroying the compiled model afterwards joins those
-threads with the GIL held, and under load that deadlocks (seen with OpenVINO 2026.4 here). With
-one synchronous request per thread no OpenVINO thread ever enters Python, and the queries in
-flight are the same.
+The harness uses only the Runner interface (edgecsp.backends.base): ``run``, ``capabilities``,
+``parallel_calls``. Why not OpenVINO's AsyncInferQueue (``infer_queue``) with a Python callback:
+the callback runs on OpenVINO's executor threads, which then need the GIL; destroying the
+compiled model afterwards joins those threads with the GIL held, and under load that deadlocks
+(seen with OpenVINO 2026.4 here). With one synchronous request per thread no OpenVINO thread
+ever enters Python, and the queries in flight are the same.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecsp.backends.base import Runner
 from edgecsp.errors import EdgeCSPError
 
 SCENARIOS = ("latency", "throughput")
@@ -61,7 +64,7 @@ class Measurement:
     latencies_ns: np.ndarray  # one per measured query, completion order
     wall_s: float  # first measured query start to last completion
     streams: int  # queries in flight
-    mode: str  # "sync", "threads" or "infer-requests"
+    mode: str  # "sync", or the runner's capabilities.parallel_kind ("threads", "infer-requests", "cuda-streams")
     warmup_queries: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -86,7 +89,7 @@ class Measurement:
                 "min": float(ms.min()), "mean": float(ms.mean())}
 
 
-def first_inference_ms(runner: Any, batch: np.ndarray) -> float:
+def first_inference_ms(runner: Runner, batch: np.ndarray) -> float:
     """The first call after loading, timed alone (lazy initialisation, allocation, JIT)."""
     t0 = time.perf_counter_ns()
     runner.run(batch)
@@ -97,7 +100,7 @@ def _nothing() -> None:
     pass
 
 
-def measure(runner: Any, inputs: list[np.ndarray], settings: Settings,
+def measure(runner: Runner, inputs: list[np.ndarray], settings: Settings,
             on_start: Callable[[], None] = _nothing, on_end: Callable[[], None] = _nothing) -> Measurement:
     """Run one scenario on ``runner`` cycling over ``inputs`` (preprocessed batches of one shape).
 
@@ -109,15 +112,11 @@ def measure(runner: Any, inputs: list[np.ndarray], settings: Settings,
     hooks = (on_start, on_end)
     if settings.scenario == "latency":
         return _sync_loop(runner.run, inputs, settings, batch, hooks)
-    if getattr(runner, "compiled_model", None) is not None:
-        calls = _openvino_requests(runner.compiled_model, settings.streams)
-        return _threads(calls, inputs, settings, batch, hooks, mode="infer-requests")
-    streams = settings.streams or int(getattr(runner, "streams", 1) or 1)
-    if streams > 1:
-        if not getattr(runner, "thread_safe", False):
-            raise EdgeCSPError(f"{type(runner).__name__} is not safe to call from {streams} threads; "
-                               "benchmark it with --streams 1")
-        return _threads([runner.run] * streams, inputs, settings, batch, hooks)
+    capabilities = runner.capabilities
+    streams = settings.streams or capabilities.parallel
+    if streams > 1 or capabilities.parallel_kind != "threads":  # requests or CUDA streams: even one is its own
+        calls = runner.parallel_calls(streams)
+        return _threads(calls, inputs, settings, batch, hooks, mode=capabilities.parallel_kind)
     m = _sync_loop(runner.run, inputs, settings, batch, hooks)
     m.scenario = "throughput"
     return m
@@ -155,74 +154,66 @@ def _sync_loop(call, inputs: list[np.ndarray], settings: Settings, batch: int, h
     return Measurement(settings.scenario, batch, lat[:k].copy(), (t1 - start) / 1e9, 1, "sync", warm)
 
 
-def _openvino_requests(compiled_model: Any, n: int | None) -> list[Callable[[np.ndarray], np.ndarray]]:
-    """One synchronous call per infer request. The input is read in place (an application hands
-    its frame over without a copy); the output is copied out once, as the application needs it."""
-    n = n or int(compiled_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+class _Streams:
+    """The state the threads of a throughput run share: one synchronous loop per call."""
 
-    def make(request: Any) -> Callable[[np.ndarray], np.ndarray]:
-        def call(x: np.ndarray) -> np.ndarray:
-            request.infer({0: x}, share_inputs=True, share_outputs=True)
-            return request.get_output_tensor(0).data.copy()  # the request reuses its output buffer
+    def __init__(self, calls: list[Callable[[np.ndarray], Any]], inputs: list[np.ndarray], min_queries: int):
+        self.calls, self.inputs, self.min_queries = calls, inputs, min_queries
+        n = len(calls)
+        self.measuring = self.stop = False
+        self.count = self.deadline = 0
+        self.lock = threading.Lock()
+        self.latencies: list[list[int]] = [[] for _ in range(n)]
+        self.warm_counts = [0] * n
+        self.ends = [0] * n
+        self.errors: list[BaseException] = []
+        self.barrier = threading.Barrier(n + 1)
 
-        return call
-
-    return [make(compiled_model.create_infer_request()) for _ in range(max(1, n))]
+    def worker(self, w: int) -> None:
+        call, inputs, n, clock = self.calls[w], self.inputs, len(self.inputs), time.perf_counter_ns
+        try:
+            i = w
+            self.barrier.wait()
+            while not self.measuring:
+                call(inputs[i % n])
+                i += 1
+                self.warm_counts[w] += 1
+            lat = self.latencies[w]
+            while not self.stop:
+                t0 = clock()
+                call(inputs[i % n])
+                t1 = clock()
+                lat.append(t1 - t0)
+                self.ends[w] = t1
+                i += 1
+                with self.lock:
+                    self.count += 1
+                    if t1 >= self.deadline and self.count >= self.min_queries:
+                        self.stop = True
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+            self.errors.append(err)
+            self.stop = self.measuring = True
 
 
 def _threads(calls: list[Callable[[np.ndarray], Any]], inputs: list[np.ndarray], settings: Settings, batch: int,
              hooks, mode: str = "threads") -> Measurement:
     """One thread per call, each a synchronous loop; the backend must release the GIL in its call."""
-    streams = len(calls)
     inputs = [np.ascontiguousarray(x, dtype=np.float32) for x in inputs]
-    n = len(inputs)
-    clock = time.perf_counter_ns
-    state = {"measuring": False, "stop": False, "count": 0, "deadline": 0}
-    lock = threading.Lock()
-    per_thread: list[list[int]] = [[] for _ in range(streams)]
-    warm_counts = [0] * streams
-    ends = [0] * streams
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(streams + 1)
-
-    def worker(w: int) -> None:
-        call = calls[w]
-        try:
-            i = w
-            barrier.wait()
-            while not state["measuring"]:
-                call(inputs[i % n])
-                i += 1
-                warm_counts[w] += 1
-            lat = per_thread[w]
-            while not state["stop"]:
-                t0 = clock()
-                call(inputs[i % n])
-                t1 = clock()
-                lat.append(t1 - t0)
-                ends[w] = t1
-                i += 1
-                with lock:
-                    state["count"] += 1
-                    if t1 >= state["deadline"] and state["count"] >= settings.min_queries:
-                        state["stop"] = True
-        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(err)
-            state["stop"] = state["measuring"] = True
-
-    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(streams)]
+    run = _Streams(calls, inputs, settings.min_queries)
+    threads = [threading.Thread(target=run.worker, args=(w,), daemon=True) for w in range(len(calls))]
     for t in threads:
         t.start()
-    barrier.wait()
+    run.barrier.wait()
     time.sleep(settings.warmup_s)
     hooks[0]()
-    start = clock()
-    state["deadline"] = start + int(settings.duration_s * 1e9)
-    state["measuring"] = True
+    start = time.perf_counter_ns()
+    run.deadline = start + int(settings.duration_s * 1e9)
+    run.measuring = True
     for t in threads:
         t.join()
     hooks[1]()
-    if errors:
-        raise errors[0]
-    lat = np.array([v for lst in per_thread for v in lst], dtype=np.int64)
-    return Measurement("throughput", batch, lat, (max(ends) - start) / 1e9, streams, mode, sum(warm_counts))
+    if run.errors:
+        raise run.errors[0]
+    lat = np.array([v for lst in run.latencies for v in lst], dtype=np.int64)
+    return Measurement("throughput", batch, lat, (max(run.ends) - start) / 1e9, len(calls), mode,
+                       sum(run.warm_counts))

@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgecsp.backends.base import Runner, process_rss
+
 if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker reads it
     from typing_extensions import Self
 
@@ -21,12 +23,7 @@ MB = 1024 * 1024
 
 def current_rss() -> int:
     """Resident bytes of this process: psutil where installed (host extra), else /proc (Linux, Jetson)."""
-    try:
-        import psutil
-    except ImportError:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE")
-    return int(psutil.Process().memory_info().rss)
+    return process_rss()
 
 
 def _read_hwm() -> int | None:
@@ -94,21 +91,15 @@ def artifact_bytes(root: str | os.PathLike, manifest: dict | None = None) -> int
     return int(sum(p.stat().st_size for p in root.rglob("*") if p.is_file()))
 
 
-def backend_memory(runner: Any) -> dict[str, Any]:
-    """Memory the backend reports for its engine, or None with the reason.
-
-    A runner may offer ``memory_bytes()`` (e.g. TensorRT's device memory size) or put
-    ``memory_bytes`` in ``describe()``.
-    """
+def backend_memory(runner: Runner) -> dict[str, Any]:
+    """Memory the backend reports for its engine (``Runner.memory_bytes()``: TensorRT's device
+    memory, the OpenVINO GPU plugin's statistics, what a CPU engine took to load and run its first
+    query), or None with the reason."""
     try:
-        if hasattr(runner, "memory_bytes"):
-            value = runner.memory_bytes()
-        else:
-            value = (runner.describe() or {}).get("memory_bytes")
+        value = runner.memory_bytes()
     except Exception as err:  # noqa: BLE001 - a report figure must not end the run
         return {"mb": None, "reason": f"the backend failed to report it ({type(err).__name__}: {err})"}
     if value is None:
-        desc = runner.describe() if hasattr(runner, "describe") else {}
-        name = (desc or {}).get("backend", type(runner).__name__)
+        name = (runner.describe() or {}).get("backend", type(runner).__name__)
         return {"mb": None, "reason": f"{name} reports no memory figure for its engine"}
     return {"mb": round(float(value) / MB, 2), "reason": None}

@@ -103,7 +103,7 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
 def format_table(report: dict[str, Any]) -> str:
     """The terminal summary: one line per result, then ratios, then memory/bandwidth notes."""
     header = (f"{'name':<28}{'scenario':<11}{'FPS':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-              f"{'1st ms':>9}{'load s':>8}{'RSS MB':>8}{'MB/fr':>8}{'GB/s':>7}{'%peak':>7}{'GMAC/s':>8}")
+              f"{'1st ms':>9}{'load s':>8}{'RSS MB':>8}{'eng MB':>8}{'MB/fr':>8}{'GB/s':>7}{'%peak':>7}{'GMAC/s':>8}")
     lines = [header, "-" * len(header)]
     for r in report["results"]:
         lat, bw, cp = r["latency_ms"], r["bandwidth"], r.get("compute") or {}
@@ -112,6 +112,7 @@ def format_table(report: dict[str, Any]) -> str:
             f"{r['name'][:27]:<28}{r['scenario']:<11}{_fmt(r['fps'], '.1f'):>9}{_fmt(lat['p50']):>9}"
             f"{_fmt(lat['p90']):>9}{_fmt(lat['p99']):>9}{_fmt(lat['max']):>9}{_fmt(r.get('first_inference_ms'), '.1f'):>9}"
             f"{_fmt(r.get('load_s')):>8}{_fmt(r['peak_rss_mb'], '.0f'):>8}"
+            f"{_fmt((r.get('memory') or {}).get('backend_mb'), '.1f'):>8}"
             f"{_fmt(bw['model_traffic_mb_per_frame']):>8}{_fmt(bw['achieved_gbs']):>7}"
             f"{_fmt(frac * 100 if frac is not None else None, '.1f'):>7}{_fmt(cp.get('achieved_gmacs'), '.1f'):>8}")
     ratio_lines = []

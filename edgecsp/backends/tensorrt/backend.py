@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecsp.backends.base import Backend, BuildRequest, BuildResult, Runner
+from edgecsp.backends.tensorrt.build import TensorRTBuildOptions
 from edgecsp.errors import EdgeCSPError
 
 INSTALL_HINT = ("on a Jetson TensorRT comes with JetPack (sudo apt install python3-libnvinfer); then "
@@ -43,6 +44,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
     install_hint = INSTALL_HINT
+    build_options = TensorRTBuildOptions
 
     def version(self) -> str:
         """TensorRT's version, or NO_TENSORRT: without TensorRT compile still writes a bundle."""

@@ -44,12 +44,13 @@ ENGINE = "model.engine"
 TIMING_CACHE = "timing.cache"
 # The header TensorRT 8.x expects on a cache; the on-device builder retags it with its own version.
 CACHE_TAG_VERSION = "8.5.2"
-_BUILD_KEYS = ("workspace_mb", "optimization_level", "dla_core", "gpu_fallback", "strongly_typed", "timing_cache",
-               "opt_batch", "max_batch", "nms", "nms_score_threshold", "nms_iou_threshold", "nms_max_detections")
 
 
 def _build_table(options: dict) -> dict[str, Any]:
-    return {k: options[k] for k in _BUILD_KEYS if k in options}
+    """The [build] options given (checked; the one list is TensorRTBuildOptions): the bundle records them."""
+    from edgecsp.backends.tensorrt.build import TensorRTBuildOptions
+
+    return TensorRTBuildOptions.given(options)
 
 
 def _input_shape(model: Any) -> list[int | str]:
@@ -305,7 +306,7 @@ def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str |
     _check_bundle(bundle, manifest, root)
     precision = manifest["precision"]
     profile.check_precision(precision)
-    build = {**bundle["build"], **{k: v for k, v in profile.build.items() if k in _BUILD_KEYS}}
+    build = {**bundle["build"], **_build_table(profile.build)}
     check_device_precision(profile, precision, int(build.get("dla_core", -1)))
     if stand_in is not None and stand_in not in STAND_INS:
         raise EdgeCSPError(f"unknown stand-in {stand_in!r}; the one there is: {', '.join(STAND_INS)}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecsp.backends.base import Runner, run_in_static_batches
+from edgecsp.backends.base import Capabilities, MemoryMeter, Runner, run_in_static_batches
 from edgecsp.errors import EdgeCSPError
 
 
@@ -23,9 +23,11 @@ class OnnxModelRunner(Runner):
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = int(threads)
+        self._meter = MemoryMeter()
         try:
-            self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        except Exception as err:  # ORT raises its own exception types
+            with self._meter.measure():
+                self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
             line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise EdgeCSPError(f"ONNX Runtime cannot load {Path(path).name} ({line}); rebuild the bundle") from None
         inp = self._session.get_inputs()[0]
@@ -35,7 +37,17 @@ class OnnxModelRunner(Runner):
         self._path = Path(path)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        if self._meter.first_query_pending:
+            return self._meter.first_query(lambda: run_in_static_batches(self._run, batch, max(self.input_shape[0], 0)))
         return run_in_static_batches(self._run, batch, max(self.input_shape[0], 0))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(thread_safe=True)  # InferenceSession.run may be called from several threads
+
+    def memory_bytes(self) -> int | None:
+        """What the process took while the session loaded and ran its first query (ORT reports nothing)."""
+        return self._meter.bytes or None
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)

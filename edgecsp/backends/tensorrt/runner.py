@@ -18,14 +18,19 @@ tensorrt and cuda-python are imported inside functions only.
 from __future__ import annotations
 
 import ctypes
+import functools
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from edgecsp.backends.base import Runner
+from edgecsp.backends.base import Capabilities, Runner
 from edgecsp.errors import EdgeCSPError
+
+if TYPE_CHECKING:  # the stubs (tensorrt-stubs) for the checker; at run time imported where used
+    import tensorrt as trt
 
 CUDA_HINT = ("pip install 'cuda-python==<your CUDA major.minor>.*' (JetPack 6: 12.6, JetPack 5: 11.8/12.2; "
              "see docs/jetson.md)")
@@ -195,12 +200,144 @@ def check_engine_compatible(built: dict, trt_version: str, gpu: dict[str, Any]) 
 # The runner
 
 
-class TensorRTRunner(Runner):
-    """An engine on one GPU: pinned host <-> device copies and execute_async_v3 on one stream.
+@dataclass
+class _Tensors:
+    """The engine's inputs and outputs: names, numpy dtypes, largest shapes; binding indices on
+    the legacy (8.2) API."""
 
-    TensorRT 8.2 (JetPack 4.6: TX2, Nano) predates the name-based tensor API and
-    execute_async_v3; there the runner uses the binding-index API and execute_async_v2 (through
-    ``Any``, since the 10.x stubs no longer describe it).
+    inputs: list[str]
+    outputs: list[str]
+    dtypes: dict[str, np.dtype[Any]]
+    max_shapes: dict[str, tuple[int, ...]]  # inputs: the profile's largest (a dynamic batch's max)
+    index: dict[str, int]  # binding index (legacy API only; empty on the name-based API)
+
+
+def _tensors(engine: trt.ICudaEngine) -> _Tensors:
+    import tensorrt as trt
+
+    t = _Tensors([], [], {}, {}, {})
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        (t.inputs if is_input else t.outputs).append(name)
+        t.dtypes[name] = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+        shape = dims(engine.get_tensor_shape(name))
+        if is_input and any(d < 0 for d in shape):  # dynamic batch: buffers for the profile's max
+            shape = dims(engine.get_tensor_profile_shape(name, 0)[2])
+        t.max_shapes[name] = shape
+    return t
+
+
+def _tensors_legacy(engine: Any) -> _Tensors:
+    """The same from TensorRT 8.2's binding-index API (through Any: the 10.x stubs lack it)."""
+    import tensorrt as trt
+
+    t = _Tensors([], [], {}, {}, {})
+    for i in range(engine.num_bindings):
+        name = engine.get_binding_name(i)
+        t.index[name] = i
+        is_input = bool(engine.binding_is_input(i))
+        (t.inputs if is_input else t.outputs).append(name)
+        t.dtypes[name] = np.dtype(trt.nptype(engine.get_binding_dtype(i)))
+        shape = dims(engine.get_binding_shape(i))
+        if is_input and any(d < 0 for d in shape):
+            shape = dims(engine.get_profile_shape(0, i)[2])
+        t.max_shapes[name] = shape
+    return t
+
+
+class _Lane:
+    """One query in flight: an execution context with its own CUDA stream, pinned host and device
+    buffers. A context is not thread-safe; lanes of one engine run side by side."""
+
+    def __init__(self, cuda: CudaRuntime, context: trt.IExecutionContext, tensors: _Tensors, v3: bool,
+                 output: str, device_bufs: list[int], host_bufs: list[int]):
+        self._cuda, self._context, self._t, self._v3, self._output = cuda, context, tensors, v3, output
+        self.stream: Any = cuda.stream_create()
+        self.host: dict[str, np.ndarray] = {}
+        self.dev: dict[str, int] = {}
+        try:
+            self._allocate(device_bufs, host_bufs)
+        except BaseException:
+            self.close()  # the stream; the buffers are in the runner's lists
+            raise
+
+    def _allocate(self, device_bufs: list[int], host_bufs: list[int]) -> None:
+        """Device and pinned host buffers for every tensor at its largest shape."""
+        cuda, context, tensors = self._cuda, self._context, self._t
+        shapes = dict(tensors.max_shapes)
+        for name in tensors.inputs:  # outputs' shapes at the largest input (dynamic outputs resolve then)
+            self._set_shape(name, shapes[name])
+        for name in tensors.outputs:
+            shapes[name] = self._shape(name)
+        for name, shape in shapes.items():  # the runner frees what the lists hold
+            dtype = tensors.dtypes[name]
+            nbytes = max(1, int(np.prod(shape)) * dtype.itemsize)
+            self.dev[name] = cuda.malloc(nbytes)
+            device_bufs.append(self.dev[name])
+            hptr = cuda.malloc_host(nbytes)
+            host_bufs.append(hptr)
+            self.host[name] = pinned_array(hptr, shape, dtype)
+            if self._v3:
+                context.set_tensor_address(name, self.dev[name])
+        self.device_bytes = sum(a.nbytes for a in self.host.values())
+        self._bindings = [0] * len(tensors.index)
+        for name, i in tensors.index.items():
+            self._bindings[i] = self.dev[name]
+
+    def _set_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        if self._v3:
+            return bool(self._context.set_input_shape(name, list(shape)))
+        legacy: Any = self._context
+        return bool(legacy.set_binding_shape(self._t.index[name], shape))
+
+    def _shape(self, name: str) -> tuple[int, ...]:
+        if self._v3:
+            return dims(self._context.get_tensor_shape(name))
+        legacy: Any = self._context
+        return dims(legacy.get_binding_shape(self._t.index[name]))
+
+    def run(self, batch: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+        """One chunk of at most the engine's batch: copy in, execute, copy out, synchronise."""
+        name = self._t.inputs[0]
+        shape = (len(batch), *input_shape[1:])
+        if tuple(batch.shape) != shape:
+            raise EdgeCSPError(f"engine input is {input_shape} (batch up to {input_shape[0]}), got {batch.shape}")
+        host_in = self.host[name].reshape(-1)[: int(np.prod(shape))].reshape(shape)
+        np.copyto(host_in, batch.astype(self._t.dtypes[name], copy=False))
+        if not self._set_shape(name, shape):
+            raise EdgeCSPError(f"engine does not accept input shape {shape}; its profile allows up to {input_shape}")
+        self._cuda.memcpy_htod_async(self.dev[name], host_in.ctypes.data, host_in.nbytes, self.stream)
+        handle = self._cuda.stream_handle(self.stream)
+        if self._v3:
+            ok = self._context.execute_async_v3(handle)
+        else:
+            legacy: Any = self._context
+            ok = legacy.execute_async_v2(self._bindings, handle)
+        if not ok:
+            raise EdgeCSPError("TensorRT execution failed (see its log above); rebuild the engine from the bundle")
+        out_shape = self._shape(self._output)
+        host_out = self.host[self._output].reshape(-1)[: int(np.prod(out_shape))].reshape(out_shape)
+        self._cuda.memcpy_dtoh_async(host_out.ctypes.data, self.dev[self._output], host_out.nbytes, self.stream)
+        self._cuda.stream_synchronize(self.stream)  # results are the application's only once synchronised
+        return host_out.astype(np.float32, copy=True)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self._cuda.stream_destroy(self.stream)
+            self.stream = None
+        self.host = {}
+        del self._context
+
+
+class TensorRTRunner(Runner):
+    """An engine on one GPU: pinned host <-> device copies and execute_async_v3 on a CUDA stream.
+
+    ``run`` uses one execution context and stream; ``parallel_calls(n)`` adds contexts, each with
+    its own stream and buffers, for n queries in flight. TensorRT 8.2 (JetPack 4.6: TX2, Nano)
+    predates the name-based tensor API and execute_async_v3; there the runner uses the
+    binding-index API and execute_async_v2 (through ``Any``, since the 10.x stubs no longer
+    describe it).
     """
 
     def __init__(self, engine_path: Path, manifest: dict, device: int = 0, output: str = "predictions",
@@ -218,7 +355,7 @@ class TensorRTRunner(Runner):
         self._cuda = cuda
         self._device_bufs: list[int] = []
         self._host_bufs: list[int] = []
-        self._stream: Any = None
+        self._lanes: list[_Lane] = []
         self._output = output
         self._facts = {"gpu": gpu["gpu"], "compute_capability": gpu["compute_capability"],
                        "tensorrt": str(trt_mod.__version__), "precision": manifest.get("precision")}
@@ -230,6 +367,24 @@ class TensorRTRunner(Runner):
             raise
 
     def _open(self, engine_path: Path, manifest: dict, libraries: list[Path]) -> None:
+        """Load the engine, read its tensors, open the first lane."""
+        data = engine_path.read_bytes()
+        self._engine_bytes = len(data)
+        engine = self._load_engine(data, engine_path.name, manifest, libraries)
+        self._engine = engine
+        self._v3 = hasattr(engine, "num_io_tensors")  # with execute_async_v3 on its contexts
+        self._t = _tensors(engine) if self._v3 else _tensors_legacy(engine)
+        if self._output not in self._t.outputs:
+            raise EdgeCSPError(f"engine has no output {self._output!r} (outputs: {', '.join(self._t.outputs)}); "
+                               "rebuild it with python -m edgecsp.compile")
+        self.input_shape = self._t.max_shapes[self._t.inputs[0]]
+        self._max_batch = self.input_shape[0]
+        if any(d < 0 for d in self.input_shape):
+            raise EdgeCSPError("engine input has a dynamic dimension other than the batch; rebuild it with edgecsp")
+        self._dynamic = any(d < 0 for d in dims(self._input_dims()))
+        self._lanes.append(self._new_lane(engine_path.name))
+
+    def _load_engine(self, data: bytes, name: str, manifest: dict, libraries: list[Path]) -> trt.ICudaEngine:
         import tensorrt as trt
 
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -244,130 +399,80 @@ class TensorRTRunner(Runner):
                 self._runtime.get_plugin_registry().load_library(str(lib))
             except Exception as err:  # noqa: BLE001 - TensorRT raises its own types for a bad library
                 raise EdgeCSPError(f"TensorRT cannot load plugin library {lib} ({err})") from None
-        engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
-            raise EdgeCSPError(f"TensorRT could not load {engine_path.name} (built by another TensorRT version or for "
+            raise EdgeCSPError(f"TensorRT could not load {name} (built by another TensorRT version or for "
                                f"another GPU, or corrupt): {rebuild_hint(manifest)}")
-        self._engine = engine
-        context = engine.create_execution_context()
+        return engine
+
+    def _input_dims(self) -> Any:
+        """The first input's dimensions as built (-1 where the batch is dynamic)."""
+        name = self._t.inputs[0]
+        if self._v3:
+            return self._engine.get_tensor_shape(name)
+        legacy: Any = self._engine
+        return legacy.get_binding_shape(self._t.index[name])
+
+    def _new_lane(self, name: str = "the engine") -> _Lane:
+        context = self._engine.create_execution_context()
         if context is None:
-            raise EdgeCSPError(f"TensorRT could not create an execution context for {engine_path.name} "
+            raise EdgeCSPError(f"TensorRT could not create an execution context for {name} "
                                "(out of GPU memory?); close other GPU programs and retry")
-        self._context = context
-        self._v3 = hasattr(context, "execute_async_v3")
-        self._stream = self._cuda.stream_create()
-        self._inputs: list[str] = []
-        self._outputs: list[str] = []
-        self._index: dict[str, int] = {}  # binding index (legacy API only)
-        self._dtypes: dict[str, np.dtype[Any]] = {}
-        max_shapes: dict[str, tuple[int, ...]] = {}
-        if self._v3:
-            for i in range(engine.num_io_tensors):
-                name = engine.get_tensor_name(i)
-                is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-                (self._inputs if is_input else self._outputs).append(name)
-                self._dtypes[name] = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-                shape = dims(engine.get_tensor_shape(name))
-                if is_input and any(d < 0 for d in shape):  # dynamic batch: buffers for the profile's max
-                    shape = dims(engine.get_tensor_profile_shape(name, 0)[2])
-                max_shapes[name] = shape
-        else:
-            legacy: Any = engine  # TensorRT 8.2
-            for i in range(legacy.num_bindings):
-                name = legacy.get_binding_name(i)
-                self._index[name] = i
-                is_input = bool(legacy.binding_is_input(i))
-                (self._inputs if is_input else self._outputs).append(name)
-                self._dtypes[name] = np.dtype(trt.nptype(legacy.get_binding_dtype(i)))
-                shape = dims(legacy.get_binding_shape(i))
-                if is_input and any(d < 0 for d in shape):
-                    shape = dims(legacy.get_profile_shape(0, i)[2])
-                max_shapes[name] = shape
-        if self._output not in self._outputs:
-            raise EdgeCSPError(f"engine has no output {self._output!r} (outputs: {', '.join(self._outputs)}); "
-                               "rebuild it with python -m edgecsp.compile")
-        self.input_shape = max_shapes[self._inputs[0]]
-        self._max_batch = self.input_shape[0]
-        if any(d < 0 for d in self.input_shape):
-            raise EdgeCSPError("engine input has a dynamic dimension other than the batch; rebuild it with edgecsp")
-        for name in self._inputs:  # outputs' shapes at the largest input (dynamic outputs resolve then)
-            self._set_shape(name, max_shapes[name])
-        for name in self._outputs:
-            max_shapes[name] = self._shape(name)
-        self._host: dict[str, np.ndarray] = {}
-        self._dev: dict[str, int] = {}
-        for name, shape in max_shapes.items():
-            dtype = self._dtypes[name]
-            nbytes = max(1, int(np.prod(shape)) * dtype.itemsize)
-            dptr = self._cuda.malloc(nbytes)
-            self._device_bufs.append(dptr)
-            hptr = self._cuda.malloc_host(nbytes)
-            self._host_bufs.append(hptr)
-            self._dev[name] = dptr
-            self._host[name] = pinned_array(hptr, shape, dtype)
-            if self._v3:
-                self._context.set_tensor_address(name, dptr)
-        self._bindings = [0] * len(self._index)
-        for name, i in self._index.items():
-            self._bindings[i] = self._dev[name]
-
-    def _set_shape(self, name: str, shape: tuple[int, ...]) -> bool:
-        if self._v3:
-            return bool(self._context.set_input_shape(name, list(shape)))
-        legacy: Any = self._context
-        return bool(legacy.set_binding_shape(self._index[name], shape))
-
-    def _shape(self, name: str) -> tuple[int, ...]:
-        if self._v3:
-            return dims(self._context.get_tensor_shape(name))
-        legacy: Any = self._context
-        return dims(legacy.get_binding_shape(self._index[name]))
+        return _Lane(self._cuda, context, self._t, self._v3, self._output, self._device_bufs, self._host_bufs)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        name = self._inputs[0]
+        return self._run_on(self._lanes[0], batch)
+
+    def _run_on(self, lane: _Lane, batch: np.ndarray) -> np.ndarray:
         n = len(batch)
         if n > self._max_batch:
-            return np.concatenate([self.run(batch[i:i + self._max_batch]) for i in range(0, n, self._max_batch)])
-        shape = (n, *self.input_shape[1:])
-        if tuple(batch.shape) != shape:
-            raise EdgeCSPError(f"engine input is {self.input_shape} (batch up to {self._max_batch}), got {batch.shape}")
-        host_in = self._host[name].reshape(-1)[: int(np.prod(shape))].reshape(shape)
-        np.copyto(host_in, batch.astype(self._dtypes[name], copy=False))
-        if not self._set_shape(name, shape):
-            raise EdgeCSPError(f"engine does not accept input shape {shape}; its profile allows up to {self.input_shape}")
-        self._cuda.memcpy_htod_async(self._dev[name], host_in.ctypes.data, host_in.nbytes, self._stream)
-        handle = self._cuda.stream_handle(self._stream)
-        if self._v3:
-            ok = self._context.execute_async_v3(handle)
+            return np.concatenate([lane.run(batch[i:i + self._max_batch], self.input_shape)
+                                   for i in range(0, n, self._max_batch)])
+        return lane.run(batch, self.input_shape)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(thread_safe=False, parallel=1, parallel_kind="cuda-streams")
+
+    def parallel_calls(self, n: int) -> list[Callable[[np.ndarray], np.ndarray]]:
+        """``n`` lanes (execution context + CUDA stream + buffers), one per thread."""
+        if n > 1 and self._dynamic:
+            # Contexts in use at once need an optimization profile each; edgecsp builds one.
+            raise EdgeCSPError("this engine has a dynamic batch (one optimization profile), so TensorRT runs one "
+                               "query at a time on it; benchmark it with --streams 1, or build a static batch")
+        while len(self._lanes) < n:
+            self._lanes.append(self._new_lane())
+        return [functools.partial(self._run_on, lane) for lane in self._lanes[:max(1, n)]]
+
+    def memory_bytes(self) -> int | None:
+        """Device memory: each context's activation memory (device_memory_size_v2, or
+        device_memory_size before TensorRT 10.1), the engine's weights (its serialized size, an
+        upper bound: kernels are in it too) and the I/O buffers."""
+        engine = self._engine
+        if hasattr(engine, "device_memory_size_v2"):  # TensorRT >= 10.1: includes weight-streaming scratch
+            per_context = int(engine.device_memory_size_v2)
         else:
-            legacy: Any = self._context
-            ok = legacy.execute_async_v2(self._bindings, handle)
-        if not ok:
-            raise EdgeCSPError("TensorRT execution failed (see its log above); rebuild the engine from the bundle")
-        out_shape = self._shape(self._output)
-        host_out = self._host[self._output].reshape(-1)[: int(np.prod(out_shape))].reshape(out_shape)
-        self._cuda.memcpy_dtoh_async(host_out.ctypes.data, self._dev[self._output], host_out.nbytes, self._stream)
-        self._cuda.stream_synchronize(self._stream)  # results are the application's only once synchronised
-        return host_out.astype(np.float32, copy=True)
+            per_context = int(engine.device_memory_size)
+        return (per_context * len(self._lanes) + self._engine_bytes
+                + sum(lane.device_bytes for lane in self._lanes))
 
     def describe(self) -> dict:
-        return dict(self._facts, outputs=list(self._outputs), max_batch=self._max_batch,
-                    api="execute_async_v3" if self._v3 else "execute_async_v2")
+        return dict(self._facts, outputs=list(self._t.outputs), max_batch=self._max_batch,
+                    api="execute_async_v3" if self._v3 else "execute_async_v2", contexts=len(self._lanes))
 
     def close(self) -> None:
         cuda = getattr(self, "_cuda", None)
         if cuda is None:
             return
+        for lane in self._lanes:  # contexts (and their streams) before the engine
+            lane.close()
+        self._lanes = []
         for ptr in self._device_bufs:
             cuda.free(ptr)
         for ptr in self._host_bufs:
             cuda.free_host(ptr)
         self._device_bufs, self._host_bufs = [], []
-        if self._stream is not None:
-            cuda.stream_destroy(self._stream)
-            self._stream = None
-        self._host = {}
-        for attr in ("_context", "_engine", "_runtime"):  # context before engine before runtime
+        for attr in ("_engine", "_runtime"):  # engine before runtime
             if hasattr(self, attr):
                 delattr(self, attr)
 
