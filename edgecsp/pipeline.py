@@ -117,7 +117,7 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
     from edgecsp.models.checkpoint import is_darknet, resize_of, resolve_model
 
     if opts.data is None:
-        from edgecsp.paths import default_val_dir
+        from edgecsp.data.shapes import default_val_dir
 
         progress("preparing the default validation set (shapes task, generated once and cached)")
         opts.data = default_val_dir()

@@ -45,7 +45,7 @@ def check_accuracy(predict_batch: Any, manifest: dict, data: Path | None = None,
         raise EdgeCSPError(f"model {spec} (hash {model_hash}) is not the one the artifact was built from "
                            f"(hash {want}); pass the artifact's checkpoint with --model")
     if data is None:
-        from edgecsp.paths import default_val_dir
+        from edgecsp.data.shapes import default_val_dir
 
         data = default_val_dir()
     dataset = resolve_dataset(data)

@@ -77,7 +77,7 @@ def input_batches(size: int, batch: int, n: int, data: Path | None) -> tuple[lis
     from edgecsp.data.preprocess import letterbox, to_tensor_batch
 
     if data is None:
-        from edgecsp.paths import default_val_dir
+        from edgecsp.data.shapes import default_val_dir
 
         data = default_val_dir()
     dataset = resolve_dataset(data)

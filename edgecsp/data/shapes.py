@@ -500,5 +500,18 @@ def ensure_shapes_val(cache_dir: PathLike, n: int = 200, seed: int = 0, workers:
 
 def default_cache_dir() -> Path:
     """Where generated data is cached: $EDGECSP_CACHE_DIR, else ~/.cache/edgecsp."""
-    env = os.environ.get("EDGECSP_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "edgecsp"
+    from edgecsp.paths import cache_root
+
+    return cache_root()
+
+
+# The default validation set: the shapes task's val split, fixed seed, generated on first use.
+DEFAULT_VAL_IMAGES = 200
+DEFAULT_VAL_SEED = 20261125
+
+
+def default_val_dir() -> Path:
+    """The default validation set (generated once into the cache, then reused)."""
+    from edgecsp.paths import cache_dir
+
+    return ensure_shapes_val(cache_dir(), n=DEFAULT_VAL_IMAGES, seed=DEFAULT_VAL_SEED)
