@@ -18,7 +18,7 @@ import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -510,8 +510,13 @@ DEFAULT_VAL_IMAGES = 200
 DEFAULT_VAL_SEED = 20261125
 
 
-def default_val_dir() -> Path:
-    """The default validation set (generated once into the cache, then reused)."""
+def default_val_dir(progress: Callable[[str], None] | None = None) -> Path:
+    """The default validation set (generated once into the cache, then reused); ``progress`` hears
+    about it only when it is generated."""
     from edgecsp.paths import cache_dir
 
-    return ensure_shapes_val(cache_dir(), n=DEFAULT_VAL_IMAGES, seed=DEFAULT_VAL_SEED)
+    root = cache_dir()
+    target = root / f"shapes-v{GENERATOR_VERSION}-seed{DEFAULT_VAL_SEED}-val{DEFAULT_VAL_IMAGES}"
+    if progress is not None and _read_manifest(target) != _manifest("val", DEFAULT_VAL_IMAGES, DEFAULT_VAL_SEED):
+        progress("preparing the default validation set (shapes task, generated once and cached)")
+    return ensure_shapes_val(root, n=DEFAULT_VAL_IMAGES, seed=DEFAULT_VAL_SEED)
