@@ -136,6 +136,13 @@ def finalize(staging: Path, final: Path, manifest: dict[str, Any], tarball: bool
                 os.unlink(tar_tmp)
 
 
+def publish(staging: Path, out: Path, manifest: dict[str, Any], signing_key: Any = None) -> tuple[Path, Manifest]:
+    """The compile's last step (a host compile and an on-device build from a bundle alike): hash
+    every file, write (and sign) the manifest, move the artifact into place, and read it back."""
+    final = finalize(staging, out, manifest, signing_key=signing_key)
+    return final, Manifest.read(final)
+
+
 def _replace_dir(new: Path, final: Path) -> Path | None:
     """Put directory ``new`` at ``final``; return where the old one went (to be removed), if any.
 

@@ -363,12 +363,12 @@ def _measure(plan: Plan, staging: Path, draft: dict[str, Any]) -> GateResult:
 
 
 def publish(staging: Path, out: Path, manifest: dict[str, Any], signing_key: Any = None) -> tuple[Path, dict[str, Any]]:
-    """Step 5: hash every file, write (and sign) the manifest, and move the artifact into place."""
-    from edgecsp.artifact import finalize
-    from edgecsp.manifest import Manifest
+    """Step 5: hash every file, write (and sign) the manifest, and move the artifact into place
+    (edgecsp.artifact.publish, which the on-device build from a bundle takes too)."""
+    from edgecsp.artifact import publish as publish_artifact
 
-    final = finalize(staging, out, manifest, signing_key=signing_key)
-    return final, Manifest.read(final).raw
+    final, manifest_ = publish_artifact(staging, out, manifest, signing_key)
+    return final, manifest_.raw
 
 
 # -- the manifest ------------------------------------------------------------------------------
