@@ -82,6 +82,7 @@ class Plan:
 class Exported:
     path: Path  # model.onnx in the work folder
     facts: dict[str, Any]  # the export report, as the manifest's "export"
+    graph: dict[str, int]  # MACs and CIO per frame, for the benchmark on a device without torch
     reused: str | None = None  # the cache key when reused
 
 
@@ -233,7 +234,7 @@ def export(plan: Plan, work: Path, progress: Progress) -> Exported:
     if hit is not None:
         shutil.copy2(hit[0] / "model.onnx", work / "model.onnx")
         progress(f"[1/4] export: reused (cache {key}: same model, input size, batch and data)")
-        return Exported(work / "model.onnx", hit[1]["export"], reused=key)
+        return Exported(work / "model.onnx", hit[1]["export"], hit[1].get("graph") or _graph_counts(plan), key)
     from edgecsp.onnx_export import export_onnx
 
     progress(f"[1/4] export {plan.model_name} to ONNX (input {plan.size}x{plan.size}, batch {plan.batch})")
@@ -243,8 +244,16 @@ def export(plan: Plan, work: Path, progress: Progress) -> Exported:
                          parity_images=parity, description=plan.description)
     progress(f"      parity vs PyTorch: max abs diff {report.max_abs_diff:.2e} ({round(time.time() - t, 2)} s)")
     facts = {k: v for k, v in report.as_dict().items() if k != "path"}
-    _cache_write(lambda: _cache_put("exports", key, work, ["model.onnx"], {"export": facts}))
-    return Exported(work / "model.onnx", facts)
+    graph = _graph_counts(plan)
+    _cache_write(lambda: _cache_put("exports", key, work, ["model.onnx"], {"export": facts, "graph": graph}))
+    return Exported(work / "model.onnx", facts, graph)
+
+
+def _graph_counts(plan: Plan) -> dict[str, int]:
+    from edgecsp.complexity import profile
+
+    counts = profile(plan.model, plan.size)
+    return {"macs": int(counts["macs"]), "cio": int(counts["cio"])}
 
 
 def calibrate(plan: Plan, progress: Progress) -> Calibrated | None:
@@ -380,7 +389,7 @@ def manifest_of(plan: Plan, exported: Exported, calibrated: Calibrated | None, b
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "edgecsp_version": __version__,
-        "model": _model_section(plan),
+        "model": _model_section(plan, exported.graph),
         "target": plan.profile.as_dict(),
         "backend": {"name": plan.backend.name, "version": plan.backend_version, "info": built.info},
         "precision": plan.precision,
@@ -398,18 +407,16 @@ def manifest_of(plan: Plan, exported: Exported, calibrated: Calibrated | None, b
     }
 
 
-def _model_section(plan: Plan) -> dict[str, Any]:
-    from edgecsp.complexity import profile
+def _model_section(plan: Plan, graph: dict[str, int]) -> dict[str, Any]:
     from edgecsp.models.checkpoint import config_as_json
 
     c, size = plan.model.config, plan.size
     files = plan.opts.model.as_dict() if hasattr(plan.opts.model, "as_dict") else {}
-    counts = profile(plan.model, size)  # MACs and CIO per frame, for the benchmark on a device without torch
     return {"name": plan.description.get("name"), "source": str(plan.opts.model or "demo"), "hash": plan.model_hash,
             **{key: value for key, value in files.items() if key in ("weights", "names")},
             "class_names": plan.description["class_names"], "num_classes": c.num_classes,
             "input_size": [size, size], "anchors": [list(a) for a in c.anchors], "strides": list(c.strides),
-            "config": config_as_json(plan.model), "graph": {"macs": int(counts["macs"]), "cio": int(counts["cio"])}}
+            "config": config_as_json(plan.model), "graph": dict(graph)}
 
 
 def _output_rows(plan: Plan) -> int:
@@ -477,11 +484,17 @@ def _key(*parts: object) -> str:
 
 
 def _torch_versions() -> str:
-    """The exporter's libraries: a new torch or onnx may export another graph."""
-    import onnx
-    import torch
+    """The exporter's libraries: a new torch or onnx may export another graph (read from their
+    metadata: importing onnx costs seconds a warm compile does not need)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return f"torch {torch.__version__}, onnx {onnx.__version__}"
+    found = []
+    for name in ("torch", "onnx", "onnxslim"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} -")
+    return ", ".join(found)
 
 
 def _engine_key(plan: Plan, calibrated: Calibrated | None) -> str:
