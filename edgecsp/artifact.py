@@ -107,15 +107,7 @@ def finalize(staging: Path, final: Path, manifest: dict[str, Any], tarball: bool
     tar_tmp = None
     try:
         if tarball:
-            tar_tmp = private_tmpfile(final.parent, f".{final.name}.tar.")
-            with tarfile.open(tar_tmp, "w:gz") as tar:
-                for p in sorted(staging.rglob("*")):
-                    if p.is_file():
-                        tar.add(p, arcname=f"{final.name}/{p.relative_to(staging).as_posix()}")
-            _fsync(tar_tmp)
-            # mkdtemp/mkstemp create owner-only entries; an artifact is meant to be shared and deployed.
-            os.chmod(tar_tmp, 0o644)
-            failpoint("artifact.tarball_written")
+            tar_tmp = _write_tarball(staging, final)
         staging.chmod(0o755)
         tar_final = final.with_name(final.name + ".tar.gz")
         with locked_dir(final.parent):
@@ -134,6 +126,25 @@ def finalize(staging: Path, final: Path, manifest: dict[str, Any], tarball: bool
         if tar_tmp:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tar_tmp)
+
+
+def _write_tarball(staging: Path, final: Path) -> Path:
+    """The artifact as a .tar.gz temporary beside ``final``, on disk, ready to be renamed."""
+    tar_tmp = private_tmpfile(final.parent, f".{final.name}.tar.")
+    try:
+        with tarfile.open(tar_tmp, "w:gz") as tar:
+            for p in sorted(staging.rglob("*")):
+                if p.is_file():
+                    tar.add(p, arcname=f"{final.name}/{p.relative_to(staging).as_posix()}")
+        _fsync(tar_tmp)
+        # mkdtemp/mkstemp create owner-only entries; an artifact is meant to be shared and deployed.
+        os.chmod(tar_tmp, 0o644)
+        failpoint("artifact.tarball_written")
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tar_tmp)
+        raise
+    return tar_tmp
 
 
 def publish(staging: Path, out: Path, manifest: dict[str, Any], signing_key: Any = None) -> tuple[Path, Manifest]:
@@ -244,37 +255,43 @@ def _extract(tar_path: Path) -> Path:
         raise EdgeCSPError(f"the artifact cache {shown(err.filename or parent)} cannot be used to unpack "
                            f"{shown(tar_path)} ({err.strerror}); set EDGECSP_CACHE_DIR to a writable folder") from None
     if tmp is not None:
-        try:
-            with tarfile.open(tar_path, "r:gz", tarinfo=_BoundedTarInfo) as tar:
-                check_archive(tar, tar_path)
-                if hasattr(tarfile, "data_filter"):  # Python 3.12, 3.11.4, 3.8.17+
-                    tar.extractall(tmp, filter="data")  # a second guard: the standard library's own checks
-                else:  # an older 3.8 (JetPack 5): check_archive above is the guard
-                    tar.extractall(tmp)
-        except (tarfile.TarError, EOFError, OSError, ValueError) as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            why = str(err)[:160] if isinstance(err, _ArchiveRefused) else f"{type(err).__name__}: {str(err)[:120]}"
-            raise EdgeCSPError(f"artifact {shown(tar_path)} is not a readable edgecsp .tar.gz ({shown(why)}); "
-                               "copy it again") from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        entries = list(tmp.iterdir())
-        if len(entries) != 1 or not entries[0].is_dir() or not (entries[0] / MANIFEST).is_file():
-            shutil.rmtree(tmp, ignore_errors=True)  # nothing of a refused archive stays in the cache
-            raise EdgeCSPError(f"artifact {shown(tar_path)} holds no artifact directory with a {MANIFEST} (an archive "
-                               "inside an archive?); refused, nothing kept")
-        (tmp / ".complete").touch()
-        if dest.exists() and not (dest / ".complete").exists():
-            shutil.rmtree(dest, ignore_errors=True)  # left by an older edgecsp that renamed before marking
-        try:
-            os.rename(tmp, dest)
-        except OSError:  # another process published the same extraction meanwhile: use theirs
-            shutil.rmtree(tmp, ignore_errors=True)
+        _unpack(tar_path, tmp, dest)
     roots = [p for p in dest.iterdir() if p.is_dir()]
     if len(roots) != 1:
         raise EdgeCSPError(f"artifact {shown(tar_path)} should hold one artifact directory, found {len(roots)}")
     return roots[0]
+
+
+def _unpack(tar_path: Path, tmp: Path, dest: Path) -> None:
+    """Check and extract the archive into ``tmp``, then publish it at ``dest`` (or keep another
+    process's copy already there)."""
+    try:
+        with tarfile.open(tar_path, "r:gz", tarinfo=_BoundedTarInfo) as tar:
+            check_archive(tar, tar_path)
+            if hasattr(tarfile, "data_filter"):  # Python 3.12, 3.11.4, 3.8.17+
+                tar.extractall(tmp, filter="data")  # a second guard: the standard library's own checks
+            else:  # an older 3.8 (JetPack 5): check_archive above is the guard
+                tar.extractall(tmp)
+    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = str(err)[:160] if isinstance(err, _ArchiveRefused) else f"{type(err).__name__}: {str(err)[:120]}"
+        raise EdgeCSPError(f"artifact {shown(tar_path)} is not a readable edgecsp .tar.gz ({shown(why)}); "
+                           "copy it again") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    entries = list(tmp.iterdir())
+    if len(entries) != 1 or not entries[0].is_dir() or not (entries[0] / MANIFEST).is_file():
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing of a refused archive stays in the cache
+        raise EdgeCSPError(f"artifact {shown(tar_path)} holds no artifact directory with a {MANIFEST} (an archive "
+                           "inside an archive?); refused, nothing kept")
+    (tmp / ".complete").touch()
+    if dest.exists() and not (dest / ".complete").exists():
+        shutil.rmtree(dest, ignore_errors=True)  # left by an older edgecsp that renamed before marking
+    try:
+        os.rename(tmp, dest)
+    except OSError:  # another process published the same extraction meanwhile: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -286,12 +286,12 @@ def _measure_subject(run: _Run, kind: str, subject: str, scenario: str, prepared
             failpoint("benchmark.measure")
             m = measure(runner, run.inputs, Settings(scenario=scenario, **s), on_start=counters.start,
                         on_end=counters.stop)
-            desc, bmem = runner.describe(), backend_memory(runner)
-            cost, disk, precision, arithmetic = _cost(run, kind, subject, runner, desc)
+            desc = runner.describe()
+            sample = _Sample(kind, label, subject, scenario, m, mem, desc, backend_memory(runner), first, load_s,
+                             counters.result, *_cost(run, kind, subject, runner, desc))
         finally:
             runner.close()
-    entry = _entry(run, kind, label, subject, scenario, m, mem, desc, bmem, cost, disk, precision, arithmetic,
-                   first, load_s, counters.result)
+    entry = _entry(run, sample)
     progress(f"  {entry['fps']:.1f} FPS, p50 {entry['latency_ms']['p50']:.2f} ms, "
              f"p99 {entry['latency_ms']['p99']:.2f} ms, {m.queries} queries, peak RSS {entry['peak_rss_mb']} MB")
     return entry
@@ -320,27 +320,47 @@ def _cost(run: _Run, kind: str, subject: str, runner: Any, desc: dict[str, Any])
     return cost, artifact_bytes(run.root, run.manifest.raw), precision, traffic.compute_precision(precision, rt)
 
 
-def _entry(run: _Run, kind: str, label: str, subject: str, scenario: str, m: Any, mem: Any, desc: dict[str, Any],
-           bmem: dict[str, Any], cost: Any, disk: int | None, precision: str, arithmetic: str, first: float,
-           load_s: float, measured: Any) -> dict[str, Any]:
+@dataclass
+class _Sample:
+    """What one measurement of one subject in one scenario gave."""
+
+    kind: str  # artifact or baseline
+    label: str
+    subject: str
+    scenario: str
+    m: Any  # edgecsp.bench.harness.Measurement
+    mem: Any  # PeakRSS
+    desc: dict[str, Any]  # runner.describe()
+    bmem: dict[str, Any]  # backend memory
+    first: float  # first inference, ms
+    load_s: float
+    counters: Any  # the memory counters' result
+    cost: Any  # traffic cost per frame
+    disk: int | None  # artifact bytes
+    precision: str
+    arithmetic: str
+
+
+def _entry(run: _Run, x: _Sample) -> dict[str, Any]:
     """One row of the report's results."""
     from edgecsp.bench import traffic
 
-    bw, compute = traffic.bandwidth_figures(cost, m.fps, run.batch, run.peak, measured, arithmetic)
+    m, mem, desc, bmem, kind = x.m, x.mem, x.desc, x.bmem, x.kind
+    bw, compute = traffic.bandwidth_figures(x.cost, m.fps, run.batch, run.peak, x.counters, x.arithmetic)
     lat = m.latency_ms()
     entry = {
-        "name": label, "kind": kind, "scenario": scenario,
-        "backend": desc.get("backend", run.manifest.backend_name if kind == "artifact" else subject),
+        "name": x.label, "kind": kind, "scenario": x.scenario,
+        "backend": desc.get("backend", run.manifest.backend_name if kind == "artifact" else x.subject),
         "target": run.manifest.target_name if kind == "artifact" else None,
-        "precision": precision, "batch": run.batch,
+        "precision": x.precision, "batch": run.batch,
         "fps": round(m.fps, 3), "latency_ms": {k: round(v, 4) for k, v in lat.items()},
         "latency_quantiles_ms": [round(float(v), 4) for v in np.percentile(m.latencies_ns / 1e6, np.arange(101))],
-        "first_inference_ms": round(first, 3), "load_s": round(load_s, 4),
+        "first_inference_ms": round(x.first, 3), "load_s": round(x.load_s, 4),
         "queries": m.queries, "frames": m.frames, "wall_s": round(m.wall_s, 4),
         "warmup_queries": m.warmup_queries, "streams": m.streams, "mode": m.mode,
         "peak_rss_mb": mem.as_dict()["peak_rss_mb"],
         "memory": {**mem.as_dict(), "backend_mb": bmem["mb"], "backend_reason": bmem["reason"],
-                   "artifact_mb": round(disk / 1e6, 4) if disk is not None else None},
+                   "artifact_mb": round(x.disk / 1e6, 4) if x.disk is not None else None},
         "bandwidth": bw, "compute": compute, "description": desc,
     }
     if kind == "baseline":
