@@ -337,7 +337,8 @@ def build_from_bundle(bundle_dir: str | Path, target: str = "jetson", out: str |
     try:
         _copy_bundle(plan, staging)
         new = _built_manifest(plan, staging, progress)
-        accuracy = new.get("accuracy") if isinstance(new.get("accuracy"), dict) else {}
+        host = new.get("accuracy")  # the host's measurement of the model TensorRT builds
+        accuracy: dict[str, Any] = host if isinstance(host, dict) else {}
         new["accuracy"] = accuracy
         if verify:
             gate = _verify_on_device(staging, new, data, verify_images, progress)
