@@ -93,7 +93,9 @@ def _inputs(root: Path, manifest: dict, size: int, batch: int,
             opts: BenchmarkOptions) -> tuple[list[np.ndarray], list[np.ndarray], str]:
     """The benchmark's input batches: ``--data``, else the verification set a Jetson artifact
     carries (a device has no data to generate), else the default validation set."""
-    verify = (((manifest.get("backend") or {}).get("info") or {}).get("bundle") or {}).get("files", {}).get("verify")
+    from edgecsp.manifest import Manifest
+
+    verify = (Manifest.of(manifest).bundle or {}).get("files", {}).get("verify")
     if opts.data is not None or not verify:
         return input_batches(size, batch, opts.num_inputs, opts.data)
     from edgecsp import verifyset
@@ -114,12 +116,12 @@ def _graph(manifest: dict, size: int) -> tuple[Any, dict[str, int]]:
     """(the PyTorch module or None, MACs and CIO per frame): the manifest's counts where the host
     recorded them (a device has no torch), else counted on the model."""
     from edgecsp.bench import traffic
+    from edgecsp.manifest import Manifest
 
-    counts = (manifest.get("model") or {}).get("graph")
-    if isinstance(counts, dict) and isinstance(counts.get("macs"), int) and isinstance(counts.get("cio"), int):
-        size_ok = list((manifest.get("model") or {}).get("input_size") or [])[:1] == [size]
-        if size_ok:
-            return None, {"macs": counts["macs"], "cio": counts["cio"]}
+    typed = Manifest.of(manifest)
+    counts = typed.graph_counts
+    if counts is not None and list(typed.model.get("input_size") or [])[:1] == [size]:
+        return None, counts
     arch = traffic.model_from_manifest(manifest)
     return arch, traffic.graph_counts(arch, size)
 
