@@ -373,8 +373,8 @@ def test_calibration_cache_matches_the_qdq_scales(bundle):
 def test_qdq_model_accuracy_in_onnxruntime_is_within_a_point_of_fp32(bundle):
     from edgecsp.backends import get_backend
     from edgecsp.data.coco import resolve_dataset
-    from edgecsp.evaluation import evaluate
     from edgecsp.data.shapes import default_val_dir
+    from edgecsp.evaluation import evaluate
 
     dataset = resolve_dataset(default_val_dir())
     backend = get_backend("tensorrt")
