@@ -42,7 +42,8 @@ def main() -> int:
     from edgecsp.evaluation import evaluate
     from edgecsp.backends.tensorrt.onnx_runner import OnnxModelRunner
     from edgecsp.backends.tensorrt.sensitivity import keep_costliest_float
-    from edgecsp.paths import cache_dir, default_val_dir
+    from edgecsp.data.shapes import default_val_dir
+    from edgecsp.paths import cache_dir
 
     tmp = Path(tempfile.mkdtemp(prefix="edgecsp-qdq-accuracy-"))
     bundle = args.bundle

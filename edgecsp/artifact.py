@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import posixpath
 import shutil
 import stat
 import tarfile
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +23,24 @@ from edgecsp.errors import EdgeCSPError, shown
 from edgecsp.faults import failpoint
 from edgecsp.fsutil import locked_dir, private_tmpdir, private_tmpfile, remove_stale
 
-SCHEMA = "edgecsp-artifact/1"
-MANIFEST = "manifest.json"
-# The manifest's own sha256 ("<hex>  manifest.json", sha256sum's format): an edited manifest is
-# a tampered artifact. It says "not damaged, not edited in passing"; who built it is the
-# signature's job (edgecsp.signing, manifest.sig).
-MANIFEST_DIGEST = "manifest.sha256"
-SIGNATURE = "manifest.sig"
-# Files beside the manifest that it cannot list (they describe the manifest itself).
-META_FILES = (MANIFEST, MANIFEST_DIGEST, SIGNATURE)
+# The manifest's names and checks live with its type (edgecsp.manifest); re-exported here.
+from edgecsp.manifest import (  # noqa: F401 - callers import these from here
+    MANIFEST,
+    MANIFEST_DIGEST,
+    MAX_MANIFEST_BYTES,
+    META_FILES,
+    SCHEMA,
+    SIGNATURE,
+    Manifest,
+    check_manifest_digest,
+    validate_manifest,
+    write_manifest,
+)
+from edgecsp.manifest import safe_member_name as _safe_member_name
+
 # Limits on an archive before extracting it: a bomb or a junk archive is refused, not unpacked.
 MAX_MEMBERS = 10_000
 MAX_UNPACKED_BYTES = 8 << 30
-MAX_MANIFEST_BYTES = 16 << 20
 MAX_HEADER_BYTES = 1 << 20
 
 
@@ -78,15 +80,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    """manifest.json and its digest. Any stale signature goes: it signed other bytes."""
-    raw = json.dumps(manifest, indent=1).encode()
-    (root / MANIFEST).write_bytes(raw)
-    (root / MANIFEST_DIGEST).write_text(f"{hashlib.sha256(raw).hexdigest()}  {MANIFEST}\n")
-    with contextlib.suppress(FileNotFoundError):
-        (root / SIGNATURE).unlink()
-
-
 def finalize(staging: Path, final: Path, manifest: dict[str, Any], tarball: bool = True,
              signing_key: Any = None) -> Path:
     """Hash every file, write the manifest, build the .tar.gz, then publish both.
@@ -114,15 +107,7 @@ def finalize(staging: Path, final: Path, manifest: dict[str, Any], tarball: bool
     tar_tmp = None
     try:
         if tarball:
-            tar_tmp = private_tmpfile(final.parent, f".{final.name}.tar.")
-            with tarfile.open(tar_tmp, "w:gz") as tar:
-                for p in sorted(staging.rglob("*")):
-                    if p.is_file():
-                        tar.add(p, arcname=f"{final.name}/{p.relative_to(staging).as_posix()}")
-            _fsync(tar_tmp)
-            # mkdtemp/mkstemp create owner-only entries; an artifact is meant to be shared and deployed.
-            os.chmod(tar_tmp, 0o644)
-            failpoint("artifact.tarball_written")
+            tar_tmp = _write_tarball(staging, final)
         staging.chmod(0o755)
         tar_final = final.with_name(final.name + ".tar.gz")
         with locked_dir(final.parent):
@@ -141,6 +126,32 @@ def finalize(staging: Path, final: Path, manifest: dict[str, Any], tarball: bool
         if tar_tmp:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tar_tmp)
+
+
+def _write_tarball(staging: Path, final: Path) -> Path:
+    """The artifact as a .tar.gz temporary beside ``final``, on disk, ready to be renamed."""
+    tar_tmp = private_tmpfile(final.parent, f".{final.name}.tar.")
+    try:
+        with tarfile.open(tar_tmp, "w:gz") as tar:
+            for p in sorted(staging.rglob("*")):
+                if p.is_file():
+                    tar.add(p, arcname=f"{final.name}/{p.relative_to(staging).as_posix()}")
+        _fsync(tar_tmp)
+        # mkdtemp/mkstemp create owner-only entries; an artifact is meant to be shared and deployed.
+        os.chmod(tar_tmp, 0o644)
+        failpoint("artifact.tarball_written")
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tar_tmp)
+        raise
+    return tar_tmp
+
+
+def publish(staging: Path, out: Path, manifest: dict[str, Any], signing_key: Any = None) -> tuple[Path, Manifest]:
+    """The compile's last step (a host compile and an on-device build from a bundle alike): hash
+    every file, write (and sign) the manifest, move the artifact into place, and read it back."""
+    final = finalize(staging, out, manifest, signing_key=signing_key)
+    return final, Manifest.read(final)
 
 
 def _replace_dir(new: Path, final: Path) -> Path | None:
@@ -176,18 +187,6 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 # -- reading ----------------------------------------------------------------------------------
-
-
-def _safe_member_name(name: str) -> str | None:
-    """The member's normalized relative name, or None when it is absolute or climbs out."""
-    if not name or name.startswith(("/", "\\")) or "\\" in name or "\x00" in name:
-        return None
-    norm = posixpath.normpath(name)
-    if norm.startswith("../") or norm == ".." or os.path.isabs(norm):
-        return None
-    if ".." in name.split("/"):  # even a "a/../b" that stays inside is not what compile writes
-        return None
-    return norm
 
 
 class _ArchiveRefused(tarfile.TarError):
@@ -256,65 +255,43 @@ def _extract(tar_path: Path) -> Path:
         raise EdgeCSPError(f"the artifact cache {shown(err.filename or parent)} cannot be used to unpack "
                            f"{shown(tar_path)} ({err.strerror}); set EDGECSP_CACHE_DIR to a writable folder") from None
     if tmp is not None:
-        try:
-            with tarfile.open(tar_path, "r:gz", tarinfo=_BoundedTarInfo) as tar:
-                check_archive(tar, tar_path)
-                if hasattr(tarfile, "data_filter"):  # Python 3.12, 3.11.4, 3.8.17+
-                    tar.extractall(tmp, filter="data")  # a second guard: the standard library's own checks
-                else:  # an older 3.8 (JetPack 5): check_archive above is the guard
-                    tar.extractall(tmp)
-        except (tarfile.TarError, EOFError, OSError, ValueError) as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            why = str(err)[:160] if isinstance(err, _ArchiveRefused) else f"{type(err).__name__}: {str(err)[:120]}"
-            raise EdgeCSPError(f"artifact {shown(tar_path)} is not a readable edgecsp .tar.gz ({shown(why)}); "
-                               "copy it again") from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        entries = list(tmp.iterdir())
-        if len(entries) != 1 or not entries[0].is_dir() or not (entries[0] / MANIFEST).is_file():
-            shutil.rmtree(tmp, ignore_errors=True)  # nothing of a refused archive stays in the cache
-            raise EdgeCSPError(f"artifact {shown(tar_path)} holds no artifact directory with a {MANIFEST} (an archive "
-                               "inside an archive?); refused, nothing kept")
-        (tmp / ".complete").touch()
-        if dest.exists() and not (dest / ".complete").exists():
-            shutil.rmtree(dest, ignore_errors=True)  # left by an older edgecsp that renamed before marking
-        try:
-            os.rename(tmp, dest)
-        except OSError:  # another process published the same extraction meanwhile: use theirs
-            shutil.rmtree(tmp, ignore_errors=True)
+        _unpack(tar_path, tmp, dest)
     roots = [p for p in dest.iterdir() if p.is_dir()]
     if len(roots) != 1:
         raise EdgeCSPError(f"artifact {shown(tar_path)} should hold one artifact directory, found {len(roots)}")
     return roots[0]
 
 
-@lru_cache(maxsize=None)  # functools.cache is 3.9+
-def _manifest_validator():
-    import jsonschema
-
-    schema = json.loads((Path(__file__).parent / "schemas" / "artifact-manifest.schema.json").read_text())
-    return jsonschema.Draft202012Validator(schema)
-
-
-def validate_manifest(manifest: Any, where: Path) -> dict[str, Any]:
-    """Check the manifest against its schema and check that every path stays inside the artifact."""
-    if not isinstance(manifest, dict):
-        raise EdgeCSPError(f"{where} is not an edgecsp manifest (top level is not an object); rebuild the artifact")
-    if manifest.get("schema") != SCHEMA:
-        raise EdgeCSPError(f"{where} has schema {str(manifest.get('schema'))[:40]!r}; this edgecsp reads {SCHEMA}")
-    error = next(iter(sorted(_manifest_validator().iter_errors(manifest), key=lambda e: list(e.path))), None)
-    if error is not None:
-        field = "/".join(str(p) for p in error.path) or "(top level)"
-        raise EdgeCSPError(f"{where} is invalid at {field}: {error.message[:160]}; rebuild the artifact")
-    for name in manifest["files"]:
-        if _safe_member_name(name) is None or name in META_FILES:
-            raise EdgeCSPError(f"{where} lists an unsafe file path {name[:80]!r} (absolute, '..' or the manifest "
-                               "itself); refused")
-    if manifest["engine"] not in manifest["files"]:
-        raise EdgeCSPError(f"{where}: engine {manifest['engine'][:80]!r} is not among the files it lists and "
-                           "checksums; refused (only listed, verified files are loaded)")
-    return manifest
+def _unpack(tar_path: Path, tmp: Path, dest: Path) -> None:
+    """Check and extract the archive into ``tmp``, then publish it at ``dest`` (or keep another
+    process's copy already there)."""
+    try:
+        with tarfile.open(tar_path, "r:gz", tarinfo=_BoundedTarInfo) as tar:
+            check_archive(tar, tar_path)
+            if hasattr(tarfile, "data_filter"):  # Python 3.12, 3.11.4, 3.8.17+
+                tar.extractall(tmp, filter="data")  # a second guard: the standard library's own checks
+            else:  # an older 3.8 (JetPack 5): check_archive above is the guard
+                tar.extractall(tmp)
+    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = str(err)[:160] if isinstance(err, _ArchiveRefused) else f"{type(err).__name__}: {str(err)[:120]}"
+        raise EdgeCSPError(f"artifact {shown(tar_path)} is not a readable edgecsp .tar.gz ({shown(why)}); "
+                           "copy it again") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    entries = list(tmp.iterdir())
+    if len(entries) != 1 or not entries[0].is_dir() or not (entries[0] / MANIFEST).is_file():
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing of a refused archive stays in the cache
+        raise EdgeCSPError(f"artifact {shown(tar_path)} holds no artifact directory with a {MANIFEST} (an archive "
+                           "inside an archive?); refused, nothing kept")
+    (tmp / ".complete").touch()
+    if dest.exists() and not (dest / ".complete").exists():
+        shutil.rmtree(dest, ignore_errors=True)  # left by an older edgecsp that renamed before marking
+    try:
+        os.rename(tmp, dest)
+    except OSError:  # another process published the same extraction meanwhile: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -354,22 +331,13 @@ def verify_files(root: Path, manifest: dict[str, Any]) -> None:
                                "rebuild it with python -m edgecsp.compile")
 
 
-def check_manifest_digest(root: Path, raw: bytes) -> None:
-    """The manifest's bytes match manifest.sha256: an edited manifest is refused before it is read."""
-    path = root / MANIFEST_DIGEST
-    try:
-        if path.is_symlink() or not path.is_file():
-            raise EdgeCSPError(f"artifact {shown(root)} has no {MANIFEST_DIGEST} (built by an older edgecsp, or its "
-                               "manifest was replaced); refused: rebuild the artifact")
-        recorded = path.read_bytes()[:256].split()
-    except OSError as err:
-        raise EdgeCSPError(f"cannot read {shown(path)} ({err.strerror}); check the artifact") from None
-    if not recorded or recorded[0].decode("ascii", "replace") != hashlib.sha256(raw).hexdigest():
-        raise EdgeCSPError(f"{shown(root / MANIFEST)} fails its sha256 check ({MANIFEST_DIGEST}): the manifest was "
-                           "edited or damaged; refused: rebuild the artifact with python -m edgecsp.compile")
-
-
 def open_artifact(path: str | Path, verify: bool = True, bind: bool = True) -> tuple[Path, dict[str, Any]]:
+    """``open_manifest`` with the manifest as its JSON object (what most callers index)."""
+    root, manifest = open_manifest(path, verify, bind)
+    return root, manifest.raw
+
+
+def open_manifest(path: str | Path, verify: bool = True, bind: bool = True) -> tuple[Path, Manifest]:
     """Resolve a directory or .tar.gz artifact; check the manifest and every file's sha256, and
     (``bind``) the manifest against its engine (edgecsp.binding).
 
@@ -403,7 +371,7 @@ def _replaced_since(path: Path, before: tuple[int, int] | None) -> bool:
     return now is not None and now != before
 
 
-def _open_artifact(path: Path, verify: bool, bind: bool = True) -> tuple[Path, dict[str, Any]]:
+def _open_artifact(path: Path, verify: bool, bind: bool = True) -> tuple[Path, Manifest]:
     if not path.exists():
         raise EdgeCSPError(f"artifact {shown(path)} does not exist; build one with python -m edgecsp.compile --target ...")
     if not path.is_file():
@@ -417,26 +385,12 @@ def _open_artifact(path: Path, verify: bool, bind: bool = True) -> tuple[Path, d
         raise EdgeCSPError(str(err).replace(str(root), f"{path}:{root.name}")) from None
 
 
-def _check_open(root: Path, verify: bool, bind: bool) -> tuple[Path, dict[str, Any]]:
-    manifest_path = root / MANIFEST
-    try:
-        if not manifest_path.is_file() or manifest_path.is_symlink():
-            raise EdgeCSPError(f"{shown(root)} is not an edgecsp artifact (no {MANIFEST})")
-        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise EdgeCSPError(f"{shown(manifest_path)} is too large for a manifest")
-        raw = manifest_path.read_bytes()
-    except OSError as err:
-        raise EdgeCSPError(f"cannot read {shown(manifest_path)} ({err.strerror}); check the artifact") from None
-    check_manifest_digest(root, raw)
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise EdgeCSPError(f"{shown(manifest_path)} is corrupt ({shown(str(err)[:120])}); rebuild the artifact") from None
-    validate_manifest(manifest, manifest_path)
+def _check_open(root: Path, verify: bool, bind: bool) -> tuple[Path, Manifest]:
+    manifest = Manifest.read(root)  # digest, JSON, schema, paths
     if verify:
-        verify_files(root, manifest)
+        verify_files(root, manifest.raw)
     if verify and bind:
         from edgecsp.binding import check_binding
 
-        check_binding(root, manifest)  # the manifest tells the truth about its (verified) engine
+        check_binding(root, manifest.raw)  # the manifest tells the truth about its (verified) engine
     return root, manifest

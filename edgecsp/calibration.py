@@ -121,14 +121,20 @@ def _image_files(recipe: CalibrationRecipe) -> list[Path]:
     return files
 
 
-def calibration_set(recipe: CalibrationRecipe, input_size: int, resize: str = "letterbox") -> CalibrationSet:
-    """Select ``num_images`` images (seeded) and letterbox (or stretch) them like inference does."""
-    from edgecsp.data.preprocess import letterbox, load_image_rgb, to_tensor_batch
-
+def selected_files(recipe: CalibrationRecipe) -> list[Path]:
+    """The images the recipe selects (``num_images`` of its source, seeded): what calibration_set reads."""
     files = _image_files(recipe)
     rng = np.random.default_rng(recipe.seed)
     if len(files) > recipe.num_images:
         files = [files[i] for i in sorted(rng.choice(len(files), recipe.num_images, replace=False))]
+    return files
+
+
+def calibration_set(recipe: CalibrationRecipe, input_size: int, resize: str = "letterbox") -> CalibrationSet:
+    """Select ``num_images`` images (seeded) and letterbox (or stretch) them like inference does."""
+    from edgecsp.data.preprocess import letterbox, load_image_rgb, to_tensor_batch
+
+    files = selected_files(recipe)
     h = hashlib.sha256(f"{resize}:{input_size}:114".encode())
     boxed = []
     for path in files:

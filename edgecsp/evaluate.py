@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgecsp.models.checkpoint import resize_of, resolve_model
 
     if args.data is None and args.annotations is None:
-        from edgecsp.paths import default_val_dir
+        from edgecsp.data.shapes import default_val_dir
         args.data = default_val_dir()
     dataset = resolve_dataset(args.data, args.annotations, args.images)
     if args.artifact is not None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker reads it
 import numpy as np
 
 from edgecsp.errors import EdgeCSPError
+from edgecsp.models.parity import BOX_TOLERANCE_PX, SCORE_TOLERANCE
 
 CONTRACT_VERSION = "1"
 INPUT_NAME = "images"
@@ -38,11 +39,7 @@ NMS_OUTPUT_NAMES = ("detections", "num_detections")
 MIN_OPSET = 11  # NonMaxSuppression / Range / TopK with a k input all exist from 11
 MAX_OPSET = 20  # the TorchScript exporter's newest
 PARITY_IMAGES = 4
-# ONNX Runtime vs PyTorch on the demo detector: ~1e-4 px on boxes (a couple of float32 ulps at
-# 300 px) and ~5e-6 on scores. The limits leave ~100x / ~20x room for other models and sizes,
-# while a real export bug (a baked-in shape, a wrong op) is off by pixels or whole score units.
-BOX_TOLERANCE_PX = 1e-2
-SCORE_TOLERANCE = 1e-4
+# BOX_TOLERANCE_PX / SCORE_TOLERANCE (ONNX Runtime vs PyTorch): edgecsp.models.parity.
 # In-graph NMS vs edgecsp.postprocess run on the same predictions: only the NMS differs.
 NMS_BOX_TOLERANCE_PX = 1e-3
 NMS_SCORE_TOLERANCE = 1e-5
@@ -255,10 +252,10 @@ def _parity_inputs(images: Sequence[np.ndarray] | None, size: tuple[int, int]) -
     from edgecsp.data.preprocess import letterbox, to_tensor_batch
 
     if images is None:
-        from edgecsp import paths
+        from edgecsp.data import shapes
         from edgecsp.data.coco import resolve_dataset
 
-        dataset = resolve_dataset(paths.default_val_dir())
+        dataset = resolve_dataset(shapes.default_val_dir())
         images = [dataset[i][0] for i in range(min(PARITY_IMAGES, len(dataset)))]
     if len(images) == 0:
         raise EdgeCSPError("parity_images is empty; pass at least one RGB image, or None for the default set")

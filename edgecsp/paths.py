@@ -1,27 +1,26 @@
-"""Where edgecsp keeps generated data and caches (``EDGECSP_CACHE_DIR``, else ~/.cache/edgecsp)."""
+"""Where edgecsp keeps generated data and caches (``EDGECSP_CACHE_DIR``, else ~/.cache/edgecsp).
+
+A foundation module: it imports no other part of edgecsp (tests/test_layers.py). The default
+validation set, which is generated data, lives with the data: ``edgecsp.data.shapes.default_val_dir``.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-# The default validation set: the shapes task's val split, fixed seed, generated on first use.
-DEFAULT_VAL_IMAGES = 200
-DEFAULT_VAL_SEED = 20261125
+
+def cache_root() -> Path:
+    """$EDGECSP_CACHE_DIR, else ~/.cache/edgecsp (not created)."""
+    env = os.environ.get("EDGECSP_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "edgecsp"
 
 
 def cache_dir() -> Path:
-    from edgecsp.data.shapes import default_cache_dir
-
-    root = Path(default_cache_dir())
+    root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     return root
-
-
-def default_val_dir() -> Path:
-    from edgecsp.data.shapes import ensure_shapes_val
-
-    return ensure_shapes_val(cache_dir(), n=DEFAULT_VAL_IMAGES, seed=DEFAULT_VAL_SEED)
 
 
 def data_dir(name: str) -> Path:

@@ -1,17 +1,26 @@
-"""The compile pipeline: export -> calibrate -> build -> verify -> artifact.
+"""The compile pipeline as steps: prepare -> export -> calibrate -> build -> verify -> publish.
 
-Every step reports progress; any failure raises EdgeCSPError and leaves no artifact behind
-(the artifact is assembled in a staging directory and renamed into place only when complete).
+Each step is a function with a small typed input and result, used alike by ``compile``,
+``compile --from-bundle`` (verify's gate and publish), ``benchmark --target`` and the nightly
+(edgecsp.bench.artifacts). Every step reports progress; any failure raises EdgeCSPError and
+leaves no artifact behind (the artifact is assembled in a staging directory and renamed into
+place only when complete).
+
+A warm compile does only what changed: export, calibration data, engine and verification are
+each kept in the cache under a key of everything they depend on (model hash, options, backend
+and edgecsp versions, data), reused when the key matches and their files still match their
+sha256, and each reuse is said in one progress line and recorded in the manifest (``reused``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable  # typing's: collections.abc.Callable[...] is not subscriptable at run time on 3.8
@@ -20,6 +29,7 @@ from edgecsp import __version__
 from edgecsp.errors import EdgeCSPError
 from edgecsp.faults import failpoint
 from edgecsp.fsutil import atomic_write, os_problem, private_tmpdir, publish_dir_once, remove_stale
+from edgecsp.gate import GateResult
 
 Progress = Callable[[str], None]
 
@@ -40,9 +50,392 @@ class CompileOptions:
     verify: bool = True  # False: --no-verify, the manifest says "unverified"
 
 
-def model_hash_of(model) -> str:
-    import hashlib
+# -- step inputs and results --------------------------------------------------------------------
 
+
+@dataclass
+class Plan:
+    """What ``prepare`` resolved and checked before any work: the input of every later step."""
+
+    opts: CompileOptions
+    profile: Any  # edgecsp.targets.TargetProfile
+    precision: str
+    backend: Any  # edgecsp.backends.Backend
+    backend_version: str
+    dataset: Any  # the validation set (edgecsp.data.coco.DetectionDataset)
+    data_hash: str  # of its annotations: part of every cache key that reads it
+    model: Any
+    description: dict[str, Any]
+    model_hash: str
+    size: int
+    batch: int | str
+    resize: str  # letterbox, or stretch (Darknet cfgs trained that way)
+    out: Path
+    signing_key: Any = None
+
+    @property
+    def model_name(self) -> Any:
+        return self.description.get("name", self.opts.model)
+
+
+@dataclass
+class Exported:
+    path: Path  # model.onnx in the work folder
+    facts: dict[str, Any]  # the export report, as the manifest's "export"
+    graph: dict[str, int]  # MACs and CIO per frame, for the benchmark on a device without torch
+    reused: str | None = None  # the cache key when reused
+
+
+@dataclass
+class Calibrated:
+    recipe: Any  # edgecsp.calibration.CalibrationRecipe
+    data_hash: str
+    names: list[str]
+    images: Any = None  # (N, 3, H, W) float32, loaded only when a build needs them
+    reused: str | None = None
+
+    def load(self, plan: Plan) -> Calibrated:
+        """With the images in memory (a reused step only knows their hash)."""
+        if self.images is None:
+            from edgecsp.calibration import calibration_set
+
+            calib = calibration_set(self.recipe, plan.size, plan.resize)
+            self.images, self.data_hash, self.names = calib.images, calib.data_hash, calib.sources
+        return self
+
+
+@dataclass
+class Built:
+    engine: str
+    files: list[str]
+    info: dict[str, Any]
+    digests: dict[str, str] = field(default_factory=dict)  # sha256 per file
+    reused: str | None = None
+
+
+@dataclass
+class Verified:
+    gate: GateResult
+    reused: str | None = None
+
+
+# -- the steps ---------------------------------------------------------------------------------
+
+
+def compile_artifact(opts: CompileOptions, progress: Progress = print) -> tuple[Path, dict[str, Any]]:
+    """Build one artifact; any failure is an EdgeCSPError and leaves nothing at the output path."""
+    try:
+        return _compile(opts, progress)
+    except OSError as err:  # disk full, read-only or unwritable output: the user's to fix, one line
+        problem = os_problem(err, opts.out)
+        if problem is None:
+            raise
+        raise problem from None
+
+
+def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, Any]]:
+    from edgecsp.artifact import staging_dir
+
+    t_start = time.time()
+    plan = prepare(opts, progress)
+    timings: dict[str, float] = {}
+    # The staging directory comes first: an unwritable or full output location fails before any work.
+    staging: Path | None = staging_dir(plan.out)
+    remove_stale(Path(tempfile.gettempdir()), "edgecsp-compile-")  # what killed compiles left
+    work = private_tmpdir(Path(tempfile.gettempdir()), "edgecsp-compile-")
+    try:
+        exported = _timed(timings, "export_s", lambda: export(plan, work, progress))
+        calibrated = _timed(timings, "calibration_data_s", lambda: calibrate(plan, progress))
+        if calibrated is None:
+            del timings["calibration_data_s"]
+        built = _timed(timings, "build_s", lambda: build(plan, exported, calibrated, staging, progress))
+        draft = manifest_of(plan, exported, calibrated, built)
+        verified = _timed(timings, "verify_s", lambda: verify(plan, built, staging, draft, progress))
+        draft["accuracy"] = verified.gate.to_manifest()
+        draft["reused"] = _reuse_record(exported, calibrated, built, verified)
+        timings["total_s"] = round(time.time() - t_start, 2)
+        draft["timings"] = timings
+        final, manifest = publish(staging, plan.out, draft, plan.signing_key)
+        staging = None
+        progress(f"artifact: {final} (+ {final.name}.tar.gz), {timings['total_s']} s in all")
+        return final, manifest
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _timed(timings: dict[str, float], key: str, step: Callable[[], Any]) -> Any:
+    t = time.time()
+    result = step()
+    timings[key] = round(time.time() - t, 2)
+    return result
+
+
+def prepare(opts: CompileOptions, progress: Progress) -> Plan:
+    """Resolve target, backend, data and model, and check them all before any work."""
+    from edgecsp.backends import get_backend
+    from edgecsp.gate import check_image_count
+    from edgecsp.targets import load_target
+
+    check_image_count(opts.verify_images, "--verify-images")
+    signing_key = None
+    if opts.sign is not None:
+        from edgecsp.signing import load_private_key
+
+        signing_key = load_private_key(opts.sign)  # a bad key fails before any work
+    profile = load_target(opts.target)
+    precision = profile.check_precision(opts.precision)
+    backend = get_backend(profile.backend)
+    backend_version = backend.version()  # fails here, with the install hint, before any work
+    if precision not in backend.precisions:
+        raise EdgeCSPError(f"backend {backend.name} cannot build {precision}; it builds {', '.join(backend.precisions)}")
+    dataset, model, description = _data_and_model(opts, progress)
+    size = profile.input_size or model.config.input_size
+    batch = opts.batch if opts.batch is not None else profile.batch
+    _check_batch(batch, size)
+    from edgecsp.artifact import sha256_file
+    from edgecsp.models.checkpoint import resize_of
+
+    out = Path(opts.out or Path("artifacts") / f"{Path(str(opts.model or 'demo')).stem}-{profile.name}-{precision}")
+    return Plan(opts, profile, precision, backend, backend_version, dataset,
+                sha256_file(Path(dataset.annotations_path))[:16], model, description, model_hash_of(model), size,
+                batch, resize_of(model), out, signing_key)
+
+
+def _data_and_model(opts: CompileOptions, progress: Progress) -> tuple[Any, Any, dict[str, Any]]:
+    """The validation set and the model, checked against each other."""
+    from edgecsp.data.coco import resolve_dataset
+    from edgecsp.data.shapes import default_val_dir
+    from edgecsp.evaluation import check_classes, check_evaluable
+    from edgecsp.models.checkpoint import is_darknet, resolve_model
+
+    if opts.data is None:
+        opts.data = default_val_dir(progress)
+    dataset = resolve_dataset(opts.data)
+    # An untrained Darknet cfg takes the data's class count; any trained model must match it.
+    model, description = resolve_model(opts.model, num_classes=dataset.num_classes)
+    if is_darknet(model) and not getattr(opts.model, "names", None):
+        description["class_names"] = list(dataset.class_names)  # no .names: the data set's names
+    if dataset.num_classes != model.config.num_classes:
+        raise EdgeCSPError(f"validation set {opts.data} has {dataset.num_classes} classes, "
+                           f"the model has {model.config.num_classes}; pass the model's own validation data with --data")
+    check_classes(list(description["class_names"]), dataset, f"model {description.get('name', opts.model)}")
+    if opts.verify:
+        check_evaluable(dataset, opts.verify_images)  # before any build: a gate on no boxes would pass vacuously
+    return dataset, model, description
+
+
+def export(plan: Plan, work: Path, progress: Progress) -> Exported:
+    """Step 1: the model as ONNX (with its parity check against PyTorch), or the cached export."""
+    key = _key("export", plan.model_hash, plan.size, plan.batch, plan.data_hash, _torch_versions(),
+               json.dumps(plan.description, sort_keys=True, default=str))
+    hit = _cache_get("exports", key)
+    if hit is not None:
+        shutil.copy2(hit[0] / "model.onnx", work / "model.onnx")
+        progress(f"[1/4] export: reused (cache {key}: same model, input size, batch and data)")
+        return Exported(work / "model.onnx", hit[1]["export"], hit[1].get("graph") or _graph_counts(plan), key)
+    from edgecsp.onnx_export import export_onnx
+
+    progress(f"[1/4] export {plan.model_name} to ONNX (input {plan.size}x{plan.size}, batch {plan.batch})")
+    t = time.time()
+    parity = [plan.dataset[i][0] for i in range(min(4, len(plan.dataset)))]  # real images of the user's data
+    report = export_onnx(plan.model, work / "model.onnx", batch=plan.batch, input_size=plan.size, nms=False,
+                         parity_images=parity, description=plan.description)
+    progress(f"      parity vs PyTorch: max abs diff {report.max_abs_diff:.2e} ({round(time.time() - t, 2)} s)")
+    facts = {k: v for k, v in report.as_dict().items() if k != "path"}
+    graph = _graph_counts(plan)
+    _cache_write(lambda: _cache_put("exports", key, work, ["model.onnx"], {"export": facts, "graph": graph}))
+    return Exported(work / "model.onnx", facts, graph)
+
+
+def _graph_counts(plan: Plan) -> dict[str, int]:
+    from edgecsp.complexity import profile
+
+    counts = profile(plan.model, plan.size)
+    return {"macs": int(counts["macs"]), "cio": int(counts["cio"])}
+
+
+def calibrate(plan: Plan, progress: Progress) -> Calibrated | None:
+    """Step 2 (INT8 only): the recipe's calibration images; a warm compile knows their hash and
+    loads them only if the engine must be built again."""
+    if plan.precision != "int8":
+        progress(f"[2/4] calibration: not needed for {plan.precision}")
+        return None
+    from edgecsp.calibration import load_recipe, selected_files
+    from edgecsp.paths import cache_dir
+
+    recipe = load_recipe(plan.opts.calibration)
+    files = selected_files(recipe)
+    key = _key("calibration", recipe.digest(), plan.size, plan.resize,
+               *(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files))
+    path = cache_dir() / "calibration" / f"{key}.json"
+    try:
+        cached = json.loads(path.read_text())
+        progress(f"[2/4] calibration data: reused (cache {key}: recipe {recipe.name}, the same {len(files)} files)")
+        return Calibrated(recipe, str(cached["data_hash"]), list(cached["names"]), reused=key)
+    except (OSError, ValueError, KeyError, TypeError):  # absent or damaged: read the images
+        pass
+    progress(f"[2/4] calibration data: recipe {recipe.name} ({recipe.method}, {recipe.num_images} images)")
+    calibrated = Calibrated(recipe, "", []).load(plan)
+    _cache_write(lambda: atomic_write(path, json.dumps({"data_hash": calibrated.data_hash,
+                                                        "names": calibrated.names})))
+    return calibrated
+
+
+def build(plan: Plan, exported: Exported, calibrated: Calibrated | None, staging: Path,
+          progress: Progress) -> Built:
+    """Step 3: the backend's engine files in ``staging`` (or the cached build of the same inputs)."""
+    key = _engine_key(plan, calibrated)
+    name, precision = plan.backend.name, plan.precision
+    hit = _cache_get("engines", key)
+    if hit is not None:
+        progress(f"[3/4] {name} {precision}: reused (cache {key}; reusing the cached build of the same model, data "
+                 "and recipe)")
+        for f in hit[1]["files"]:
+            shutil.copy2(hit[0] / f, staging / f)
+        return Built(hit[1]["engine"], hit[1]["files"], hit[1]["info"], hit[1]["sha256"], reused=key)
+    progress(f"[3/4] build {name} {precision} engine")
+    result = plan.backend.build(_build_request(plan, exported, calibrated, staging))
+    failpoint("build.engine_written")
+    meta = {"engine": result.engine, "files": result.files, "info": result.info}
+    if not result.info.get("no_cache"):
+        _cache_write(lambda: _cache_put("engines", key, staging, result.files, meta))
+    return Built(result.engine, result.files, result.info, _digests(staging, result.files))
+
+
+def _build_request(plan: Plan, exported: Exported, calibrated: Calibrated | None, staging: Path) -> Any:
+    from edgecsp.backends import BuildRequest
+    from edgecsp.evaluation import evaluate
+
+    def validate(predict) -> float:
+        return evaluate(predict, plan.dataset, plan.size, progress=False, max_images=plan.opts.verify_images,
+                        resize=plan.resize)["AP50"]
+
+    recipe = calibrated.recipe if calibrated else None
+    calib = None
+    if calibrated is not None:
+        from edgecsp.calibration import CalibrationSet
+
+        calibrated.load(plan)
+        calib = CalibrationSet(calibrated.images, calibrated.data_hash, calibrated.names)
+    return BuildRequest(onnx_path=exported.path, precision=plan.precision, profile=plan.profile, out_dir=staging,
+                        calibration=calib, validate=validate, max_ap50_drop=plan.profile.max_ap50_drop / 100,
+                        options={**plan.profile.build, "recipe": recipe, **({"nms": True} if plan.opts.nms else {})},
+                        dataset=plan.dataset, verify_images=plan.opts.verify_images)
+
+
+def verify(plan: Plan, built: Built, staging: Path, draft: dict[str, Any], progress: Progress) -> Verified:
+    """Step 4, the gate: the engine's AP50 against the FP32 PyTorch reference on the validation images."""
+    tolerance = plan.profile.max_ap50_drop
+    if not plan.opts.verify:
+        progress("[4/4] verify: skipped (--no-verify); the manifest says accuracy status 'unverified'")
+        return Verified(GateResult.unverified(tolerance))
+    key = _key("verify", plan.model_hash, plan.backend.name, plan.backend_version, plan.data_hash, plan.size,
+               plan.resize, plan.opts.verify_images, json.dumps(built.digests, sort_keys=True),
+               json.dumps(draft.get("preprocessing"), sort_keys=True))
+    gate, reused = _cached_gate(key, tolerance), key
+    if gate is not None:
+        progress(f"[4/4] verify: reused (cache {key}: the same engine files on the same data)")
+    else:
+        reused = None
+        images = plan.opts.verify_images or len(plan.dataset)
+        progress(f"[4/4] verify accuracy on {images} validation images against FP32 PyTorch")
+        gate = _measure(plan, staging, draft)
+        _cache_write(lambda: _store_gate(key, gate))
+    ref, cand = gate.reference or {}, gate.candidate or {}
+    progress(f"      AP50 {cand['AP50']:.4f} vs reference {ref['AP50']:.4f} (drop {gate.ap50_drop_points:+.2f} "
+             f"points, tolerance {tolerance}); AP {cand['AP']:.4f} vs {ref['AP']:.4f}: {gate.status}")
+    gate.enforce(plan.opts.allow_accuracy_drop, plan.opts.data,
+                 f"{plan.precision} artifact loses {gate.ap50_drop_points:.2f} AP50 points (tolerance {tolerance}) on "
+                 f"{plan.opts.data}; try --calibration percentile or another precision, or pass "
+                 "--allow-accuracy-drop to keep it")
+    if not gate.passed:
+        progress(f"      kept with --allow-accuracy-drop: the manifest says accuracy status '{gate.status}'")
+    return Verified(gate, reused)
+
+
+def _measure(plan: Plan, staging: Path, draft: dict[str, Any]) -> GateResult:
+    from edgecsp.evaluation import evaluate
+    from edgecsp.predictor import Predictor
+
+    reference = reference_metrics(plan.model, plan.model_hash, plan.dataset, plan.size, plan.opts.verify_images)
+    runner = plan.backend.open_runner(staging / draft["engine"], draft)
+    try:
+        predictor = Predictor(staging, draft, runner)
+        measured = evaluate(predictor.predict_batch, plan.dataset, plan.size, progress=False,
+                            max_images=plan.opts.verify_images, resize=predictor.resize)
+    finally:
+        runner.close()
+    return GateResult.measure(reference, measured, plan.profile.max_ap50_drop, plan.dataset.annotations_path,
+                              measured.get("images"))
+
+
+def publish(staging: Path, out: Path, manifest: dict[str, Any], signing_key: Any = None) -> tuple[Path, dict[str, Any]]:
+    """Step 5: hash every file, write (and sign) the manifest, and move the artifact into place
+    (edgecsp.artifact.publish, which the on-device build from a bundle takes too)."""
+    from edgecsp.artifact import publish as publish_artifact
+
+    final, manifest_ = publish_artifact(staging, out, manifest, signing_key)
+    return final, manifest_.raw
+
+
+# -- the manifest ------------------------------------------------------------------------------
+
+
+def manifest_of(plan: Plan, exported: Exported, calibrated: Calibrated | None, built: Built) -> dict[str, Any]:
+    """The draft manifest of the steps' results (accuracy, timings and files come later)."""
+    c = plan.model.config
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "edgecsp_version": __version__,
+        "model": _model_section(plan, exported.graph),
+        "target": plan.profile.as_dict(),
+        "backend": {"name": plan.backend.name, "version": plan.backend_version, "info": built.info},
+        "precision": plan.precision,
+        "engine": built.engine,
+        "inputs": [{"name": "images", "shape": [plan.batch, 3, plan.size, plan.size], "dtype": "float32",
+                    "layout": "NCHW", "range": [0, 1]}],
+        "outputs": [{"name": "predictions", "shape": [plan.batch, _output_rows(plan), 5 + c.num_classes],
+                     "dtype": "float32", "contract": "x1,y1,x2,y2 (input pixels), objectness, class probabilities"}],
+        "preprocessing": plan.description.get("preprocessing"),
+        "postprocessing": {"score": "objectness x class probability", "nms": "class-wise, numpy (edgecsp.postprocess)"},
+        "calibration": None if calibrated is None else {
+            "recipe": asdict(calibrated.recipe), "recipe_hash": calibrated.recipe.digest(),
+            "data_hash": calibrated.data_hash, "images": len(calibrated.names)},
+        "export": exported.facts,
+    }
+
+
+def _model_section(plan: Plan, graph: dict[str, int]) -> dict[str, Any]:
+    from edgecsp.models.checkpoint import config_as_json
+
+    c, size = plan.model.config, plan.size
+    files = plan.opts.model.as_dict() if hasattr(plan.opts.model, "as_dict") else {}
+    return {"name": plan.description.get("name"), "source": str(plan.opts.model or "demo"), "hash": plan.model_hash,
+            **{key: value for key, value in files.items() if key in ("weights", "names")},
+            "class_names": plan.description["class_names"], "num_classes": c.num_classes,
+            "input_size": [size, size], "anchors": [list(a) for a in c.anchors], "strides": list(c.strides),
+            "config": config_as_json(plan.model), "graph": dict(graph)}
+
+
+def _output_rows(plan: Plan) -> int:
+    from edgecsp.models.checkpoint import output_rows
+
+    return output_rows(plan.model, plan.size)
+
+
+def _reuse_record(exported: Exported, calibrated: Calibrated | None, built: Built, verified: Verified) -> dict[str, str]:
+    """The steps this compile took from the cache, with their keys (empty: every step ran)."""
+    steps = {"export": exported.reused, "calibration": calibrated.reused if calibrated else None,
+             "build": built.reused, "verify": verified.reused}
+    return {step: key for step, key in steps.items() if key}
+
+
+# -- shared by the steps and by benchmark --accuracy -------------------------------------------
+
+
+def model_hash_of(model) -> str:
     from edgecsp.models.checkpoint import config_as_json
 
     h = hashlib.sha256(json.dumps(config_as_json(model), sort_keys=True, default=str).encode())
@@ -74,208 +467,6 @@ def reference_metrics(model, model_hash: str, dataset, size: int, max_images: in
     return metrics
 
 
-def _cache_write(write: Callable[[], object]) -> None:
-    """Caches only save time: a cache that cannot be written (disk full, read-only) is skipped."""
-    try:
-        write()
-    except OSError as err:
-        print(f"note: cache not written ({err.strerror}: {err.filename}); the next compile redoes this step",
-              file=sys.stderr)
-
-
-def compile_artifact(opts: CompileOptions, progress: Progress = print) -> tuple[Path, dict[str, Any]]:
-    """Build one artifact; any failure is an EdgeCSPError and leaves nothing at the output path."""
-    try:
-        return _compile(opts, progress)
-    except OSError as err:  # disk full, read-only or unwritable output: the user's to fix, one line
-        problem = os_problem(err, opts.out)
-        if problem is None:
-            raise
-        raise problem from None
-
-
-def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, Any]]:
-    from edgecsp.backends import BuildRequest, get_backend
-    from edgecsp.gate import check_image_count
-    from edgecsp.targets import load_target
-
-    t_start = time.time()
-    check_image_count(opts.verify_images, "--verify-images")
-    signing_key = None
-    if opts.sign is not None:
-        from edgecsp.signing import load_private_key
-
-        signing_key = load_private_key(opts.sign)  # a bad key fails before any work
-    profile = load_target(opts.target)
-    precision = profile.check_precision(opts.precision)
-    backend = get_backend(profile.backend)
-    backend_version = backend.version()  # fails here, with the install hint, before any work
-    if precision not in backend.precisions:
-        raise EdgeCSPError(f"backend {backend.name} cannot build {precision}; it builds {', '.join(backend.precisions)}")
-
-    from edgecsp.data.coco import resolve_dataset
-    from edgecsp.models.checkpoint import is_darknet, resize_of, resolve_model
-
-    if opts.data is None:
-        from edgecsp.paths import default_val_dir
-
-        progress("preparing the default validation set (shapes task, generated once and cached)")
-        opts.data = default_val_dir()
-    dataset = resolve_dataset(opts.data)
-    # An untrained Darknet cfg takes the data's class count; any trained model must match it.
-    model, description = resolve_model(opts.model, num_classes=dataset.num_classes)
-    if is_darknet(model) and not getattr(opts.model, "names", None):
-        description["class_names"] = list(dataset.class_names)  # no .names: the data set's names
-    resize = resize_of(model)  # letterbox, or stretch for Darknet cfgs trained that way
-    size = profile.input_size or model.config.input_size
-    batch = opts.batch if opts.batch is not None else profile.batch
-    _check_batch(batch, size)
-    model_hash = model_hash_of(model)
-    model_name = description.get("name", opts.model)
-    out = Path(opts.out or Path("artifacts") / f"{Path(str(opts.model or 'demo')).stem}-{profile.name}-{precision}")
-    if dataset.num_classes != model.config.num_classes:
-        raise EdgeCSPError(f"validation set {opts.data} has {dataset.num_classes} classes, "
-                           f"the model has {model.config.num_classes}; pass the model's own validation data with --data")
-    from edgecsp.evaluation import check_classes, check_evaluable
-
-    check_classes(list(description["class_names"]), dataset, f"model {model_name}")
-    if opts.verify:
-        check_evaluable(dataset, opts.verify_images)  # before any build: a gate on no boxes would pass vacuously
-
-    timings: dict[str, float] = {}
-    staging: Path | None = None
-    work: Path | None = None
-    try:
-        # The staging directory comes first: an unwritable or full output location fails before any work.
-        staging = _staging(out)
-        remove_stale(Path(tempfile.gettempdir()), "edgecsp-compile-")  # what killed compiles left
-        work = private_tmpdir(Path(tempfile.gettempdir()), "edgecsp-compile-")
-
-        # 1. export
-        t = time.time()
-        progress(f"[1/4] export {model_name} to ONNX (input {size}x{size}, batch {batch})")
-        from edgecsp.onnx_export import export_onnx
-
-        parity = [dataset[i][0] for i in range(min(4, len(dataset)))]  # real images of the user's data
-        report = export_onnx(model, work / "model.onnx", batch=batch, input_size=size, nms=False,
-                             parity_images=parity, description=description)
-        timings["export_s"] = round(time.time() - t, 2)
-        progress(f"      parity vs PyTorch: max abs diff {report.max_abs_diff:.2e} ({timings['export_s']} s)")
-
-        # 2. calibrate (int8 only)
-        recipe = calib = None
-        if precision == "int8":
-            from edgecsp.calibration import calibration_set, load_recipe
-
-            t = time.time()
-            recipe = load_recipe(opts.calibration)
-            progress(f"[2/4] calibration data: recipe {recipe.name} ({recipe.method}, {recipe.num_images} images)")
-            calib = calibration_set(recipe, size, resize)
-            timings["calibration_data_s"] = round(time.time() - t, 2)
-        else:
-            progress(f"[2/4] calibration: not needed for {precision}")
-
-        # 3. build (or reuse the cached quantized engine)
-        from edgecsp.evaluation import evaluate
-
-        assert staging is not None
-        t = time.time()
-        extra = ["nms"] if opts.nms else []
-        if backend.name == "tensorrt":  # the bundle carries a verification subset of the validation set
-            from edgecsp.artifact import sha256_file
-
-            extra.append(f"verify:{sha256_file(Path(dataset.annotations_path))[:16]}:{opts.verify_images}")
-        cache_key = _cache_key(model_hash, profile, precision, backend.name, backend_version, recipe, calib, size, batch,
-                               extra="|".join(extra))
-        cached = _cached_engine(cache_key)
-        if cached is not None:
-            progress(f"[3/4] {backend.name} {precision}: reusing the cached build {cache_key} (same model, data, recipe)")
-            result_meta = json.loads((cached / "result.json").read_text())
-            result_meta.pop("sha256", None)
-            for name in result_meta["files"]:
-                shutil.copy2(cached / name, staging / name)
-        else:
-            progress(f"[3/4] build {backend.name} {precision} engine")
-
-            def validate(predict) -> float:
-                return evaluate(predict, dataset, size, progress=False, max_images=opts.verify_images,
-                                resize=resize)["AP50"]
-
-            request = BuildRequest(onnx_path=work / "model.onnx", precision=precision, profile=profile,
-                                   out_dir=staging, calibration=calib, validate=validate,
-                                   max_ap50_drop=profile.max_ap50_drop / 100,
-                                   options={**profile.build, "recipe": recipe, **({"nms": True} if opts.nms else {})},
-                                   dataset=dataset, verify_images=opts.verify_images)
-            result = backend.build(request)
-            failpoint("build.engine_written")
-            result_meta = {"engine": result.engine, "files": result.files, "info": result.info}
-            _cache_write(lambda: _store_engine(cache_key, staging, result_meta))
-        timings["build_s"] = round(time.time() - t, 2)
-
-        # 4. verify
-        draft = _manifest(model, description, model_hash, opts, profile, precision, backend.name, backend_version,
-                          result_meta, report, recipe, calib, size, batch)
-        if opts.verify:
-            t = time.time()
-            draft["accuracy"] = _verify(opts, model, model_hash, dataset, size, profile, backend, staging, draft,
-                                        progress)
-            timings["verify_s"] = round(time.time() - t, 2)
-        else:
-            progress("[4/4] verify: skipped (--no-verify); the manifest says accuracy status 'unverified'")
-            draft["accuracy"] = {"status": "unverified", "dataset": None, "images": None, "passed": False,
-                                 "tolerance_points": profile.max_ap50_drop}
-        timings["total_s"] = round(time.time() - t_start, 2)
-        draft["timings"] = timings
-        from edgecsp.artifact import finalize
-
-        final = finalize(staging, out, draft, signing_key=signing_key)
-        staging = None
-        progress(f"artifact: {final} (+ {final.name}.tar.gz), {timings['total_s']} s in all")
-        return final, json.loads((final / "manifest.json").read_text())
-    finally:
-        if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _verify(opts, model, model_hash, dataset, size, profile, backend, staging, draft, progress) -> dict[str, Any]:
-    """The gate: the engine's AP50 against the FP32 PyTorch reference on the validation images."""
-    from edgecsp.evaluation import evaluate
-    from edgecsp.gate import vacuous_message, verdict
-    from edgecsp.predictor import Predictor
-
-    progress(f"[4/4] verify accuracy on {len(dataset) if not opts.verify_images else opts.verify_images} "
-             f"validation images against FP32 PyTorch")
-    reference = reference_metrics(model, model_hash, dataset, size, opts.verify_images)
-    runner = backend.open_runner(staging / draft["engine"], draft)
-    try:
-        predictor = Predictor(staging, draft, runner)
-        measured = evaluate(predictor.predict_batch, dataset, size, progress=False, max_images=opts.verify_images,
-                            resize=predictor.resize)
-    finally:
-        runner.close()
-    drop = round((reference["AP50"] - measured["AP50"]) * 100, 3)
-    status = verdict(reference["AP50"], drop, profile.max_ap50_drop)
-    progress(f"      AP50 {measured['AP50']:.4f} vs reference {reference['AP50']:.4f} "
-             f"(drop {drop:+.2f} points, tolerance {profile.max_ap50_drop}); AP {measured['AP']:.4f} vs "
-             f"{reference['AP']:.4f}: {status}")
-    if status != "passed" and not opts.allow_accuracy_drop:
-        if status == "vacuous-reference":
-            raise EdgeCSPError(vacuous_message(reference["AP50"], opts.data))
-        raise EdgeCSPError(
-            f"{draft['precision']} artifact loses {drop:.2f} AP50 points (tolerance {profile.max_ap50_drop}) on "
-            f"{opts.data}; try --calibration percentile or another precision, or pass --allow-accuracy-drop to keep it")
-    if status != "passed":
-        progress(f"      kept with --allow-accuracy-drop: the manifest says accuracy status '{status}'")
-    return {
-        "status": status, "dataset": str(dataset.annotations_path), "images": measured.get("images"),
-        "reference": {k: reference[k] for k in ("AP", "AP50", "AP75")},
-        "artifact": {k: measured[k] for k in ("AP", "AP50", "AP75")},
-        "ap50_drop_points": drop, "tolerance_points": profile.max_ap50_drop, "passed": status == "passed",
-    }
-
-
 def _check_batch(batch: object, size: int) -> None:
     """The options' checks again for library callers: bounded before export allocates anything."""
     from edgecsp.options import MAX_BATCH, check_batch_pixels
@@ -285,98 +476,105 @@ def _check_batch(batch: object, size: int) -> None:
     check_batch_pixels(batch, size)
 
 
-def _staging(out: Path) -> Path:
-    from edgecsp.artifact import staging_dir
-
-    return staging_dir(out)
+# -- the step cache ----------------------------------------------------------------------------
 
 
-def _cache_key(model_hash, profile, precision, backend, version, recipe, calib, size, batch, extra: str = "") -> str:
-    import hashlib
+def _key(*parts: object) -> str:
+    return hashlib.sha256("|".join([*map(str, parts), __version__]).encode()).hexdigest()[:16]
 
-    parts = [model_hash, backend, version, precision, str(size), str(batch), json.dumps(profile.build, sort_keys=True),
-             recipe.digest() if recipe else "-", calib.data_hash if calib else "-", __version__]
+
+def _torch_versions() -> str:
+    """The exporter's libraries: a new torch or onnx may export another graph (read from their
+    metadata: importing onnx costs seconds a warm compile does not need)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("torch", "onnx", "onnxslim"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} -")
+    return ", ".join(found)
+
+
+def _engine_key(plan: Plan, calibrated: Calibrated | None) -> str:
+    extra = ["nms"] if plan.opts.nms else []
+    if plan.backend.name == "tensorrt":  # the bundle carries a verification subset of the validation set
+        extra.append(f"verify:{plan.data_hash}:{plan.opts.verify_images}")
+    recipe = calibrated.recipe if calibrated else None
+    parts = [plan.model_hash, plan.backend.name, plan.backend_version, plan.precision, str(plan.size), str(plan.batch),
+             json.dumps(plan.profile.build, sort_keys=True), recipe.digest() if recipe else "-",
+             calibrated.data_hash if calibrated else "-", __version__]
     if extra:  # build options outside the profile (e.g. --nms)
-        parts.append(extra)
+        parts.append("|".join(extra))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def _cached_engine(key: str) -> Path | None:
-    """A complete cache entry whose files still match their recorded sha256, else None."""
+def _digests(folder: Path, files: list[str]) -> dict[str, str]:
     from edgecsp.artifact import sha256_file
+
+    return {name: sha256_file(folder / name) for name in files}
+
+
+def _cache_get(kind: str, key: str) -> tuple[Path, dict[str, Any]] | None:
+    """A complete cache entry whose files still match their recorded sha256, else None."""
     from edgecsp.paths import cache_dir
 
-    path = cache_dir() / "engines" / key
+    path = cache_dir() / kind / key
     try:
         meta = json.loads((path / "result.json").read_text())
-        digests = meta["sha256"]
-        if all(sha256_file(path / name) == digests[name] for name in meta["files"]):
-            return path
+        if _digests(path, meta["files"]) == meta["sha256"]:
+            return path, meta
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    if path.exists():  # damaged (or written by an older edgecsp): drop it and build again
+    if path.exists():  # damaged (or written by an older edgecsp): drop it and do the step again
         shutil.rmtree(path, ignore_errors=True)
     return None
 
 
-def _store_engine(key: str, staging: Path, meta: dict) -> None:
-    """Keep the quantized engine so the next compile with the same inputs skips calibration.
+def _cache_put(kind: str, key: str, folder: Path, files: list[str], meta: dict[str, Any]) -> None:
+    """Keep a step's files for the next compile with the same inputs.
 
     The entry is assembled in a pid-named temporary and renamed into place complete, with each
     file's sha256, so a killed compile leaves no entry that a later one would trust.
     """
-    from edgecsp.artifact import sha256_file
     from edgecsp.paths import cache_dir
 
-    if meta["info"].get("no_cache"):
-        return
-    parent = cache_dir() / "engines"
+    parent = cache_dir() / kind
     remove_stale(parent, ".engine-")
     tmp = private_tmpdir(parent, ".engine-")
     try:
-        for name in meta["files"]:
-            shutil.copy2(staging / name, tmp / name)
-        digests = {name: sha256_file(tmp / name) for name in meta["files"]}
-        (tmp / "result.json").write_text(json.dumps({**meta, "sha256": digests}, default=str))
-        failpoint("cache.engine_copied")
+        for name in files:
+            shutil.copy2(folder / name, tmp / name)
+        (tmp / "result.json").write_text(json.dumps({**meta, "files": files, "sha256": _digests(tmp, files)},
+                                                    default=str))
+        failpoint(f"cache.{kind.rstrip('s')}_copied")  # cache.engine_copied, cache.export_copied
         publish_dir_once(tmp, parent / key)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _graph_counts(model, size: int) -> dict[str, int]:
-    """MACs and CIO per frame, for the benchmark's traffic figures on a device without torch."""
-    from edgecsp.bench.traffic import graph_counts
+def _cached_gate(key: str, tolerance: float) -> GateResult | None:
+    """A measured gate of the same engine on the same data, judged with today's tolerance."""
+    from edgecsp.paths import cache_dir
 
-    return graph_counts(model, size)
+    try:
+        gate = GateResult.from_manifest(json.loads((cache_dir() / "verify" / f"{key}.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return gate.with_tolerance(tolerance) if gate.reference and gate.candidate else None
 
 
-def _manifest(model, description, model_hash, opts, profile, precision, backend_name, backend_version,
-              result_meta, report, recipe, calib, size, batch) -> dict[str, Any]:
-    from edgecsp.models.checkpoint import config_as_json, output_rows
+def _store_gate(key: str, gate: GateResult) -> None:
+    from edgecsp.paths import cache_dir
 
-    c = model.config
-    k = output_rows(model, size)
-    files = opts.model.as_dict() if hasattr(opts.model, "as_dict") else {}
-    return {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "edgecsp_version": __version__,
-        "model": {"name": description.get("name"), "source": str(opts.model or "demo"), "hash": model_hash,
-                  **{key: value for key, value in files.items() if key in ("weights", "names")},
-                  "class_names": description["class_names"], "num_classes": c.num_classes,
-                  "input_size": [size, size], "anchors": [list(a) for a in c.anchors], "strides": list(c.strides),
-                  "config": config_as_json(model), "graph": _graph_counts(model, size)},
-        "target": profile.as_dict(),
-        "backend": {"name": backend_name, "version": backend_version, "info": result_meta["info"]},
-        "precision": precision,
-        "engine": result_meta["engine"],
-        "inputs": [{"name": "images", "shape": [batch, 3, size, size], "dtype": "float32",
-                    "layout": "NCHW", "range": [0, 1]}],
-        "outputs": [{"name": "predictions", "shape": [batch, k, 5 + c.num_classes], "dtype": "float32",
-                     "contract": "x1,y1,x2,y2 (input pixels), objectness, class probabilities"}],
-        "preprocessing": description.get("preprocessing"),
-        "postprocessing": {"score": "objectness x class probability", "nms": "class-wise, numpy (edgecsp.postprocess)"},
-        "calibration": None if recipe is None else {"recipe": asdict(recipe), "recipe_hash": recipe.digest(),
-                                                     "data_hash": calib.data_hash, "images": len(calib.images)},
-        "export": {k: v for k, v in report.as_dict().items() if k != "path"},
-    }
+    atomic_write(cache_dir() / "verify" / f"{key}.json", json.dumps(gate.to_manifest()))
+
+
+def _cache_write(write: Callable[[], object]) -> None:
+    """Caches only save time: a cache that cannot be written (disk full, read-only) is skipped."""
+    try:
+        write()
+    except OSError as err:
+        print(f"note: cache not written ({err.strerror}: {err.filename}); the next compile redoes this step",
+              file=sys.stderr)

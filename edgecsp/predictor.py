@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecsp.artifact import open_artifact
+from edgecsp.artifact import open_manifest
 from edgecsp.backends import Runner, get_backend
 from edgecsp.backends.base import run_in_static_batches
 from edgecsp.data.preprocess import letterbox, load_image_rgb, resize_mode, to_tensor_batch
@@ -68,13 +68,14 @@ def load(artifact: str | Path, trusted_keys: Any = None, require_signature: bool
     from edgecsp.signing import signature_policy
 
     trusted, required = signature_policy(trusted_keys, require_signature)  # bad keys fail before any work
-    root, manifest = open_artifact(artifact)
+    root, typed = open_manifest(artifact)
+    manifest = typed.raw
     if trusted is not None:
         check_signature(root, manifest, trusted, required)
     warn_unless_passed(manifest, artifact)
-    backend = get_backend(manifest["backend"]["name"])
+    backend = get_backend(typed.backend_name)
     backend.version()  # a missing backend library: one line with the install hint
-    runner = backend.open_runner(root / manifest["engine"], manifest, **runner_options)
+    runner = backend.open_runner(root / typed.engine, manifest, **runner_options)
     return Predictor(root, manifest, runner)
 
 

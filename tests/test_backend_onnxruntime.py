@@ -43,7 +43,7 @@ def demo():
 @pytest.fixture(scope="module")
 def dataset():
     from edgecsp.data.coco import resolve_dataset
-    from edgecsp.paths import default_val_dir
+    from edgecsp.data.shapes import default_val_dir
 
     return resolve_dataset(default_val_dir())
 

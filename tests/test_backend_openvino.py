@@ -75,7 +75,7 @@ def onnx_path(demo, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def dataset():
     from edgecsp.data.coco import resolve_dataset
-    from edgecsp.paths import default_val_dir
+    from edgecsp.data.shapes import default_val_dir
 
     return resolve_dataset(default_val_dir())
 

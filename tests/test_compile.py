@@ -82,13 +82,14 @@ def test_accuracy_gate_fails_the_compile_and_writes_nothing(tmp_path, shapes_sma
     assert manifest["accuracy"]["passed"] is False and (out / "model.onnx").is_file()
 
 
-def test_export_failure_leaves_no_artifact(tmp_path, shapes_small, monkeypatch):
+def test_export_failure_leaves_no_artifact(tmp_path, tmp_path_factory, shapes_small, monkeypatch):
     import edgecsp.onnx_export as onnx_export
 
     def broken(*a, **k):
         raise EdgeCSPError("export failed: planted")
 
     monkeypatch.setattr(onnx_export, "export_onnx", broken)
+    monkeypatch.setenv("EDGECSP_CACHE_DIR", str(tmp_path_factory.mktemp("cold-cache")))  # no cached export to reuse
     with pytest.raises(EdgeCSPError, match="planted"):
         _compile(tmp_path, shapes_small)
     assert list(tmp_path.iterdir()) == []
@@ -134,3 +135,30 @@ def test_empty_calibration_folder_is_a_clear_error(tmp_path, shapes_small):
     r = _cli("--target", "onnxruntime", "--precision", "int8", "--calibration", str(recipe),
              "--data", str(shapes_small["val"]), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "holds no images" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_warm_compile_reuses_every_step_and_builds_the_same_artifact(tmp_path, tmp_path_factory, shapes_small,
+                                                                       monkeypatch):
+    """Issue 15 item 6: a second identical compile does only what changed (here: nothing), says
+    which steps it reused, and publishes the same engine and manifest (apart from when and how fast)."""
+    monkeypatch.setenv("EDGECSP_CACHE_DIR", str(tmp_path_factory.mktemp("warm-cache")))  # the first one is cold
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[calibration]\nsource = "coco"\npath = "{shapes_small["train"]}"\nnum_images = 8\n')
+    opts = CompileOptions(target="onnxruntime", precision="int8", calibration=str(recipe), data=shapes_small["val"],
+                          out=tmp_path / "a", verify_images=4, allow_accuracy_drop=True)
+    cold: list[str] = []
+    _, first = compile_artifact(opts, progress=cold.append)
+    assert first["reused"] == {} and not any("reused" in line for line in cold), cold
+    opts.out = tmp_path / "b"
+    warm: list[str] = []
+    _, second = compile_artifact(opts, progress=warm.append)
+    assert set(second["reused"]) == {"export", "calibration", "build", "verify"}, warm
+    for step in ("[1/4] export: reused", "[2/4] calibration data: reused", "[3/4] onnxruntime int8: reused",
+                 "[4/4] verify: reused"):
+        assert sum(line.startswith(step) for line in warm) == 1, (step, warm)
+
+    def same(m: dict) -> dict:
+        return {k: v for k, v in m.items() if k not in ("created", "timings", "reused")}
+
+    assert same(first) == same(second)
+    assert first["files"][first["engine"]] == second["files"][second["engine"]]

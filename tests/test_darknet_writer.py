@@ -40,7 +40,7 @@ def round_trip(files):
 @pytest.fixture(scope="module")
 def val():
     from edgecsp.data.coco import resolve_dataset
-    from edgecsp.paths import default_val_dir
+    from edgecsp.data.shapes import default_val_dir
 
     return resolve_dataset(default_val_dir())
 

@@ -33,7 +33,8 @@ HOST_LIBRARIES = ("torch", "onnx", "onnxslim", "onnxruntime", "nncf", "openvino"
 # checks, the benchmark harness, tegrastats, the nightly worker.
 DEVICE_MODULES = (
     "edgecsp", "edgecsp.errors", "edgecsp.extras", "edgecsp.cli", "edgecsp.fsutil", "edgecsp.faults", "edgecsp.paths",
-    "edgecsp.tomlfile", "edgecsp.targets", "edgecsp.artifact", "edgecsp.predictor", "edgecsp.postprocess",
+    "edgecsp.tomlfile", "edgecsp.targets", "edgecsp.artifact", "edgecsp.manifest", "edgecsp.gate", "edgecsp.predictor",
+    "edgecsp.postprocess",
     "edgecsp.cocoap", "edgecsp.verifyset", "edgecsp.compile", "edgecsp.benchmark", "edgecsp.nightly",
     "edgecsp.data.preprocess", "edgecsp.data.coco",
     "edgecsp.backends", "edgecsp.backends.base", "edgecsp.backends.libraries", "edgecsp.backends.tensorrt.backend",

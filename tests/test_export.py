@@ -21,7 +21,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from edgecsp import __version__, paths
+from edgecsp import __version__
+from edgecsp.data import shapes
 from edgecsp.data.coco import resolve_dataset
 from edgecsp.data.preprocess import letterbox, to_tensor_batch
 from edgecsp.data.shapes import ensure_shapes_val
@@ -46,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def val_dir(tmp_path_factory):
     # The default validation set's first images (same seed), without generating all 200.
-    return ensure_shapes_val(tmp_path_factory.mktemp("val"), n=4, seed=paths.DEFAULT_VAL_SEED, workers=1)
+    return ensure_shapes_val(tmp_path_factory.mktemp("val"), n=4, seed=shapes.DEFAULT_VAL_SEED, workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,7 @@ def test_head_nodes_find_prediction_convs_and_nms(dynamic_export, nms_export):
 
 
 def test_fixed_batch_default_parity_images(demo, val_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(paths, "default_val_dir", lambda: val_dir)
+    monkeypatch.setattr(shapes, "default_val_dir", lambda: val_dir)
     model, _ = demo
     r = export_onnx(model, tmp_path / "sub" / "fixed.onnx", opset=13, simplify=False)
     assert r.parity_images == 4 and r.parity_batches == [1, 1, 1, 1]
@@ -331,7 +332,7 @@ def test_cli_prints_report(val_dir, tmp_path, monkeypatch, capsys):
     from edgecsp import cli
     from edgecsp.export import main
 
-    monkeypatch.setattr(paths, "default_val_dir", lambda: val_dir)
+    monkeypatch.setattr(shapes, "default_val_dir", lambda: val_dir)
     out = tmp_path / "cli.onnx"
     assert cli.run(main, ["--out", str(out), "--no-simplify", "--batch", "dynamic", "--nms", "--max-det", "20"]) == 0
     text = capsys.readouterr().out

@@ -113,3 +113,58 @@ def test_the_nightly_flags_an_artifact_that_did_not_pass_its_gate():
     vacuous = accuracy_gate("job", {"ap50_drop_points": 0.0, "passed": False, "status": "vacuous-reference",
                                     "AP50": 0.0, "reference": {"AP50": 0.0}, "tolerance_points": 1.0})
     assert vacuous is not None and vacuous.regressed
+
+
+# -- one result type for every path (issue 14 item 2) ------------------------------------------
+
+
+REF = {"AP": 0.80, "AP50": 0.95, "AP75": 0.85}
+
+
+@pytest.mark.parametrize("layout, ref_key, cand_key", [("compile", "reference", "artifact"),
+                                                        ("device", "reference_fp32_onnx", "engine")])
+def test_a_gate_result_round_trips_through_each_paths_json(layout, ref_key, cand_key):
+    from edgecsp.gate import GateResult
+
+    gate = GateResult.measure(REF, {"AP": 0.78, "AP50": 0.93, "AP75": 0.8, "images": 9}, 1.0, "val.json", 9,
+                              layout=layout, evaluator="numpy")
+    assert gate.status == "accepted-drop" and gate.ap50_drop_points == 2.0 and gate.ap_drop_points == 2.0
+    data = gate.to_manifest()
+    assert data[ref_key] == REF and data[cand_key] == {"AP": 0.78, "AP50": 0.93, "AP75": 0.8}
+    assert data["passed"] is False and data["status"] == "accepted-drop" and data["evaluator"] == "numpy"
+    assert GateResult.from_manifest(json.loads(json.dumps(data))) == gate
+    assert gate.with_tolerance(2.5).status == "passed"  # the same measurement, another profile
+
+
+def test_every_verdict_and_its_refusal():
+    from edgecsp.gate import GateResult
+
+    assert GateResult.measure(REF, REF, 1.0, "d", 4).passed
+    vacuous = GateResult.measure({"AP": 0.0, "AP50": 0.01, "AP75": 0.0}, REF, 1.0, "d", 4)
+    assert vacuous.status == "vacuous-reference"
+    with pytest.raises(EdgeCSPError, match="detects nothing"):
+        vacuous.enforce(False, "d", "unused")
+    dropped = GateResult.measure(REF, {**REF, "AP50": 0.5}, 1.0, "d", 4)
+    with pytest.raises(EdgeCSPError, match="^loses 45"):
+        dropped.enforce(False, "d", f"loses {dropped.ap50_drop_points:.0f}")
+    dropped.enforce(True, "d", "allowed")  # --allow-accuracy-drop keeps it
+    unverified = GateResult.unverified(1.0)
+    unverified.enforce(False, "d", "never raised")
+    assert unverified.to_manifest() == {"status": "unverified", "dataset": None, "images": None, "passed": False,
+                                        "tolerance_points": 1.0}
+
+
+def test_the_benchmark_report_keeps_its_layout():
+    from edgecsp.gate import GateResult
+
+    report = GateResult.measure(REF, {"AP": 0.8, "AP50": 0.95, "AP75": 0.85}, 1.0, "val.json", 6).to_report()
+    assert report["AP50"] == 0.95 and report["reference"] == REF and report["ap_drop_points"] == 0.0
+    assert report["passed"] is True and report["tolerance_points"] == 1.0 and report["images"] == 6
+
+
+def test_old_manifests_read_as_gate_results():
+    from edgecsp.gate import GateResult
+
+    old = GateResult.from_manifest({"passed": True, "images": 12, "reference": REF, "artifact": REF})
+    assert old.status == "passed" and old.reference == REF and old.layout == "compile"
+    assert GateResult.from_manifest(None).status == "unverified"

@@ -373,8 +373,8 @@ def test_calibration_cache_matches_the_qdq_scales(bundle):
 def test_qdq_model_accuracy_in_onnxruntime_is_within_a_point_of_fp32(bundle):
     from edgecsp.backends import get_backend
     from edgecsp.data.coco import resolve_dataset
+    from edgecsp.data.shapes import default_val_dir
     from edgecsp.evaluation import evaluate
-    from edgecsp.paths import default_val_dir
 
     dataset = resolve_dataset(default_val_dir())
     backend = get_backend("tensorrt")
@@ -646,7 +646,7 @@ def test_compile_for_jetson_writes_a_verified_bundle_that_loads(tmp_path):
     """The whole pipeline for `--target jetson` here: export, FP16 model, verify in ORT, artifact."""
     import edgecsp
     from edgecsp.data.coco import resolve_dataset
-    from edgecsp.paths import default_val_dir
+    from edgecsp.data.shapes import default_val_dir
     from edgecsp.pipeline import CompileOptions, compile_artifact
 
     out = tmp_path / "jetson-fp16"

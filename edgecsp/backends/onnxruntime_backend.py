@@ -480,7 +480,9 @@ class OnnxRuntimeBackend(Backend):
             raise EdgeCSPError(f"onnxruntime runner mode must be 'latency' or 'throughput', got {mode!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise EdgeCSPError(f"threads must be a positive integer, got {threads!r}")
-        info = ((manifest or {}).get("backend") or {}).get("info") or {}
+        from edgecsp.manifest import Manifest
+
+        info = Manifest.of(manifest).build_info
         level = str(info.get("graph_optimization")
                     or (((manifest or {}).get("target") or {}).get("build") or {}).get("graph_optimization")
                     or "all").lower()

@@ -590,20 +590,15 @@ class OpenVINOBackend(Backend):
 
 
 def _manifest_info(manifest: dict) -> dict:
-    """The backend's BuildResult.info as the pipeline stored it (checked in the likely places)."""
-    backend = manifest.get("backend") or {}
-    for candidate in (backend.get("info"), manifest.get("build_info"), manifest.get("backend_info"),
-                      (manifest.get("build") or {}).get("info") if isinstance(manifest.get("build"), dict) else None):
-        if isinstance(candidate, dict):
-            return candidate
-    return {}
+    """The backend's BuildResult.info as the pipeline stored it (edgecsp.manifest says where)."""
+    from edgecsp.manifest import Manifest
+
+    return Manifest.of(manifest).build_info
 
 
 def _manifest_precision(manifest: dict, info: dict) -> str | None:
-    for value in (info.get("precision"), manifest.get("precision"), (manifest.get("backend") or {}).get("precision")):
-        if isinstance(value, str):
-            return value.lower()
-    return None
+    value = info.get("precision") or manifest.get("precision")
+    return value.lower() if isinstance(value, str) else None
 
 
 class OpenVINORunner(Runner):

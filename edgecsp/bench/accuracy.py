@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecsp.errors import EdgeCSPError
+from edgecsp.gate import GateResult
 
 
 def tolerance_points(manifest: dict) -> float:
@@ -22,12 +23,12 @@ def tolerance_points(manifest: dict) -> float:
 
 
 def check_accuracy(predict_batch: Any, manifest: dict, data: Path | None = None, max_images: int | None = None,
-                   model_spec: str | None = None) -> dict[str, Any]:
-    """AP, AP50, AP75 of ``predict_batch`` and of the FP32 reference, the drops, and pass/fail
+                   model_spec: str | None = None) -> GateResult:
+    """The gate of ``predict_batch`` against the FP32 reference: the compile's GateResult
     (``status`` as in edgecsp.gate: a reference that detects nothing fails too)."""
     from edgecsp.data.coco import resolve_dataset
     from edgecsp.evaluation import evaluate
-    from edgecsp.gate import check_image_count, verdict
+    from edgecsp.gate import check_image_count
     from edgecsp.models.checkpoint import resolve_model
     from edgecsp.pipeline import model_hash_of, reference_metrics
 
@@ -45,7 +46,7 @@ def check_accuracy(predict_batch: Any, manifest: dict, data: Path | None = None,
         raise EdgeCSPError(f"model {spec} (hash {model_hash}) is not the one the artifact was built from "
                            f"(hash {want}); pass the artifact's checkpoint with --model")
     if data is None:
-        from edgecsp.paths import default_val_dir
+        from edgecsp.data.shapes import default_val_dir
 
         data = default_val_dir()
     dataset = resolve_dataset(data)
@@ -62,14 +63,5 @@ def check_accuracy(predict_batch: Any, manifest: dict, data: Path | None = None,
 
     measured = evaluate(predict_batch, dataset, size, progress=False, max_images=max_images,
                         resize=resize_mode(manifest.get("preprocessing")))
-    tol = tolerance_points(manifest)
-    ap50_drop = round((reference["AP50"] - measured["AP50"]) * 100, 3)
-    status = verdict(reference["AP50"], ap50_drop, tol)
-    return {
-        "dataset": str(dataset.annotations_path), "images": measured.get("images"),
-        "AP": measured["AP"], "AP50": measured["AP50"], "AP75": measured["AP75"],
-        "reference": {k: reference[k] for k in ("AP", "AP50", "AP75")},
-        "ap_drop_points": round((reference["AP"] - measured["AP"]) * 100, 3),
-        "ap50_drop_points": ap50_drop, "tolerance_points": tol,
-        "status": status, "passed": status == "passed",
-    }
+    return GateResult.measure(reference, measured, tolerance_points(manifest), dataset.annotations_path,
+                              measured.get("images"))

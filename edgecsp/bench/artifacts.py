@@ -23,11 +23,13 @@ def artifact_path(out_root: Path, model: str | None, target: str, precision: str
 def stale_reason(manifest: dict, model_hash: str, backend_version: str) -> str | None:
     """Why an existing artifact cannot be reused, or None when it can."""
     from edgecsp import __version__
+    from edgecsp.manifest import Manifest
 
-    if (manifest.get("model") or {}).get("hash") != model_hash:
+    typed = Manifest.of(manifest)
+    if typed.model_hash != model_hash:
         return "the model's weights changed"
-    if (manifest.get("backend") or {}).get("version") != backend_version:
-        return f"backend version {(manifest.get('backend') or {}).get('version')} -> {backend_version}"
+    if typed.backend_version != backend_version:
+        return f"backend version {typed.backend_version} -> {backend_version}"
     if manifest.get("edgecsp_version") != __version__:
         return f"edgecsp {manifest.get('edgecsp_version')} -> {__version__}"
     return None

@@ -77,7 +77,7 @@ def input_batches(size: int, batch: int, n: int, data: Path | None) -> tuple[lis
     from edgecsp.data.preprocess import letterbox, to_tensor_batch
 
     if data is None:
-        from edgecsp.paths import default_val_dir
+        from edgecsp.data.shapes import default_val_dir
 
         data = default_val_dir()
     dataset = resolve_dataset(data)
@@ -93,7 +93,9 @@ def _inputs(root: Path, manifest: dict, size: int, batch: int,
             opts: BenchmarkOptions) -> tuple[list[np.ndarray], list[np.ndarray], str]:
     """The benchmark's input batches: ``--data``, else the verification set a Jetson artifact
     carries (a device has no data to generate), else the default validation set."""
-    verify = (((manifest.get("backend") or {}).get("info") or {}).get("bundle") or {}).get("files", {}).get("verify")
+    from edgecsp.manifest import Manifest
+
+    verify = (Manifest.of(manifest).bundle or {}).get("files", {}).get("verify")
     if opts.data is not None or not verify:
         return input_batches(size, batch, opts.num_inputs, opts.data)
     from edgecsp import verifyset
@@ -114,12 +116,12 @@ def _graph(manifest: dict, size: int) -> tuple[Any, dict[str, int]]:
     """(the PyTorch module or None, MACs and CIO per frame): the manifest's counts where the host
     recorded them (a device has no torch), else counted on the model."""
     from edgecsp.bench import traffic
+    from edgecsp.manifest import Manifest
 
-    counts = (manifest.get("model") or {}).get("graph")
-    if isinstance(counts, dict) and isinstance(counts.get("macs"), int) and isinstance(counts.get("cio"), int):
-        size_ok = list((manifest.get("model") or {}).get("input_size") or [])[:1] == [size]
-        if size_ok:
-            return None, {"macs": counts["macs"], "cio": counts["cio"]}
+    typed = Manifest.of(manifest)
+    counts = typed.graph_counts
+    if counts is not None and list(typed.model.get("input_size") or [])[:1] == [size]:
+        return None, counts
     arch = traffic.model_from_manifest(manifest)
     return arch, traffic.graph_counts(arch, size)
 
@@ -146,13 +148,53 @@ def _runner_options(backend: str, scenario: str, libraries: list[Path] | None = 
     return options
 
 
+@dataclass
+class _Run:
+    """What every measurement of one benchmark shares: the artifact, its inputs and the figures
+    that depend on the graph and the machine."""
+
+    opts: BenchmarkOptions
+    root: Path
+    manifest: Any  # edgecsp.manifest.Manifest
+    built: bool  # compiled now (benchmark --target)
+    profile: Any
+    scenarios: list[str]
+    settings: dict[str, Any]
+    size: int
+    batch: int
+    inputs: list[np.ndarray]
+    raw_images: list[np.ndarray]
+    input_source: str
+    peak: dict[str, Any] | None
+    arch: Any
+    counts: dict[str, int]
+    compare: list[str]
+    machine: dict[str, Any]  # described before anything runs
+    model: Any = None  # the FP32 PyTorch model (baselines)
+    model_note: Any = None
+    engine_weights: dict[int, tuple[int, str] | None] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return Path(self.root).name
+
+
 def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[str, Any]:
-    import edgecsp
-    from edgecsp.artifact import open_artifact
+    run = _prepare(opts, progress)
+    prepared = {b: _prepare_baseline(run, b) for b in run.compare}  # exports, untimed, before any measurement
+    results = []
+    for kind, subject in [("artifact", run.name)] + [("baseline", b) for b in run.compare]:
+        for scenario in run.scenarios:
+            results.append(_measure_subject(run, kind, subject, scenario, prepared.get(subject), progress))
+    add_ratios(results)
+    accuracy = _accuracy(run, progress) if opts.accuracy else None
+    return _report(run, results, accuracy)
+
+
+def _prepare(opts: BenchmarkOptions, progress: Progress) -> _Run:
+    """Open (or compile) the artifact, and everything measured once: inputs, platform peak, graph."""
     from edgecsp.bench import baselines as bl
-    from edgecsp.bench import machine, traffic
-    from edgecsp.bench.harness import Settings, first_inference_ms, measure
-    from edgecsp.bench.memory import PeakRSS, artifact_bytes, backend_memory
+    from edgecsp.bench.harness import Settings
 
     if (opts.artifact is None) == (opts.target is None):
         raise EdgeCSPError("pass exactly one of --artifact DIR or --target T")
@@ -161,149 +203,210 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
 
         check_image_count(opts.eval_images, "--eval-images")  # before minutes of benchmarking
     compare = bl.parse_compare(opts.compare)
-    if opts.artifact is not None:
-        root, manifest = open_artifact(opts.artifact)  # checksums first: a tampered engine never runs
-        built = False
-    else:
-        from edgecsp.bench.artifacts import ensure_artifact
-
-        root, manifest, built = ensure_artifact(opts.model or "demo", str(opts.target), opts.precision,
-                                                opts.artifacts_dir, opts.batch, progress=progress)
-    profile = _profile_for(manifest)
+    root, manifest, built = _subject(opts, progress)
+    profile = _profile_for(manifest.raw)
     scenarios, s = settings_for(opts, profile)
     for sc in scenarios:
         Settings(scenario=sc, **s)  # validates before any work
-    size = int(manifest["model"]["input_size"][0])
-    batch = _artifact_batch(manifest, opts.batch)
-    precision = manifest.get("precision", "?")
-    backend_name = manifest["backend"]["name"]
-    name = Path(root).name
+    size = manifest.input_size
+    batch = _artifact_batch(manifest.raw, opts.batch)
+    inputs, raw_images, input_source = _inputs(root, manifest.raw, size, batch, opts)
+    from edgecsp.bench import machine
 
-    inputs, raw_images, input_source = _inputs(root, manifest, size, batch, opts)
     info = machine.describe()
-    peak = None
-    if opts.platform:
-        from edgecsp.bench.bandwidth import platform_peak
-
-        progress("platform peak: STREAM copy/triad and matrix multiply (measured once per machine, then cached)")
-        peak = platform_peak(refresh=opts.refresh_platform, hardware=profile.hardware)
-        gmacs = f"{peak['peak_gmacs']} GMAC/s" if peak.get("peak_gmacs") else "compute not measured (no torch here)"
-        progress(f"  {peak['peak_gbs']} GB/s, {gmacs}{' (cached)' if peak.get('cached') else ''}")
-    arch, counts = _graph(manifest, size)
-    model = model_note = None
+    peak = _platform_peak(opts, profile, progress)
+    arch, counts = _graph(manifest.raw, size)
+    run = _Run(opts, root, manifest, built, profile, scenarios, s, size, batch, inputs, raw_images, input_source, peak,
+               arch, counts, compare, info)
     if compare:
-        model, model_note = bl.model_for(manifest, opts.model if opts.artifact is not None else None)
+        run.model, run.model_note = bl.model_for(manifest.raw, opts.model if opts.artifact is not None else None)
+    return run
 
-    def open_counters() -> Any:
-        from edgecsp.bench.counters import MemoryCounters
-        from edgecsp.bench.counters import open_counters as _open
 
-        return _open(profile.hardware, profile.benchmark) if opts.counters else MemoryCounters()
+def _subject(opts: BenchmarkOptions, progress: Progress) -> tuple[Path, Any, bool]:
+    """(root, Manifest, compiled now?): the artifact named, else the target's, compiled on demand."""
+    from edgecsp.artifact import open_manifest
 
-    results: list[dict[str, Any]] = []
-    engine_weights: dict[int, tuple[int, str] | None] = {}
-    subjects = [("artifact", name)] + [("baseline", b) for b in compare]
-    prepared = {b: bl.prepare_baseline(b, model, size, batch, raw_images) for b in compare}  # exports, untimed
-    for kind, subject in subjects:
-        for scenario in scenarios:
-            label = subject if kind == "artifact" else bl.NAMES[subject]
-            progress(f"{label}: {scenario} scenario ({s['warmup_s']} s warm-up, >= {s['duration_s']} s "
-                     f"and >= {s['min_queries']} queries)")
-            settings = Settings(scenario=scenario, **s)
-            counters = open_counters()
-            with PeakRSS() as mem:
-                t0 = time.perf_counter()
-                if kind == "artifact":
-                    runner = edgecsp.load(root, **_runner_options(backend_name, scenario, opts.libraries)).runner
-                else:
-                    runner = bl.open_baseline(subject, model, size, batch, prepared[subject])
-                load_s = time.perf_counter() - t0
-                try:
-                    first = first_inference_ms(runner, inputs[0])
-                    failpoint("benchmark.measure")
-                    m = measure(runner, inputs, settings, on_start=counters.start, on_end=counters.stop)
-                    measured = counters.result
-                    desc = runner.describe()
-                    bmem = backend_memory(runner)
-                finally:
-                    runner.close()
-            if kind == "artifact":
-                rt = desc.get("inference_precision")
-                fb = traffic.RUNTIME_FLOAT_BYTES.get(rt, 4)
-                if fb not in engine_weights:  # reads the engine's graph: once per runtime precision
-                    engine_weights[fb] = traffic.engine_weight_bytes(root, manifest, fb)
-                wb = engine_weights[fb]
-                if wb is None and arch is None:
-                    arch = traffic.model_from_manifest(manifest)
-                weight_bytes, source = wb if wb else (traffic.torch_weight_bytes(arch, 4), "PyTorch module, fp32")
-                cost = traffic.cost(counts, weight_bytes, source, precision, traffic.activation_bytes(precision, rt))
-                disk = artifact_bytes(root, manifest)
-                result_precision = precision
-                arithmetic = traffic.compute_precision(precision, rt)
-            else:
-                if subject == "onnxruntime-fp32":
-                    weight_bytes, source = traffic.onnx_weight_bytes(runner.path), "ONNX initializers (fp32)"
-                else:
-                    weight_bytes, source = traffic.torch_weight_bytes(model, 4), "PyTorch module, fp32 (BN folded)"
-                cost = traffic.cost(counts, weight_bytes, source, "fp32", 4)
-                disk = None
-                result_precision = arithmetic = "fp32"
-            bw, compute = traffic.bandwidth_figures(cost, m.fps, batch, peak, measured, arithmetic)
-            lat = m.latency_ms()
-            entry = {
-                "name": label, "kind": kind, "scenario": scenario,
-                "backend": desc.get("backend", backend_name if kind == "artifact" else subject),
-                "target": (manifest.get("target") or {}).get("name") if kind == "artifact" else None,
-                "precision": result_precision, "batch": batch,
-                "fps": round(m.fps, 3), "latency_ms": {k: round(v, 4) for k, v in lat.items()},
-                "latency_quantiles_ms": [round(float(v), 4) for v in np.percentile(m.latencies_ns / 1e6,
-                                                                                      np.arange(101))],
-                "first_inference_ms": round(first, 3), "load_s": round(load_s, 4),
-                "queries": m.queries, "frames": m.frames, "wall_s": round(m.wall_s, 4),
-                "warmup_queries": m.warmup_queries, "streams": m.streams, "mode": m.mode,
-                "peak_rss_mb": mem.as_dict()["peak_rss_mb"],
-                "memory": {**mem.as_dict(), "backend_mb": bmem["mb"], "backend_reason": bmem["reason"],
-                           "artifact_mb": round(disk / 1e6, 4) if disk is not None else None},
-                "bandwidth": bw, "compute": compute, "description": desc,
-            }
-            if kind == "baseline":
-                entry["model_weights"] = model_note
-            results.append(entry)
-            progress(f"  {entry['fps']:.1f} FPS, p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, "
-                     f"{m.queries} queries, peak RSS {entry['peak_rss_mb']} MB")
-    add_ratios(results)
+    if opts.artifact is not None:
+        root, manifest = open_manifest(opts.artifact)  # checksums first: a tampered engine never runs
+        return root, manifest, False
+    from edgecsp.bench.artifacts import ensure_artifact
+    from edgecsp.manifest import Manifest
 
-    accuracy = None
-    if opts.accuracy:
-        from edgecsp.bench.accuracy import check_accuracy
+    root, raw, built = ensure_artifact(opts.model or "demo", str(opts.target), opts.precision, opts.artifacts_dir,
+                                       opts.batch, progress=progress)
+    return root, Manifest.of(raw), built
 
-        progress("accuracy: AP/AP50 on the validation set against the FP32 PyTorch reference")
-        with edgecsp.load(root, **_runner_options(backend_name, "latency", opts.libraries)) as predictor:
-            accuracy = check_accuracy(predictor.predict_batch, manifest, opts.data, opts.eval_images,
-                                      opts.model if opts.artifact is not None else None)
-        progress(f"  AP50 {accuracy['AP50']:.4f} vs {accuracy['reference']['AP50']:.4f} "
-                 f"(drop {accuracy['ap50_drop_points']:+.2f} points, tolerance {accuracy['tolerance_points']}): "
-                 f"{'pass' if accuracy['passed'] else 'FAIL'}")
 
+def _platform_peak(opts: BenchmarkOptions, profile: Any, progress: Progress) -> dict[str, Any] | None:
+    if not opts.platform:
+        return None
+    from edgecsp.bench.bandwidth import platform_peak
+
+    progress("platform peak: STREAM copy/triad and matrix multiply (measured once per machine, then cached)")
+    peak = platform_peak(refresh=opts.refresh_platform, hardware=profile.hardware)
+    gmacs = f"{peak['peak_gmacs']} GMAC/s" if peak.get("peak_gmacs") else "compute not measured (no torch here)"
+    progress(f"  {peak['peak_gbs']} GB/s, {gmacs}{' (cached)' if peak.get('cached') else ''}")
+    return peak
+
+
+def _prepare_baseline(run: _Run, subject: str) -> Any:
+    from edgecsp.bench import baselines as bl
+
+    return bl.prepare_baseline(subject, run.model, run.size, run.batch, run.raw_images)  # exports, untimed
+
+
+def _open_counters(run: _Run) -> Any:
+    from edgecsp.bench.counters import MemoryCounters, open_counters
+
+    return open_counters(run.profile.hardware, run.profile.benchmark) if run.opts.counters else MemoryCounters()
+
+
+def _measure_subject(run: _Run, kind: str, subject: str, scenario: str, prepared: Any,
+                     progress: Progress) -> dict[str, Any]:
+    """One thing (the artifact or a baseline) in one scenario: load, first inference, measured phase."""
+    import edgecsp
+    from edgecsp.bench import baselines as bl
+    from edgecsp.bench.harness import Settings, first_inference_ms, measure
+    from edgecsp.bench.memory import PeakRSS, backend_memory
+
+    s = run.settings
+    label = subject if kind == "artifact" else bl.NAMES[subject]
+    progress(f"{label}: {scenario} scenario ({s['warmup_s']} s warm-up, >= {s['duration_s']} s "
+             f"and >= {s['min_queries']} queries)")
+    counters = _open_counters(run)
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        if kind == "artifact":
+            options = _runner_options(run.manifest.backend_name, scenario, run.opts.libraries)
+            runner = edgecsp.load(run.root, **options).runner
+        else:
+            runner = bl.open_baseline(subject, run.model, run.size, run.batch, prepared)
+        load_s = time.perf_counter() - t0
+        try:
+            first = first_inference_ms(runner, run.inputs[0])
+            failpoint("benchmark.measure")
+            m = measure(runner, run.inputs, Settings(scenario=scenario, **s), on_start=counters.start,
+                        on_end=counters.stop)
+            desc = runner.describe()
+            sample = _Sample(kind, label, subject, scenario, m, mem, desc, backend_memory(runner), first, load_s,
+                             counters.result, *_cost(run, kind, subject, runner, desc))
+        finally:
+            runner.close()
+    entry = _entry(run, sample)
+    progress(f"  {entry['fps']:.1f} FPS, p50 {entry['latency_ms']['p50']:.2f} ms, "
+             f"p99 {entry['latency_ms']['p99']:.2f} ms, {m.queries} queries, peak RSS {entry['peak_rss_mb']} MB")
+    return entry
+
+
+def _cost(run: _Run, kind: str, subject: str, runner: Any, desc: dict[str, Any]) -> tuple[Any, int | None, str, str]:
+    """(traffic cost per frame, artifact bytes on disk, precision, arithmetic precision)."""
+    from edgecsp.bench import traffic
+    from edgecsp.bench.memory import artifact_bytes
+
+    if kind == "baseline":
+        if subject == "onnxruntime-fp32":
+            weight_bytes, source = traffic.onnx_weight_bytes(runner.path), "ONNX initializers (fp32)"
+        else:
+            weight_bytes, source = traffic.torch_weight_bytes(run.model, 4), "PyTorch module, fp32 (BN folded)"
+        return traffic.cost(run.counts, weight_bytes, source, "fp32", 4), None, "fp32", "fp32"
+    precision, rt = run.manifest.precision, desc.get("inference_precision")
+    fb = traffic.RUNTIME_FLOAT_BYTES.get(rt, 4)
+    if fb not in run.engine_weights:  # reads the engine's graph: once per runtime precision
+        run.engine_weights[fb] = traffic.engine_weight_bytes(run.root, run.manifest.raw, fb)
+    wb = run.engine_weights[fb]
+    if wb is None and run.arch is None:
+        run.arch = traffic.model_from_manifest(run.manifest.raw)
+    weight_bytes, source = wb if wb else (traffic.torch_weight_bytes(run.arch, 4), "PyTorch module, fp32")
+    cost = traffic.cost(run.counts, weight_bytes, source, precision, traffic.activation_bytes(precision, rt))
+    return cost, artifact_bytes(run.root, run.manifest.raw), precision, traffic.compute_precision(precision, rt)
+
+
+@dataclass
+class _Sample:
+    """What one measurement of one subject in one scenario gave."""
+
+    kind: str  # artifact or baseline
+    label: str
+    subject: str
+    scenario: str
+    m: Any  # edgecsp.bench.harness.Measurement
+    mem: Any  # PeakRSS
+    desc: dict[str, Any]  # runner.describe()
+    bmem: dict[str, Any]  # backend memory
+    first: float  # first inference, ms
+    load_s: float
+    counters: Any  # the memory counters' result
+    cost: Any  # traffic cost per frame
+    disk: int | None  # artifact bytes
+    precision: str
+    arithmetic: str
+
+
+def _entry(run: _Run, x: _Sample) -> dict[str, Any]:
+    """One row of the report's results."""
+    from edgecsp.bench import traffic
+
+    m, mem, desc, bmem, kind = x.m, x.mem, x.desc, x.bmem, x.kind
+    bw, compute = traffic.bandwidth_figures(x.cost, m.fps, run.batch, run.peak, x.counters, x.arithmetic)
+    lat = m.latency_ms()
+    entry = {
+        "name": x.label, "kind": kind, "scenario": x.scenario,
+        "backend": desc.get("backend", run.manifest.backend_name if kind == "artifact" else x.subject),
+        "target": run.manifest.target_name if kind == "artifact" else None,
+        "precision": x.precision, "batch": run.batch,
+        "fps": round(m.fps, 3), "latency_ms": {k: round(v, 4) for k, v in lat.items()},
+        "latency_quantiles_ms": [round(float(v), 4) for v in np.percentile(m.latencies_ns / 1e6, np.arange(101))],
+        "first_inference_ms": round(x.first, 3), "load_s": round(x.load_s, 4),
+        "queries": m.queries, "frames": m.frames, "wall_s": round(m.wall_s, 4),
+        "warmup_queries": m.warmup_queries, "streams": m.streams, "mode": m.mode,
+        "peak_rss_mb": mem.as_dict()["peak_rss_mb"],
+        "memory": {**mem.as_dict(), "backend_mb": bmem["mb"], "backend_reason": bmem["reason"],
+                   "artifact_mb": round(x.disk / 1e6, 4) if x.disk is not None else None},
+        "bandwidth": bw, "compute": compute, "description": desc,
+    }
+    if kind == "baseline":
+        entry["model_weights"] = run.model_note
+    return entry
+
+
+def _accuracy(run: _Run, progress: Progress) -> dict[str, Any]:
+    """The compile's gate (edgecsp.gate.GateResult) on the artifact as loaded here."""
+    import edgecsp
+    from edgecsp.bench.accuracy import check_accuracy
+
+    progress("accuracy: AP/AP50 on the validation set against the FP32 PyTorch reference")
+    opts = run.opts
+    with edgecsp.load(run.root, **_runner_options(run.manifest.backend_name, "latency", opts.libraries)) as predictor:
+        gate = check_accuracy(predictor.predict_batch, run.manifest.raw, opts.data, opts.eval_images,
+                              opts.model if opts.artifact is not None else None)
+    progress(f"  AP50 {(gate.candidate or {})['AP50']:.4f} vs {(gate.reference or {})['AP50']:.4f} "
+             f"(drop {gate.ap50_drop_points:+.2f} points, tolerance {gate.tolerance_points}): "
+             f"{'pass' if gate.passed else 'FAIL'}")
+    return gate.to_report()
+
+
+def _report(run: _Run, results: list[dict[str, Any]], accuracy: dict[str, Any] | None) -> dict[str, Any]:
     from edgecsp import __version__
+    from edgecsp.bench.memory import artifact_bytes
     from edgecsp.bench.report import SCHEMA
-    from edgecsp.gate import status_of
 
+    m, opts = run.manifest, run.opts
     return {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "edgecsp_version": __version__,
-        "machine": info,
-        "platform_peak": peak,
+        "machine": run.machine,
+        "platform_peak": run.peak,
         "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
-                     "scenarios": scenarios, **s, "batch": batch, "compare": compare, "input_source": input_source,
-                     "input_size": size},
-        "artifact": {"path": str(root), "name": name, "built_now": built, "target": (manifest.get("target") or {}).get("name"),
-                     "backend": manifest["backend"], "precision": precision, "model": manifest.get("model", {}).get("name"),
-                     "model_hash": manifest.get("model", {}).get("hash"), "bytes": artifact_bytes(root, manifest),
-                     "accuracy_status": status_of(manifest)},
-        "model": {"macs_per_frame": counts["macs"], "cio_elements_per_frame": counts["cio"],
-                  "input_size": size},
+                     "scenarios": run.scenarios, **run.settings, "batch": run.batch, "compare": run.compare,
+                     "input_source": run.input_source, "input_size": run.size},
+        "artifact": {"path": str(run.root), "name": run.name, "built_now": run.built, "target": m.target_name,
+                     "backend": m.raw["backend"], "precision": m.raw.get("precision", "?"), "model": m.model_name,
+                     "model_hash": m.model_hash, "bytes": artifact_bytes(run.root, m.raw),
+                     "accuracy_status": m.accuracy_status},
+        "model": {"macs_per_frame": run.counts["macs"], "cio_elements_per_frame": run.counts["cio"],
+                  "input_size": run.size},
         "accuracy": accuracy,
         "results": results,
     }

@@ -163,7 +163,7 @@ def export_darknet(model, description: dict, out_dir: str | Path, input_size: in
     """
     from edgecsp.fsutil import atomic_write
     from edgecsp.models.checkpoint import resize_of
-    from edgecsp.onnx_export import BOX_TOLERANCE_PX, SCORE_TOLERANCE
+    from edgecsp.models.parity import BOX_TOLERANCE_PX, SCORE_TOLERANCE
 
     if input_size is not None and input_size != model.config.input_size:
         model = _at_size(model, input_size)
@@ -208,10 +208,10 @@ def _parity_batch(images: Sequence[np.ndarray] | None, size: int, resize: str) -
     from edgecsp.data.preprocess import letterbox, to_tensor_batch
 
     if images is None:
-        from edgecsp import paths
+        from edgecsp.data import shapes
         from edgecsp.data.coco import resolve_dataset
 
-        dataset = resolve_dataset(paths.default_val_dir())
+        dataset = resolve_dataset(shapes.default_val_dir())
         images = [dataset[i][0] for i in range(min(4, len(dataset)))]
     if len(images) == 0:
         raise EdgeCSPError("no parity images; pass at least one RGB image, or None for the default set")

@@ -18,7 +18,7 @@ import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -500,5 +500,23 @@ def ensure_shapes_val(cache_dir: PathLike, n: int = 200, seed: int = 0, workers:
 
 def default_cache_dir() -> Path:
     """Where generated data is cached: $EDGECSP_CACHE_DIR, else ~/.cache/edgecsp."""
-    env = os.environ.get("EDGECSP_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "edgecsp"
+    from edgecsp.paths import cache_root
+
+    return cache_root()
+
+
+# The default validation set: the shapes task's val split, fixed seed, generated on first use.
+DEFAULT_VAL_IMAGES = 200
+DEFAULT_VAL_SEED = 20261125
+
+
+def default_val_dir(progress: Callable[[str], None] | None = None) -> Path:
+    """The default validation set (generated once into the cache, then reused); ``progress`` hears
+    about it only when it is generated."""
+    from edgecsp.paths import cache_dir
+
+    root = cache_dir()
+    target = root / f"shapes-v{GENERATOR_VERSION}-seed{DEFAULT_VAL_SEED}-val{DEFAULT_VAL_IMAGES}"
+    if progress is not None and _read_manifest(target) != _manifest("val", DEFAULT_VAL_IMAGES, DEFAULT_VAL_SEED):
+        progress("preparing the default validation set (shapes task, generated once and cached)")
+    return ensure_shapes_val(root, n=DEFAULT_VAL_IMAGES, seed=DEFAULT_VAL_SEED)

@@ -82,7 +82,7 @@ def _has_torch() -> bool:
 def run_on_device(job: Any, suite: Any, facts: dict[str, Any], data: bytes) -> dict[str, Any]:
     """On the device: unpack, check, (on a Jetson) build the engine from the bundle, benchmark, and
     measure accuracy. Returns what edgecsp.bench.nightly.records_from reads, plus who ran it."""
-    from edgecsp.artifact import open_artifact
+    from edgecsp.artifact import open_manifest
     from edgecsp.bench.run import BenchmarkOptions, run_benchmark
     from edgecsp.fleet.device import describe
 
@@ -93,11 +93,9 @@ def run_on_device(job: Any, suite: Any, facts: dict[str, Any], data: bytes) -> d
         root = work / facts["name"]
         root.mkdir()
         unpack(data, root)
-        root, manifest = open_artifact(root)  # every file's sha256 before anything runs
-        engine = (manifest.get("backend") or {}).get("name")
-        backend = manifest.get("backend") or {}
-        bundle = (backend.get("info") or {}).get("bundle")
-        if engine == "tensorrt" and bundle and manifest.get("engine") != "model.engine":
+        root, typed = open_manifest(root)  # every file's sha256 before anything runs
+        manifest, engine = typed.raw, typed.backend_name
+        if engine == "tensorrt" and typed.bundle and typed.engine != "model.engine":
             if "tensorrt" in me["backends"]:
                 from edgecsp.backends.tensorrt.bundle import build_from_bundle
 

@@ -350,7 +350,9 @@ class TensorRTRunner(Runner):
         gpu = gpu_facts(device)
         if gpu is None:
             raise EdgeCSPError(f"no CUDA GPU {device} here; a TensorRT engine needs the GPU it was built for")
-        built = manifest.get("backend", {}).get("info", {}).get("tensorrt", {})
+        from edgecsp.manifest import Manifest
+
+        built = Manifest.of(manifest).build_info.get("tensorrt", {})
         check_engine_compatible(built, str(trt_mod.__version__), gpu)
         self._cuda = cuda
         self._device_bufs: list[int] = []
