@@ -6,7 +6,10 @@
 Builds (or reuses, under artifacts/) the demo's `onnxruntime` FP32 and INT8 artifacts at each
 batch size; each compile verifies AP50 on the default validation set, and the table shows it.
 ``--before`` also builds the INT8 artifact with main's earlier settings (the image stem quantized
-too: ``float_stem = false``) through a copy of the target profile, and measures it beside them.
+too: ``float_stem = false``) through a copy of the target profile, and measures it beside them;
+``--openvino`` adds the `intel-cpu` INT8 artifact (OpenVINO + NNCF) with the same threads, for what
+this CPU does in INT8 outside ONNX Runtime. ``--profile`` prints, per ONNX Runtime engine, the
+kernels ORT ran and their share of the time (SessionOptions.enable_profiling).
 
 The engines are timed interleaved (one call of each in turn, the order rotating), with the same
 intra-op threads, after the same warm-up, so a busy machine slows them alike; each repeat gives
@@ -49,6 +52,34 @@ def build(target: str | Path, precision: str, batch: int) -> tuple[Path, dict]:
     root, manifest, _ = ensure_artifact("demo", str(target), precision, ROOT / "artifacts", batch=batch,
                                         progress=lambda line: print(line, file=sys.stderr, flush=True))
     return root, manifest
+
+
+def kernel_profile(engine: Path, batch: int, threads: int, calls: int = 20) -> list[tuple[str, int, float]]:
+    """(op type, nodes, ms per call) of the kernels ORT ran, slowest first."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    so.enable_profiling = True
+    so.profile_file_prefix = str(Path(tempfile.gettempdir()) / "ort-int8-profile")
+    session = ort.InferenceSession(str(engine), so, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    x = np.random.default_rng(0).random((batch, *inp.shape[1:]), dtype=np.float32)
+    for _ in range(calls):
+        session.run(None, {inp.name: x})
+    trace = Path(session.end_profiling())
+    try:
+        events = json.loads(trace.read_text())
+    finally:
+        trace.unlink(missing_ok=True)
+    per_op: dict[str, list] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            entry = per_op.setdefault(e["args"]["op_name"], [set(), 0.0])
+            entry[0].add(e["name"])
+            entry[1] += e["dur"] / 1e3 / calls
+    return sorted(((op, len(nodes), ms) for op, (nodes, ms) in per_op.items()), key=lambda r: -r[2])
 
 
 def measure(runners: dict, batch: int, warmup: int, iterations: int, repeats: int) -> dict:
@@ -98,11 +129,14 @@ def main() -> int:
                         "(default: ORT's, the physical cores)")
     parser.add_argument("--before", action="store_true", help="also build and measure main's earlier int8 "
                         "settings (stem quantized)")
+    parser.add_argument("--openvino", action="store_true", help="also measure the intel-cpu INT8 artifact")
+    parser.add_argument("--profile", action="store_true", help="print the kernels each ORT engine ran")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
     args = parser.parse_args()
 
     from edgecsp.backends import get_backend
     from edgecsp.backends.onnxruntime_backend import physical_cores
+    from edgecsp.targets import load_target
 
     backend = get_backend("onnxruntime")
     threads = args.threads or physical_cores()
@@ -116,9 +150,12 @@ def main() -> int:
                                                       "ORT INT8": ("onnxruntime", "int8")}
         if args.before:
             targets["ORT INT8 (main before)"] = (before_profile(Path(tmp)), "int8")
+        if args.openvino:
+            targets["OpenVINO INT8 (intel-cpu)"] = ("intel-cpu", "int8")
         for batch in batches:
             artifacts = {name: build(target, precision, batch) for name, (target, precision) in targets.items()}
-            runners = {name: backend.open_runner(root / manifest["engine"], manifest, threads=threads)
+            runners = {name: get_backend(load_target(str(targets[name][0])).backend).open_runner(
+                           root / manifest["engine"], manifest, threads=threads)
                        for name, (root, manifest) in artifacts.items()}
             load_before = os.getloadavg()
             try:
@@ -136,6 +173,16 @@ def main() -> int:
                 rows[name]["float_stem"] = info.get("float_stem")
             report["batches"][str(batch)] = {"load_before": [round(v, 2) for v in load_before],
                                              "load_after": [round(v, 2) for v in load_after], "engines": rows}
+            if args.profile:
+                for name, (root, manifest) in artifacts.items():
+                    if (manifest.get("backend") or {}).get("name") != "onnxruntime":
+                        continue
+                    ops = kernel_profile(root / manifest["engine"], batch, threads)
+                    total = sum(ms for _, _, ms in ops) or 1.0
+                    rows[name]["kernels"] = [{"op": op, "nodes": n, "ms": round(ms, 3)} for op, n, ms in ops]
+                    print(f"\nbatch {batch}, {name}: {total:.2f} ms of kernels per call", file=sys.stderr)
+                    for op, n, ms in ops[:10]:
+                        print(f"  {op:24s} {n:4d} nodes {ms:8.2f} ms {100 * ms / total:5.1f}%", file=sys.stderr)
     print(f"\nDemo detector, ONNX Runtime {report['machine']['onnxruntime']} CPU EP, {threads} intra-op threads, "
           f"{args.iterations} calls x {args.repeats} repeats per engine (interleaved), {args.warmup} warm-up calls, "
           f"{report['machine']['cpus']} CPUs.\n")

@@ -224,6 +224,22 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def int8_speedups(rows: list[dict]) -> str:
+    """A by-product of the same run: each model's INT8 speed-up over FP32 on each backend."""
+    p50: dict[tuple[str, str, str], float] = {}
+    for r in rows:
+        if "latency_ratio" in r:
+            for which in ("baseline", "csp"):
+                model = r[which] if r["kind"] == "classifier" or which == "csp" else f"{r['csp']} on {r['baseline']}"
+                p50[(model, r["target"], r["precision"])] = r[f"p50_ms_{which}"]
+    lines = ["| model | target | FP32 p50 ms | INT8 p50 ms | INT8 speed-up |", "|---|---|---:|---:|---:|"]
+    for (model, target, precision), fp32 in p50.items():
+        int8 = p50.get((model, target, "int8"))
+        if precision == "fp32" and int8:
+            lines.append(f"| {model} | {target} | {fp32:.2f} | {int8:.2f} | {fp32 / int8:.2f}x |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -255,6 +271,19 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def render(result: dict, out: Path) -> None:
+    """paper-claims.{json,md,png} in ``out`` from a run's result (``note``, ``input``, ``rows``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "paper-claims.json").write_text(json.dumps(result, indent=1) + "\n")
+    table = markdown(result["rows"])
+    speedups = int8_speedups(result["rows"])
+    if speedups:
+        table += f"\n\nINT8 over FP32, same run (not interleaved with each other):\n\n{speedups}"
+    (out / "paper-claims.md").write_text(f"{result['note']}\n\n{table}\n")
+    plot(result["rows"], out / "paper-claims.png", f"CSP vs non-CSP twins, input {result.get('input')}, batch 1")
+    print(f"\n{result['note']}\n\n{table}\n\nwrote {out}/paper-claims.{{json,md,png}}")
 
 
 def parse_targets(spec: str) -> list[tuple[str, str]]:
@@ -303,7 +332,14 @@ def main(argv: list[str] | None = None) -> int:
                         "0: the backend's default)")
     parser.add_argument("--quick", action="store_true", help="smoke run: two pairs, 64 px, ORT FP32, 3 calls")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "paper_claims")
+    parser.add_argument("--render", type=Path, default=None, help="only redraw the table and plot from a "
+                        "paper-claims.json of an earlier run")
     args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads(args.render.read_text())
+        result.setdefault("input", (result["rows"] or [{}])[0].get("input"))
+        render(result, args.out)
+        return 0
 
     from edgecsp.errors import EdgeCSPError
 
@@ -345,12 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     note = (f"Batch 1, input {size}x{size}, random weights, p50 of {iterations} interleaved calls per model after "
             f"{args.warmup} warm-up calls, {threads} on CPU targets; {machine}; load average (1 min) {load_before[0]:.2f} before, "
             f"{load_after[0]:.2f} after; {time.time() - t0:.0f} s in all.")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "paper-claims.json").write_text(json.dumps({"note": note, "rows": rows}, indent=1) + "\n")
-    table = markdown(rows)
-    (args.out / "paper-claims.md").write_text(f"{note}\n\n{table}\n")
-    plot(rows, args.out / "paper-claims.png", f"CSP vs non-CSP twins, input {size}, batch 1")
-    print(f"\n{note}\n\n{table}\n\nwrote {args.out}/paper-claims.{{json,md,png}}")
+    render({"note": note, "input": size, "rows": rows}, args.out)
     return 0
 
 
