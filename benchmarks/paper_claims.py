@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -54,14 +55,14 @@ class Pair:
         return f"{self.baseline} vs {self.csp}"
 
 
+# Cheapest first within each kind: a run cut short still has the small models.
 CLASSIFIER_PAIRS = [Pair("classifier", a, b) for a, b in (
-    ("resnet50", "cspresnet50"), ("resnext50", "cspresnext50"), ("darknet53", "cspdarknet53"),
-    ("mobilenetv2", "cspmobilenetv2"), ("densenet201-elastic", "cspdensenet201-elastic"),
-    ("peleenet", "csppeleenet"))]
+    ("mobilenetv2", "cspmobilenetv2"), ("peleenet", "csppeleenet"), ("resnet50", "cspresnet50"),
+    ("resnext50", "cspresnext50"), ("darknet53", "cspdarknet53"), ("densenet201-elastic", "cspdensenet201-elastic"))]
 # The paper's detectors with the CSP backbone swapped for its plain twin (same neck and head).
 DETECTOR_PAIRS = [Pair("detector", a, b) for a, b in (
-    ("resnet50", "cspresnet50-panet-spp"), ("resnext50", "cspresnext50-panet-spp"),
-    ("darknet53", "cspdarknet53-panet-spp"), ("peleenet", "csppeleenet-efm"))]
+    ("peleenet", "csppeleenet-efm"), ("resnet50", "cspresnet50-panet-spp"), ("resnext50", "cspresnext50-panet-spp"),
+    ("darknet53", "cspdarknet53-panet-spp"))]
 QUICK_PAIRS = [Pair("classifier", "peleenet", "csppeleenet"), Pair("detector", "peleenet", "csppeleenet-efm")]
 DEFAULT_TARGETS = "onnxruntime:fp32,onnxruntime:int8,intel-cpu:fp32,intel-cpu:int8"
 CALIBRATION_IMAGES = 4  # random images: enough for ranges that make the int8 kernels run
@@ -176,6 +177,7 @@ def measure_pair(pair: Pair, targets: list[tuple[str, str]], size: int, warmup: 
     """One row per (target, precision): BFLOPs of both twins, their p50 latency, both ratios."""
     from edgecsp.errors import EdgeCSPError
 
+    work.mkdir(parents=True, exist_ok=True)
     models = {which: build_model(pair, which) for which in ("baseline", "csp")}
     flops = {which: bflops(m, size) for which, m in models.items()}
     stem = pair.csp if pair.kind == "detector" else f"{pair.baseline}-{pair.csp}"
@@ -273,7 +275,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def render(result: dict, out: Path) -> None:
+def render(result: dict, out: Path, quiet: bool = False) -> None:
     """paper-claims.{json,md,png} in ``out`` from a run's result (``note``, ``input``, ``rows``)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "paper-claims.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -283,7 +285,8 @@ def render(result: dict, out: Path) -> None:
         table += f"\n\nINT8 over FP32, same run (not interleaved with each other):\n\n{speedups}"
     (out / "paper-claims.md").write_text(f"{result['note']}\n\n{table}\n")
     plot(result["rows"], out / "paper-claims.png", f"CSP vs non-CSP twins, input {result.get('input')}, batch 1")
-    print(f"\n{result['note']}\n\n{table}\n\nwrote {out}/paper-claims.{{json,md,png}}")
+    if not quiet:
+        print(f"\n{result['note']}\n\n{table}\n\nwrote {out}/paper-claims.{{json,md,png}}")
 
 
 def parse_targets(spec: str) -> list[tuple[str, str]]:
@@ -368,20 +371,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     load_before = os.getloadavg()
     t0 = time.time()
-    rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="paper-claims-") as tmp:
-        for pair in pairs:
-            print(f"{pair.label}:", file=sys.stderr, flush=True)
-            rows += measure_pair(pair, usable, size, args.warmup, iterations, Path(tmp),
-                                 progress=lambda line: print(line, file=sys.stderr, flush=True),
-                                 threads=args.threads or None)
-    load_after = os.getloadavg()
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     threads = f"{args.threads} intra-op thread(s)" if args.threads else "the backends' default threads"
-    note = (f"Batch 1, input {size}x{size}, random weights, p50 of {iterations} interleaved calls per model after "
-            f"{args.warmup} warm-up calls, {threads} on CPU targets; {machine}; load average (1 min) {load_before[0]:.2f} before, "
-            f"{load_after[0]:.2f} after; {time.time() - t0:.0f} s in all.")
-    render({"note": note, "input": size, "rows": rows}, args.out)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="paper-claims-") as tmp:
+        for i, pair in enumerate(pairs):
+            print(f"{pair.label}:", file=sys.stderr, flush=True)
+            rows += measure_pair(pair, usable, size, args.warmup, iterations, Path(tmp) / str(i),
+                                 progress=lambda line: print(line, file=sys.stderr, flush=True),
+                                 threads=args.threads or None)
+            shutil.rmtree(Path(tmp) / str(i), ignore_errors=True)  # engines of big models add up
+            load_now = os.getloadavg()
+            done = "" if i + 1 == len(pairs) else f" (partial: {i + 1} of {len(pairs)} pairs so far)"
+            note = (f"Batch 1, input {size}x{size}, random weights, p50 of {iterations} interleaved calls per model "
+                    f"after {args.warmup} warm-up calls, {threads} on CPU targets; {machine}; load average (1 min) "
+                    f"{load_before[0]:.2f} at the start, {load_now[0]:.2f} now; {time.time() - t0:.0f} s{done}.")
+            render({"note": note, "input": size, "rows": rows}, args.out, quiet=i + 1 < len(pairs))
     return 0
 
 
