@@ -363,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
             profile = load_target(target)
             get_backend(profile.backend).version()
             profile.check_precision(precision)
+            if profile.backend == "tensorrt":  # without TensorRT and a GPU it writes a bundle, no engine
+                from edgecsp.backends.tensorrt_backend import can_build_here
+
+                ok, why = can_build_here()
+                if not ok:
+                    raise EdgeCSPError(f"no TensorRT engine can be built here ({why}); run this on the Jetson")
             usable.append((target, precision))
         except EdgeCSPError as err:
             print(f"skip {target} {precision}: {err}", file=sys.stderr)
