@@ -256,16 +256,20 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         pts = [r for r in measured if (r["target"], r["precision"]) == (target, precision)]
         ax.scatter([r["bflops_ratio"] for r in pts], [r["latency_ratio"] for r in pts], marker=markers[i % 8],
                    label=f"{target} {precision}", alpha=0.8)
-    values = [v for r in measured for v in (r["bflops_ratio"], r["latency_ratio"])] or [1.0]
-    lo, hi = min(0.6, min(values) - 0.05), max(1.2, max(values) + 0.05)
-    ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--", label="latency ratio = BFLOPs ratio")
+    xs = [r["bflops_ratio"] for r in measured] or [1.0]
+    ys = [r["latency_ratio"] for r in measured] or [1.0]
+    x_lo, x_hi = min(0.6, min(xs) - 0.05), max(1.1, max(xs) + 0.05)
+    # Log scale: a CSP model several times slower than its twin must not flatten the others.
+    ax.set_yscale("log")
+    y_lo, y_hi = min(0.5, min(ys) / 1.2), max(2.0, max(ys) * 1.2)
+    ax.plot([x_lo, x_hi], [x_lo, x_hi], color="grey", lw=1, ls="--", label="latency ratio = BFLOPs ratio")
     ax.axhline(1.0, color="black", lw=0.6)
     for r in measured:
         if (r["target"], r["precision"]) == series[0]:
             ax.annotate(r["csp"], (r["bflops_ratio"], r["latency_ratio"]), fontsize=7, alpha=0.7,
                         xytext=(3, 3), textcoords="offset points")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(y_lo, y_hi)
     ax.set_xlabel("BFLOPs ratio, CSP / baseline")
     ax.set_ylabel("p50 latency ratio, CSP / baseline (batch 1)")
     ax.set_title(title, fontsize=9)
