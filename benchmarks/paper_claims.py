@@ -118,7 +118,8 @@ def export(model: Any, pair: Pair, size: int, path: Path) -> Path:
 
     buf = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), buf, dynamo=False, opset_version=17,
+        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), buf, dynamo=False,  # type: ignore[arg-type]
+                          opset_version=17,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True)
     onnx.save(onnx.load_from_string(buf.getvalue()), str(path))
     return path
