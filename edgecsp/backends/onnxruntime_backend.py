@@ -10,8 +10,9 @@ Precisions:
         With ``float_stem`` (default) the convolutions that read fewer than 4 channels (the
         image stem) and their activation stay in float too: ORT's int8 convolution has no fast
         path for 3 input channels (demo stem 6.0 ms int8 vs 2.5 ms fp32, 30% of the int8 run;
-        benchmarks/ort_int8.py). Demo detector, 200 val images, AP50 drop vs PyTorch: minmax
-        0.17 points, percentile 0.17, entropy 2.0; quantizing the head as well: 14 points.
+        benchmarks/ort_int8.py, docs/ort-int8.md). Demo detector, 200 val images, AP50 drop vs
+        PyTorch: minmax -0.01 points with the float stem; with the stem quantized, minmax 0.17,
+        percentile 0.17, entropy 2.0, and quantizing the head as well: 14 points.
 
 Build options (``BuildRequest.options``: the profile's [build] table plus what the pipeline adds):
   recipe              edgecsp.calibration.CalibrationRecipe for int8 (None: the default recipe)
