@@ -7,14 +7,19 @@ Precisions:
         uint8 asymmetric activations, int8 symmetric per-channel weights (the U8S8 kernels of
         ORT's CPU provider), ranges from the calibration images by the recipe's method. With the
         recipe's ``keep_head_float`` the prediction convs and the box decoding stay in float.
-        Demo detector, 200 val images, AP50 drop vs PyTorch: minmax 0.17 points, percentile
-        0.17, entropy 2.0; quantizing the head as well: 14 points.
+        With ``float_stem`` (default) the convolutions that read fewer than 4 channels (the
+        image stem) and their activation stay in float too: ORT's int8 convolution has no fast
+        path for 3 input channels (demo stem 6.0 ms int8 vs 2.5 ms fp32, 30% of the int8 run;
+        benchmarks/ort_int8.py, docs/ort-int8.md). Demo detector, 200 val images, AP50 drop vs
+        PyTorch: minmax -0.01 points with the float stem; with the stem quantized, minmax 0.17,
+        percentile 0.17, entropy 2.0, and quantizing the head as well: 14 points.
 
 Build options (``BuildRequest.options``: the profile's [build] table plus what the pipeline adds):
   recipe              edgecsp.calibration.CalibrationRecipe for int8 (None: the default recipe)
   graph_optimization  ORT graph optimization level the runner uses: all|extended|basic|disable
   reduce_range        7-bit activations for int8 (default false; try it on AVX2-only CPUs without
                       VNNI, where the U8S8 kernels can saturate)
+  float_stem          keep convolutions reading fewer than 4 channels in float for int8 (default true)
   accuracy_fallback   try the fallback ladder when the AP50 drop exceeds the tolerance (default true)
   nms                 accepted and ignored: NMS runs in numpy after the runner (edgecsp.postprocess)
 
@@ -72,6 +77,11 @@ RUNNER_OPTIONS = ("threads", "mode", "libraries")
 # Histogram calibrators keep every activation of the images they are given until the histogram
 # is updated; feeding them in chunks bounds that memory at any calibration-set size.
 CALIBRATION_CHUNK = 16
+# ORT's int8 Conv (MLAS) packs input channels in groups of 4: a conv reading 3 (the RGB stem)
+# gets no fast kernel and ran 2.4x slower than its float version on the demo detector.
+MIN_INT8_CONV_CHANNELS = 4
+# Activations that ORT fuses into a float Conv; kept in float with a float stem so they fuse.
+FUSABLE_ACTIVATIONS = ("Relu", "LeakyRelu", "Sigmoid", "Clip", "HardSigmoid", "Tanh")
 # ORT's entropy defaults (128 bins, 128 quantized bins) leave the KL search a single candidate,
 # the full range, so "entropy" silently equals min-max. 512 bins give it 385 thresholds; 2048
 # (TensorRT's) scored the same on the demo detector at ~7x the compute time.
@@ -132,6 +142,7 @@ class OnnxRuntimeBuildOptions(BuildOptions):
     backend: ClassVar[str] = "onnxruntime"
     graph_optimization: str = option("all", "str", choices=GRAPH_LEVELS, fold="lower")
     reduce_range: bool = option(False, "bool")
+    float_stem: bool = option(True, "bool")  # convs reading < 4 channels stay float in int8 (no fast int8 kernel)
     accuracy_fallback: bool = option(True, "bool")
     nms: bool = option(False, "bool")  # accepted and ignored: NMS runs in numpy after the runner
     # edgecsp.calibration.CalibrationRecipe, from the pipeline (option() returns a dataclasses.field)
@@ -190,6 +201,27 @@ def quantized_nodes(onnx_model: Any) -> list[str]:
 
     skip = ("QuantizeLinear", "DequantizeLinear")
     return [n.name for n in onnx_model.graph.node if n.op_type not in skip and quantized(n)]
+
+
+def narrow_input_convs(onnx_model: Any, min_channels: int = MIN_INT8_CONV_CHANNELS) -> list[str]:
+    """Convs that read fewer than ``min_channels`` channels (the image stem), each with the
+    activation it feeds alone, so that the float Conv and its activation fuse."""
+    weights = {init.name: list(init.dims) for init in onnx_model.graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in onnx_model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: list[str] = []
+    for node in onnx_model.graph.node:
+        dims = weights.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if not node.name or not dims or len(dims) < 2 or dims[1] * group >= min_channels:
+            continue
+        found.append(node.name)
+        users = consumers.get(node.output[0], [])
+        if len(users) == 1 and users[0].op_type in FUSABLE_ACTIVATIONS and users[0].name:
+            found.append(users[0].name)
+    return found
 
 
 # ------------------------------------------------------------------------------------------
@@ -252,7 +284,8 @@ def _quiet():
 class _Quantizer:
     """Calibrates once per method (cached to JSON) and quantizes the FP32 graph for any rung."""
 
-    def __init__(self, fp32_path: Path, work: Path, images: np.ndarray, recipe: Any, reduce_range: bool):
+    def __init__(self, fp32_path: Path, work: Path, images: np.ndarray, recipe: Any, reduce_range: bool,
+                 float_stem: bool = True):
         import inspect
 
         import onnx
@@ -272,6 +305,7 @@ class _Quantizer:
             raise EdgeCSPError(f"cannot find the detection head's convolutions in {fp32_path}; re-export the ONNX "
                                "with edgecsp, or set keep_head_float = false in the calibration recipe")
         self.head = head if recipe.keep_head_float else []  # nodes kept in float for the recipe
+        self.stem = narrow_input_convs(self.model) if float_stem else []  # kept in float for speed
         self.calibration_s: dict[str, float] = {}
 
     def _method(self, name: str) -> Any:
@@ -318,7 +352,7 @@ class _Quantizer:
 
     def quantize(self, rung: _Rung, out_path: Path) -> Path:
         q = self.q
-        excluded = list(dict.fromkeys([*self.head, *rung.extra_float]))
+        excluded = list(dict.fromkeys([*self.head, *self.stem, *rung.extra_float]))
         with _quiet():
             try:
                 q.quantize_static(
@@ -400,7 +434,7 @@ class OnnxRuntimeBackend(Backend):
         fallback = options.accuracy_fallback and request.validate is not None
         with tempfile.TemporaryDirectory(prefix="edgecsp-ort-") as tmp:
             work = Path(tmp)
-            qz = _Quantizer(onnx_path, work, images, recipe, options.reduce_range)
+            qz = _Quantizer(onnx_path, work, images, recipe, options.reduce_range, options.float_stem)
             rungs = [_Rung("recipe", recipe.method)]
             validate = request.validate
             reference = None if validate is None else float(validate(_session_predict(onnx_path, level)))
@@ -430,7 +464,7 @@ class OnnxRuntimeBackend(Backend):
             shutil.copyfile(path, out_path)
         model = onnx.load(str(out_path), load_external_data=False)
         ops = [n.op_type for n in model.graph.node]
-        excluded = list(dict.fromkeys([*qz.head, *rung.extra_float]))
+        excluded = list(dict.fromkeys([*qz.head, *qz.stem, *rung.extra_float]))
         quantized = set(quantized_nodes(model))
         info: dict[str, Any] = {
             "format": "QDQ", "method": rung.method, "recipe": recipe.name, "per_channel": bool(recipe.per_channel),
@@ -438,6 +472,7 @@ class OnnxRuntimeBackend(Backend):
             "reduce_range": qz.reduce_range, "keep_head_float": bool(recipe.keep_head_float),
             # Checked on the written graph, not assumed from the exclusion list.
             "head_convs_float": not (set(qz.head_convs) & quantized),
+            "float_stem": [n for n in qz.stem if n not in quantized],
             "op_types_quantized": ["Conv"] if rung.conv_only else "all quantizable",
             "excluded_nodes": len(excluded), "head_nodes": len(qz.head), "quantized_nodes": len(quantized),
             "quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
