@@ -119,7 +119,7 @@ def letterbox(image: np.ndarray, size: SizeLike, pad_value: int = PAD_VALUE,
     ``mode="stretch"`` each axis is scaled to the input size instead (no padding).
     """
     image = _check_image(image)
-    return _fit(image, 1, image.shape[1], image.shape[0], _hw(size), pad_value, mode)
+    return letterbox_decoded(image, 1, image.shape[1], image.shape[0], size, pad_value, mode)
 
 
 def letterbox_file(path: PathLike, size: SizeLike, pad_value: int = PAD_VALUE,
@@ -129,15 +129,16 @@ def letterbox_file(path: PathLike, size: SizeLike, pad_value: int = PAD_VALUE,
     out_hw = _hw(size)
     if mode not in RESIZE_MODES:
         raise EdgeCSPError(f"unknown resize mode {mode!r}; use one of {', '.join(RESIZE_MODES)}")
-    image, reduction, (w, h) = _load(Path(path), out_hw)
-    return _fit(image, reduction, w, h, out_hw, pad_value, mode)
+    image, reduction, (w, h) = decode_image(path, out_hw)
+    return letterbox_decoded(image, reduction, w, h, out_hw, pad_value, mode)
 
 
-def _fit(image: np.ndarray, reduction: int, src_w: int, src_h: int, out_hw: tuple[int, int], pad_value: int,
-         mode: str) -> tuple[np.ndarray, LetterboxInfo]:
+def letterbox_decoded(image: np.ndarray, reduction: int, src_w: int, src_h: int, size: SizeLike,
+                      pad_value: int = PAD_VALUE, mode: str = "letterbox") -> tuple[np.ndarray, LetterboxInfo]:
     """Letterbox (or stretch) an image of src_w x src_h pixels, given as ``image`` at 1/``reduction``
-    of that size: the geometry is the full image's, the sampling scale the reduced one's."""
-    out_h, out_w = out_hw
+    of that size (``decode_image``): the geometry is the full image's, the sampling scale the
+    reduced one's."""
+    out_h, out_w = _hw(size)
     if mode == "stretch":
         if (src_h, src_w) == (out_h, out_w) and reduction == 1:
             return image, LetterboxInfo(1.0, 0.0, 0.0, int(src_w), int(src_h), 1.0)
@@ -272,7 +273,7 @@ def load_image_rgb(path: PathLike) -> np.ndarray:
     Greyscale, palette, CMYK and 16-bit images are converted; transparency is composited onto
     the padding grey (114). Images over MAX_IMAGE_PIXELS are refused before they are decoded.
     """
-    return _load(Path(path), None)[0]
+    return decode_image(path)[0]
 
 
 def _orientation(img: Image.Image) -> int:
@@ -282,9 +283,11 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
-def _load(p: Path, out_hw: tuple[int, int] | None) -> tuple[np.ndarray, int, tuple[int, int]]:
-    """(RGB array, reduction, full (width, height)): decoded at 1/reduction size where ``out_hw``
+def decode_image(path: PathLike, size: SizeLike | None = None) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """(RGB array, reduction, full (width, height)): decoded at 1/reduction size where ``size``
     (the network input) allows it for an upright JPEG, else at full size (reduction 1)."""
+    p = Path(path)
+    out_hw = None if size is None else _hw(size)
     with _opened(p) as img:
         w, h = img.size
         upright = _orientation(img) in (0, 1)
