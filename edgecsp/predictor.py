@@ -128,6 +128,8 @@ def load(artifact: str | Path, trusted_keys: Any = None, require_signature: bool
     warn_unless_passed(manifest, artifact)
     backend = get_backend(manifest["backend"]["name"])
     backend.version()  # a missing backend library: one line with the install hint
+    if backend.name == "openvino":  # frames go in as uint8, normalised inside the model (u8_input=False: float NCHW)
+        runner_options.setdefault("u8_input", True)
     runner = backend.open_runner(root / manifest["engine"], manifest, **runner_options)
     return Predictor(root, manifest, runner)
 

@@ -18,7 +18,7 @@ from typing import Any
 # Other processes using more than this share of the CPUs (or a load average above the CPU count)
 # makes a run "busy": its figures are flagged and a warning printed.
 BUSY_FRACTION = 0.25
-SAMPLE_S = 0.5
+SAMPLE_S = 0.25
 
 
 def _cpu_jiffies() -> tuple[int, int] | None:

@@ -141,6 +141,8 @@ MODE_BACKENDS = ("openvino", "onnxruntime")
 
 def _runner_options(backend: str, scenario: str, libraries: list[Path] | None = None) -> dict[str, Any]:
     options: dict[str, Any] = {"mode": scenario} if backend in MODE_BACKENDS else {}
+    if backend == "openvino":
+        options["u8_input"] = False  # the harness times the engine on float NCHW tensors
     if libraries:
         options["libraries"] = list(libraries)
     return options
@@ -151,7 +153,8 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
     from edgecsp.artifact import open_artifact
     from edgecsp.bench import baselines as bl
     from edgecsp.bench import machine, traffic
-    from edgecsp.bench.harness import Settings, first_inference_ms, measure
+    from edgecsp.bench.harness import Settings, first_inference_ms, measure, stall_stats
+    from edgecsp.bench.load import LoadMonitor, warning
     from edgecsp.bench.memory import PeakRSS, artifact_bytes, backend_memory
 
     if (opts.artifact is None) == (opts.target is None):
@@ -204,6 +207,8 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
     engine_weights: dict[int, tuple[int, str] | None] = {}
     subjects = [("artifact", name)] + [("baseline", b) for b in compare]
     prepared = {b: bl.prepare_baseline(b, model, size, batch, raw_images) for b in compare}  # exports, untimed
+    engine_threads: int | None = None  # the artifact's threads: the PyTorch baseline gets as many
+    load_monitor = LoadMonitor().__enter__()  # before and during: a busy machine is said, not hidden
     for kind, subject in subjects:
         for scenario in scenarios:
             label = subject if kind == "artifact" else bl.NAMES[subject]
@@ -216,7 +221,7 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
                 if kind == "artifact":
                     runner = edgecsp.load(root, **_runner_options(backend_name, scenario, opts.libraries)).runner
                 else:
-                    runner = bl.open_baseline(subject, model, size, batch, prepared[subject])
+                    runner = bl.open_baseline(subject, model, size, batch, prepared[subject], threads=engine_threads)
                 load_s = time.perf_counter() - t0
                 try:
                     first = first_inference_ms(runner, inputs[0])
@@ -228,6 +233,7 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
                 finally:
                     runner.close()
             if kind == "artifact":
+                engine_threads = engine_threads or _threads_of(desc)
                 rt = desc.get("inference_precision")
                 fb = traffic.RUNTIME_FLOAT_BYTES.get(rt, 4)
                 if fb not in engine_weights:  # reads the engine's graph: once per runtime precision
@@ -260,6 +266,7 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
                                                                                       np.arange(101))],
                 "first_inference_ms": round(first, 3), "load_s": round(load_s, 4),
                 "queries": m.queries, "frames": m.frames, "wall_s": round(m.wall_s, 4),
+                "stalls": stall_stats(m.latencies_ns),
                 "warmup_queries": m.warmup_queries, "streams": m.streams, "mode": m.mode,
                 "peak_rss_mb": mem.as_dict()["peak_rss_mb"],
                 "memory": {**mem.as_dict(), "backend_mb": bmem["mb"], "backend_reason": bmem["reason"],
@@ -271,6 +278,14 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
             results.append(entry)
             progress(f"  {entry['fps']:.1f} FPS, p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, "
                      f"{m.queries} queries, peak RSS {entry['peak_rss_mb']} MB")
+            if entry["stalls"]["count"]:
+                st = entry["stalls"]
+                progress(f"  {st['count']} stalls (> {st['factor']:g}x the median), {st['fraction_of_time']:.0%} of the "
+                         f"time, worst {st['worst_over_median']}x the median")
+    load_monitor.__exit__(None, None, None)
+    load = load_monitor.result()
+    if warning(load):
+        progress(warning(load) or "")
     add_ratios(results)
 
     accuracy = None
@@ -294,6 +309,7 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "edgecsp_version": __version__,
         "machine": info,
+        "load": load,
         "platform_peak": peak,
         "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
                      "scenarios": scenarios, **s, "batch": batch, "compare": compare, "input_source": input_source,
@@ -307,6 +323,15 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
         "accuracy": accuracy,
         "results": results,
     }
+
+
+def _threads_of(desc: dict[str, Any]) -> int | None:
+    """The threads an engine computes with, as its runner describes them (None: unknown)."""
+    for key in ("threads", "intra_op_threads"):
+        value = desc.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 RATIO_FIELDS = {
