@@ -6,6 +6,8 @@ Frames are HxWx3 uint8 RGB arrays, like every image in edgecsp.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,23 @@ from edgecsp.errors import EdgeCSPError
 PathLike = Union[str, Path]
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 _CAMERA = re.compile(r"^/dev/video(\d+)$")
+
+
+@contextlib.contextmanager
+def _native_stderr_quiet() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for a moment: native libraries' log lines, not Python's."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _cv2() -> Any:
@@ -45,7 +64,8 @@ class VideoSource:
         if not camera and not Path(text).is_file():
             raise EdgeCSPError(f"video file not found: {text}; check the path")
         # cameras by their V4L2 index, which is what OpenCV opens without a GStreamer pipeline
-        self.capture = cv2.VideoCapture(int(camera.group(1)) if camera else text)
+        with _native_stderr_quiet():  # FFmpeg prints its own lines for a file it cannot read
+            self.capture = cv2.VideoCapture(int(camera.group(1)) if camera else text)
         if not self.capture.isOpened():
             raise EdgeCSPError(f"cannot open video {text} (not a video OpenCV's FFmpeg/V4L2 can read, or the "
                                "camera is busy)")
