@@ -188,7 +188,7 @@ def _source(args: argparse.Namespace) -> int:
                         writer = video.VideoWriter(args.out, fps_in, frame.shape[1], frame.shape[0])
                     writer.write(np.asarray(draw(frame, det, names)))
     except KeyboardInterrupt:  # a camera runs until stopped: what was written stays valid
-        print("", file=sys.stderr)
+        print(file=sys.stderr)
         if "rate" not in locals():
             return 130
     finally:
@@ -197,7 +197,7 @@ def _source(args: argparse.Namespace) -> int:
         if not folder:
             vs.close()
     if rate.tty:
-        print("", file=sys.stderr)
+        print(file=sys.stderr)
     if folder and args.out is not None:
         (args.out / "detections.json").write_text(json.dumps(report, indent=1))
     where = f", wrote {args.out}" if args.out is not None else ""

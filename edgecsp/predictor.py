@@ -19,7 +19,6 @@ from edgecsp.backends.base import run_in_static_batches
 from edgecsp.data.preprocess import LetterboxInfo, letterbox, letterbox_file, resize_mode
 from edgecsp.postprocess import Detections, postprocess
 
-
 Frame = Union[np.ndarray, str, Path]
 # Frames being prepared or waiting for the engine, per engine batch: enough for the decode and
 # resize threads to keep ahead of inference without holding a video in memory.

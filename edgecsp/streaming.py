@@ -18,7 +18,7 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,9 +30,9 @@ class _Failed:
         self.error = error
 
 
-def pipeline(frames: Iterable[Any], prepare: Callable[[Any], Tuple[np.ndarray, Any]],
-             infer: Callable[[List[np.ndarray]], np.ndarray], step: int, workers: int = 2,
-             lookahead: int = 8) -> Iterator[Tuple[np.ndarray, Any]]:
+def pipeline(frames: Iterable[Any], prepare: Callable[[Any], tuple[np.ndarray, Any]],
+             infer: Callable[[list[np.ndarray]], np.ndarray], step: int, workers: int = 2,
+             lookahead: int = 8) -> Iterator[tuple[np.ndarray, Any]]:
     """Yield ``(engine output row, info)`` per frame, in order: ``prepare(frame) -> (tensor, info)``
     on the pool, ``infer(tensors) -> rows`` on ``step`` frames at a time (fewer only at the end)."""
     step, workers = max(1, int(step)), max(1, int(workers))

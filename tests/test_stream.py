@@ -88,8 +88,7 @@ def test_errors_are_raised_at_their_frame_and_the_runner_is_free_after(ort_artif
     with edgecsp.load(ort_artifact) as detector:
         got = []
         with pytest.raises(EdgeCSPError, match="image file not found"):
-            for det in detector.stream(paths[:3] + [tmp_path / "missing.jpg"] + paths[3:]):
-                got.append(det)
+            got.extend(detector.stream(paths[:3] + [tmp_path / "missing.jpg"] + paths[3:]))
         assert len(got) == 3
 
         def broken():

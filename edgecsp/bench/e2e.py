@@ -256,8 +256,8 @@ def _decoder() -> str:
 def format_table(report: dict[str, Any]) -> str:
     """The e2e report as a terminal table."""
     a, s, r = report["artifact"], report["stages_ms"], report["ratios"]
-    lines = [f"e2e: {a['name']} ({a['backend']}, {a['precision']}, input {a['input_size']}), "
-             f"{report['source']['frames']} frames of {report['source']['path']}, {report['settings']['rounds']} rounds",
+    lines = [(f"e2e: {a['name']} ({a['backend']}, {a['precision']}, input {a['input_size']}), "
+              f"{report['source']['frames']} frames of {report['source']['path']}, {report['settings']['rounds']} rounds"),
              "", f"{'path':<40}{'images/s':>10}{'x engine':>10}"]
     rows = [("engine only (letterboxed)", report["engine_only"]["fps"], 1.0),
             ("one at a time: detector(x)", report["sequential"]["fps"], r["sequential_vs_engine"]),

@@ -105,7 +105,7 @@ class LoadMonitor:
             if la is not None:
                 self.load_max = la if self.load_max is None else max(self.load_max, la)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

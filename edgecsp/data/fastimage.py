@@ -62,7 +62,10 @@ def decode_jpeg(path: Path, width: int, height: int, reduction: int) -> np.ndarr
     if reduction > 1:
         flags |= {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
                   8: cv2.IMREAD_REDUCED_GRAYSCALE_8}[reduction]  # the reduction bits, with RGB colour
-    image = cv2.imdecode(data, flags)
+    try:
+        image = cv2.imdecode(data, flags)
+    except cv2.error:  # an OpenCV build that refuses this flag combination: Pillow decodes instead
+        return None
     expected = (math.ceil(height / reduction), math.ceil(width / reduction), 3)
     if image is None or image.shape != expected:
         return None
