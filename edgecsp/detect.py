@@ -170,7 +170,7 @@ def _source(args: argparse.Namespace) -> int:
             rate = _Rate()  # from the first frame on, not the model's loading
             frames: Any = items
             if not folder and args.out is not None:
-                frames = _keep(items)  # the decoded frames, kept for drawing beside their detections
+                frames = _Keep(items)  # the decoded frames, kept for drawing beside their detections
             for i, det in enumerate(detector.stream(frames, args.score, args.iou)):
                 rate.tick(len(det))
                 if args.out is None:
@@ -212,14 +212,16 @@ def _limited(vs: Any, limit: int | None) -> Any:
         yield frame
 
 
-class _keep:
+class _Keep:
     """Passes frames through, remembering them (in order) until the caller pops each one back."""
 
     def __init__(self, frames: Any):
         import collections
         import threading
 
-        self.frames, self.kept, self.lock = iter(frames), collections.deque(), threading.Lock()
+        self.frames = iter(frames)
+        self.kept: collections.deque[np.ndarray] = collections.deque()
+        self.lock = threading.Lock()
 
     def __iter__(self) -> Any:
         return self
