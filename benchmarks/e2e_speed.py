@@ -1,14 +1,19 @@
 """Speed as the application sees it, on the demo's intel-cpu INT8 artifact (issue 15):
 
-    python benchmarks/e2e_speed.py [--images DIR] [--count 200] [--duration 20] [--out benchmarks/results]
+    python benchmarks/e2e_speed.py [--images DIR] [--count 200] [--duration 20] [--threads default,1]
+                                   [--out benchmarks/results]
 
 Makes (once, cached under the edgecsp cache) --count 640x480 JPEG photos: the shapes task's
 scenes (edgecsp.data.shapes: scikit-image's sample photos and textures as backgrounds, shapes on
 top, blur, noise, JPEG quality 70-95) at a fixed 640x480, or takes --images DIR. Then, in one run
 and interleaved in rounds (edgecsp.bench.e2e): the engine alone at batch 1 on the letterboxed
 frames, ``detector(path)`` one image at a time, and ``detector.stream(paths)``, with the time per
-stage; prints a table and writes benchmarks/results/e2e-speed.json. The goal: stream >= 0.8x the
-engine-only FPS. Builds the artifact first where artifacts/demo-intel-cpu-int8 is missing.
+stage, and main's path before issue 15 (Pillow decode and resize, float batch) for comparison;
+once with the engine on the backend's default threads and once on 1 thread (on a 2-core machine
+the other core then decodes). Prints a table per setting and writes
+benchmarks/results/e2e-speed.json. The goal: stream >= 0.8x the engine-only FPS. Builds the
+artifact first where artifacts/demo-intel-cpu-int8 is missing. About 1.5 minutes on a quiet
+2-core machine (first run: +30 s to make the photos).
 """
 
 from __future__ import annotations
@@ -76,27 +81,41 @@ def main() -> int:
     parser.add_argument("--images", type=Path, help="a folder of images (default: 640x480 shapes photos, made once)")
     parser.add_argument("--count", type=int, default=200, help="photos to make (default 200)")
     parser.add_argument("--artifact", type=Path, default=ROOT / "artifacts" / "demo-intel-cpu-int8")
-    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds, all paths together")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per engine setting")
+    parser.add_argument("--workers", type=int, default=2, help="the stream's decode/preprocess threads")
+    parser.add_argument("--threads", default="default,1",
+                        help="the engine's inference threads, one run each: 'default' (the backend's) and/or "
+                             "numbers (default: default,1: on 2 cores, 1 leaves a core to decoding)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
     from edgecsp.bench import e2e
     from edgecsp.bench import report as rep
 
-    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     if not args.artifact.is_dir():
         from edgecsp.bench.artifacts import ensure_artifact
 
         args.artifact, _, _ = ensure_artifact("demo", "intel-cpu", "int8", args.artifact.parent, progress=log)
     images = args.images or make_photos(args.count)
-    report = e2e.run_e2e(e2e.E2EOptions(artifact=args.artifact, images=images, duration_s=args.duration,
-                                        workers=args.workers,
-                                        extra_paths={"before: main's detector(path)": main_branch_path}),
-                         progress=log)
-    report["source"]["made_by"] = None if args.images else "benchmarks/e2e_speed.py make_photos (shapes scenes, 640x480)"
-    path = rep.write_json(report, args.out / "e2e-speed.json")
-    print(e2e.format_table(report))
+    reports = {}
+    for setting in (t.strip() for t in args.threads.split(",") if t.strip()):
+        threads = None if setting == "default" else int(setting)
+        log(f"engine threads: {setting}")
+        report = e2e.run_e2e(e2e.E2EOptions(artifact=args.artifact, images=images, duration_s=args.duration,
+                                            workers=args.workers,
+                                            runner_options={"threads": threads} if threads else {},
+                                            extra_paths={"before: main's detector(path)": main_branch_path}),
+                             progress=log)
+        report["source"]["made_by"] = (None if args.images else
+                                       "benchmarks/e2e_speed.py make_photos (shapes scenes, 640x480)")
+        report["settings"]["engine_threads"] = setting
+        reports[setting] = report
+        print(f"\n[engine threads: {setting}, {report['description'].get('threads')} in use]")
+        print(e2e.format_table(report))
+    path = rep.write_json({"schema": "edgecsp-e2e-speed/1", "runs": reports}, args.out / "e2e-speed.json")
     print(f"\nwrote {path}")
     return 0
 

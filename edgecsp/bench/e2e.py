@@ -178,34 +178,42 @@ def run_e2e(opts: E2EOptions, progress: Progress = print) -> dict[str, Any]:
         seq_lat: list[float] = []
         rounds = 0
         start = clock()
+        cpu = time.process_time
+        cpu_s = {key: 0.0 for key in totals}
         while rounds < opts.min_rounds or clock() - start < opts.duration_s:
+            c0 = cpu()
             t0 = clock()
             for x in tensors:
                 a = clock()
                 run(x)
                 engine_lat.append(clock() - a)
-            t1 = clock()
+            t1, c1 = clock(), cpu()
             for item in source.items():
                 a = clock()
                 detector(item)
                 seq_lat.append(clock() - a)
-            t2 = clock()
+            t2, c2 = clock(), cpu()
             n_stream = sum(1 for _ in detector.stream(source.items(), workers=opts.workers, batch=opts.batch))
-            t3 = clock()
+            t3, c3 = clock(), cpu()
+            cpu_s["engine"] += c1 - c0
+            cpu_s["sequential"] += c2 - c1
+            cpu_s["stream"] += c3 - c2
             for key, dt, n in (("engine", t1 - t0, len(tensors)), ("sequential", t2 - t1, source.count),
                                ("stream", t3 - t2, n_stream)):
                 totals[key][0] += dt
                 totals[key][1] += n
             if plain is not None:
-                a = clock()
+                a, ca = clock(), cpu()
                 for x in plain_tensors:
                     plain.runner.run(x)
+                cpu_s["engine_f32"] += cpu() - ca
                 totals["engine_f32"][0] += clock() - a
                 totals["engine_f32"][1] += len(plain_tensors)
             for name, fn in opts.extra_paths.items():
-                a = clock()
+                a, ca = clock(), cpu()
                 for item in source.items():
                     fn(detector, item)
+                cpu_s[name] += cpu() - ca
                 totals[name][0] += clock() - a
                 totals[name][1] += source.count
             rounds += 1
@@ -226,6 +234,11 @@ def run_e2e(opts: E2EOptions, progress: Progress = print) -> dict[str, Any]:
         return round(n / wall, 3) if wall > 0 else 0.0
 
     engine_fps = max(fps("engine"), fps("engine_f32"))
+
+    def cpu_ms(key: str) -> float | None:
+        n = totals[key][1]
+        return round(cpu_s[key] / n * 1e3, 4) if n else None
+
     result = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -241,17 +254,22 @@ def run_e2e(opts: E2EOptions, progress: Progress = print) -> dict[str, Any]:
                      "decoder": _decoder()},
         "engine_only": {"fps": engine_fps, "input": "the faster of the two engine inputs below",
                         "predictor_engine": {"fps": fps("engine"), "input": "nhwc-u8" if u8 else "nchw-f32",
+                                             "cpu_ms_per_frame": cpu_ms("engine"),
                                              "latency_ms": _ms(engine_lat), "frames": totals["engine"][1],
                                              "wall_s": round(totals["engine"][0], 4)},
-                        "float_nchw_engine": {"fps": fps("engine_f32"), "frames": totals["engine_f32"][1]}
+                        "float_nchw_engine": {"fps": fps("engine_f32"), "frames": totals["engine_f32"][1],
+                                              "cpu_ms_per_frame": cpu_ms("engine_f32")}
                         if totals["engine_f32"][1] else None,
                         "frames": totals["engine"][1]},
         "sequential": {"fps": fps("sequential"), "latency_ms": _ms(seq_lat), "frames": totals["sequential"][1],
+                       "cpu_ms_per_frame": cpu_ms("sequential"),
                        "wall_s": round(totals["sequential"][0], 4)},
-        "stream": {"fps": fps("stream"), "frames": totals["stream"][1], "wall_s": round(totals["stream"][0], 4)},
+        "stream": {"fps": fps("stream"), "frames": totals["stream"][1], "wall_s": round(totals["stream"][0], 4),
+                   "cpu_ms_per_frame": cpu_ms("stream")},
         "stages_ms": stages,
         "extra_paths": {name: {"fps": fps(name), "vs_engine": _ratio(fps(name), engine_fps),
-                               "frames": totals[name][1]} for name in opts.extra_paths},
+                               "frames": totals[name][1], "cpu_ms_per_frame": cpu_ms(name)}
+                        for name in opts.extra_paths},
         "ratios": {"stream_vs_engine": _ratio(fps("stream"), engine_fps),
                    "sequential_vs_engine": _ratio(fps("sequential"), engine_fps),
                    "stream_vs_sequential": _ratio(fps("stream"), fps("sequential"))},
@@ -276,18 +294,21 @@ def format_table(report: dict[str, Any]) -> str:
     a, s, r = report["artifact"], report["stages_ms"], report["ratios"]
     lines = [(f"e2e: {a['name']} ({a['backend']}, {a['precision']}, input {a['input_size']}), "
               f"{report['source']['frames']} frames of {report['source']['path']}, {report['settings']['rounds']} rounds"),
-             "", f"{'path':<40}{'images/s':>10}{'x engine':>10}"]
+             "", f"{'path':<40}{'images/s':>10}{'x engine':>10}{'CPU ms/frame':>14}"]
     eo = report["engine_only"]
-    rows = [(f"engine only, {eo['predictor_engine']['input']} input", eo["predictor_engine"]["fps"],
-             _ratio(eo["predictor_engine"]["fps"], eo["fps"]))]
-    if eo.get("float_nchw_engine"):
-        rows.append(("engine only, nchw-f32 input", eo["float_nchw_engine"]["fps"],
-                     _ratio(eo["float_nchw_engine"]["fps"], eo["fps"])))
-    rows += [("one at a time: detector(x)", report["sequential"]["fps"], r["sequential_vs_engine"]),
-             ("detector.stream(frames)", report["stream"]["fps"], r["stream_vs_engine"])]
-    rows += [(name, e["fps"], e["vs_engine"]) for name, e in (report.get("extra_paths") or {}).items()]
-    for name, fps, ratio in rows:
-        lines.append(f"{name:<40}{fps:>10.1f}{(ratio or 0):>10.2f}")
+    pe = eo["predictor_engine"]
+    rows = [(f"engine only, {pe['input']} input", pe["fps"], _ratio(pe["fps"], eo["fps"]), pe.get("cpu_ms_per_frame"))]
+    fe = eo.get("float_nchw_engine")
+    if fe:
+        rows.append(("engine only, nchw-f32 input", fe["fps"], _ratio(fe["fps"], eo["fps"]), fe.get("cpu_ms_per_frame")))
+    rows += [("one at a time: detector(x)", report["sequential"]["fps"], r["sequential_vs_engine"],
+              report["sequential"].get("cpu_ms_per_frame")),
+             ("detector.stream(frames)", report["stream"]["fps"], r["stream_vs_engine"],
+              report["stream"].get("cpu_ms_per_frame"))]
+    rows += [(name, e["fps"], e["vs_engine"], e.get("cpu_ms_per_frame"))
+             for name, e in (report.get("extra_paths") or {}).items()]
+    for name, fps, ratio, cpu_ms in rows:
+        lines.append(f"{name:<40}{fps:>10.1f}{(ratio or 0):>10.2f}{'' if cpu_ms is None else f'{cpu_ms:.2f}':>14}")
     lines += ["", "per frame, one at a time (ms):  " + "  ".join(f"{k} {s[k]['mean']:.2f}" for k in STAGES) +
               f"  = {s['total']['mean']:.2f}"]
     load = report.get("load") or {}
