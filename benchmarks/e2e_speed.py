@@ -47,10 +47,11 @@ def make_photos(count: int, seed: int = 20261201) -> Path:
     return folder
 
 
-def main_branch_path(detector, path) -> None:
+def main_branch_path(detector, path, clock=None) -> list[float]:
     """What ``detector(path)`` did before issue 15 (main at 9e200b0), spelled out: Pillow decodes
     the full image (EXIF transpose and three copies), Pillow's bilinear resize letterboxes it, a
-    float batch is stacked, then one engine call and the postprocess."""
+    float batch is stacked, then one engine call and the postprocess. With ``clock``: the end time
+    of each stage (decode, preprocess, inference, postprocess)."""
     import math
 
     import numpy as np
@@ -59,10 +60,12 @@ def main_branch_path(detector, path) -> None:
     from edgecsp.data.preprocess import LetterboxInfo, to_tensor_batch
     from edgecsp.postprocess import postprocess
 
+    marks = []
     with Image.open(path) as img:
         img.load()
         img = ImageOps.exif_transpose(img) or img
         image = np.asarray(img.convert("RGB")).copy()
+    marks.append(clock() if clock else 0.0)
     size = detector.input_size
     src_h, src_w = image.shape[:2]
     scale = min(size / src_h, size / src_w)
@@ -73,7 +76,32 @@ def main_branch_path(detector, path) -> None:
     canvas = np.full((size, size, 3), 114, dtype=np.uint8)
     canvas[pad_y:pad_y + new_h, pad_x:pad_x + new_w] = resized
     info = LetterboxInfo(float(scale), float(pad_x), float(pad_y), src_w, src_h)
-    postprocess(detector.predict_batch(to_tensor_batch([canvas]))[0], info)
+    batch = to_tensor_batch([canvas])
+    marks.append(clock() if clock else 0.0)
+    rows = detector.predict_batch(batch)
+    marks.append(clock() if clock else 0.0)
+    postprocess(rows[0], info)
+    marks.append(clock() if clock else 0.0)
+    return marks
+
+
+def main_branch_stages(detector, paths) -> dict:
+    """Per-stage mean ms of main_branch_path over ``paths`` (one pass)."""
+    import time
+
+    import numpy as np
+
+    from edgecsp.bench.e2e import STAGES
+
+    times = []
+    for path in paths:
+        t0 = time.perf_counter()
+        marks = main_branch_path(detector, path, time.perf_counter)
+        times.append(np.diff([t0, *marks]))
+    mean = np.mean(times, axis=0) * 1e3
+    out = {stage: {"mean": round(float(v), 4)} for stage, v in zip(STAGES, mean)}
+    out["total"] = {"mean": round(float(mean.sum()), 4)}
+    return out
 
 
 def main() -> int:
@@ -104,17 +132,26 @@ def main() -> int:
     for setting in (t.strip() for t in args.threads.split(",") if t.strip()):
         threads = None if setting == "default" else int(setting)
         log(f"engine threads: {setting}")
-        report = e2e.run_e2e(e2e.E2EOptions(artifact=args.artifact, images=images, duration_s=args.duration,
-                                            workers=args.workers,
-                                            runner_options={"threads": threads} if threads else {},
-                                            extra_paths={"before: main's detector(path)": main_branch_path}),
-                             progress=log)
+        import edgecsp
+
+        options = {"threads": threads} if threads else {}
+        # main's path on main's engine input (float NCHW), as it ran before issue 15
+        with edgecsp.load(args.artifact, u8_input=False, **options) as plain:
+            report = e2e.run_e2e(e2e.E2EOptions(
+                artifact=args.artifact, images=images, duration_s=args.duration, workers=args.workers,
+                runner_options=options,
+                extra_paths={"before: main's detector(path)": lambda _, item: main_branch_path(plain, item)}),
+                progress=log)
+            report["stages_ms_before"] = main_branch_stages(plain, sorted(Path(images).glob("*.jpg")))
         report["source"]["made_by"] = (None if args.images else
                                        "benchmarks/e2e_speed.py make_photos (shapes scenes, 640x480)")
         report["settings"]["engine_threads"] = setting
         reports[setting] = report
         print(f"\n[engine threads: {setting}, {report['description'].get('threads')} in use]")
         print(e2e.format_table(report))
+        before = report["stages_ms_before"]
+        print("before (main's path), per frame (ms): " + "  ".join(f"{k} {before[k]['mean']:.2f}" for k in e2e.STAGES)
+              + f"  = {before['total']['mean']:.2f}")
     path = rep.write_json({"schema": "edgecsp-e2e-speed/1", "runs": reports}, args.out / "e2e-speed.json")
     print(f"\nwrote {path}")
     return 0
