@@ -284,8 +284,9 @@ def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[st
                          f"time, worst {st['worst_over_median']}x the median")
     load_monitor.__exit__(None, None, None)
     load = load_monitor.result()
-    if warning(load):
-        progress(warning(load) or "")
+    busy = warning(load)
+    if busy:
+        progress(busy)
     add_ratios(results)
 
     accuracy = None
