@@ -51,6 +51,11 @@ def test_reduced_decoding_only_where_the_input_allows_it(tmp_path):
     assert decode_image(path, 160)[1] == 4
     assert decode_image(path, 416)[1] == 1  # 640 -> 416 is more than half: full size
     assert decode_image(path)[1] == 1
+    assert decode_image(path, 320, mode="stretch")[1] == 1  # stretch: 480 -> 320 vertically is 2/3
+    assert decode_image(path, (200, 300), mode="stretch")[1] == 2
+    stretched, info = letterbox_file(path, 160, mode="stretch")
+    ref, ref_info = letterbox(load_image_rgb(path), 160, mode="stretch")
+    assert info == ref_info and np.abs(stretched.astype(int) - ref).mean() < 2.0
 
 
 def test_opencv_decoding_equals_pillow_and_is_writable(tmp_path):

@@ -120,7 +120,7 @@ def stage_breakdown(predictor: Any, source: _Source) -> dict[str, dict[str, floa
         if item is None:
             break
         if isinstance(item, Path):
-            image, reduction, (w, h) = decode_image(item, size)
+            image, reduction, (w, h) = decode_image(item, size, mode)
         else:
             image, reduction, (w, h) = item, 1, (item.shape[1], item.shape[0])
         t1 = clock()

@@ -129,7 +129,7 @@ def letterbox_file(path: PathLike, size: SizeLike, pad_value: int = PAD_VALUE,
     out_hw = _hw(size)
     if mode not in RESIZE_MODES:
         raise EdgeCSPError(f"unknown resize mode {mode!r}; use one of {', '.join(RESIZE_MODES)}")
-    image, reduction, (w, h) = decode_image(path, out_hw)
+    image, reduction, (w, h) = decode_image(path, out_hw, mode)
     return letterbox_decoded(image, reduction, w, h, out_hw, pad_value, mode)
 
 
@@ -283,9 +283,11 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
-def decode_image(path: PathLike, size: SizeLike | None = None) -> tuple[np.ndarray, int, tuple[int, int]]:
+def decode_image(path: PathLike, size: SizeLike | None = None,
+                 mode: str = "letterbox") -> tuple[np.ndarray, int, tuple[int, int]]:
     """(RGB array, reduction, full (width, height)): decoded at 1/reduction size where ``size``
-    (the network input) allows it for an upright JPEG, else at full size (reduction 1)."""
+    (the network input, resized to by ``mode``) allows it for an upright JPEG, else at full size
+    (reduction 1)."""
     p = Path(path)
     out_hw = None if size is None else _hw(size)
     with _opened(p) as img:
@@ -293,7 +295,9 @@ def decode_image(path: PathLike, size: SizeLike | None = None) -> tuple[np.ndarr
         upright = _orientation(img) in (0, 1)
         reduction = 1
         if out_hw is not None and upright and img.format == "JPEG":
-            reduction = jpeg_reduction(w, h, min(out_hw[0] / h, out_hw[1] / w))
+            # letterbox scales both axes alike; stretch scales each, and the larger scale decides
+            axis = (out_hw[0] / h, out_hw[1] / w)
+            reduction = jpeg_reduction(w, h, max(axis) if mode == "stretch" else min(axis))
         if upright and img.format == "JPEG" and img.mode in ("RGB", "L"):
             fast = decode_jpeg(p, w, h, reduction)  # OpenCV: decoded into one array, no copies
             if fast is not None:
