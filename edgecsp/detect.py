@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = opt.Parser(prog="python -m edgecsp.detect", description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="*", type=opt.existing_file(), metavar="IMAGE")
-    parser.add_argument("--source", help="a video file, a folder of images, or a camera (/dev/video0)")
+    parser.add_argument("--source", type=opt.existing_path(),
+                        help="a video file, a folder of images, or a camera (/dev/video0)")
     cli.add_model_options(parser)
     parser.add_argument("--artifact", type=opt.existing_path(), help="a compiled artifact (directory or .tar.gz) "
                                                                       "instead of --model")
