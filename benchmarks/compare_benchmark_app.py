@@ -34,7 +34,7 @@ def harness(root: Path, scenario: str, duration: float, warmup: float) -> dict:
     from edgecsp.bench.harness import Settings, measure
     from edgecsp.bench.run import input_batches
 
-    with edgecsp.load(root, mode=scenario) as predictor:
+    with edgecsp.load(root, mode=scenario, u8_input=False) as predictor:  # timed on float NCHW tensors
         inputs, _, _ = input_batches(predictor.input_size, 1, 8, None)
         m = measure(predictor.runner, inputs, Settings(scenario, duration_s=duration, warmup_s=warmup, min_queries=1))
         desc = predictor.runner.describe()

@@ -1,6 +1,7 @@
 """python -m edgecsp.benchmark (--artifact DIR | --target T [--model M] [--precision P])
        [--scenario latency|throughput|both] [--duration S] [--warmup S] [--min-queries N] [--batch N]
        [--compare torch,onnxruntime-fp32] [--accuracy] [--json FILE] [--out DIR]
+python -m edgecsp.benchmark --artifact DIR --scenario e2e (--images DIR | --video FILE) [--duration S]
 
 Benchmark a compiled artifact where it runs, MLPerf-style: warm-up, then at least --duration
 seconds and --min-queries queries (defaults from the target profile's [benchmark] table).
@@ -8,7 +9,11 @@ Reports latency percentiles and FPS, first-inference and load time, peak memory,
 memory traffic and achieved GB/s against this machine's measured peak, measured memory-controller
 traffic where the platform has counters, and each figure as a ratio to the --compare baselines.
 Writes benchmark.json, benchmark.csv and latency/throughput/roofline PNGs to --out
-(default runs/benchmark/<artifact>-<time>/). See docs/benchmarking.md."""
+(default runs/benchmark/<artifact>-<time>/).
+
+--scenario e2e measures what an application sees: files in, detections out, one at a time and
+through detector.stream, against the engine alone on the same frames in the same run, with the
+time per stage (decode, preprocess, inference, postprocess). See docs/benchmarking.md."""
 
 from __future__ import annotations
 
@@ -34,8 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=opt.existing_file(), help="with a Darknet .cfg --model: its .weights")
     parser.add_argument("--names", type=opt.existing_file(), help="with a Darknet .cfg --model: its .names")
     parser.add_argument("--precision", help="with --target: fp32, fp16, bf16 or int8 (default: the target's)")
-    parser.add_argument("--scenario", choices=["latency", "throughput", "both"],
-                        help="default: the target profile's [benchmark] scenario")
+    parser.add_argument("--scenario", choices=["latency", "throughput", "both", "e2e"],
+                        help="default: the target profile's [benchmark] scenario; e2e: files in, detections out")
+    frames = parser.add_mutually_exclusive_group()
+    frames.add_argument("--images", type=opt.existing_path(), help="e2e: a folder of images to feed")
+    frames.add_argument("--video", type=opt.existing_file(), help="e2e: a video file to feed")
+    parser.add_argument("--max-frames", type=opt.positive_int(opt.MAX_IMAGES), help="e2e: the first N frames only")
+    parser.add_argument("--workers", type=opt.positive_int(64), default=2, help="e2e: decode/preprocess threads of the stream (default 2)")
     parser.add_argument("--duration", type=opt.FloatRange(0.0, 86_400.0, open_lo=True), help="minimum measured seconds (default: profile's duration_s)")
     parser.add_argument("--warmup", type=opt.FloatRange(0.0, 3_600.0), help="warm-up seconds (default: profile's warmup_s)")
     parser.add_argument("--min-queries", type=opt.positive_int(10_000_000), help="minimum measured queries (default: profile's min_queries)")
@@ -62,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     from edgecsp.bench import report as rep
     from edgecsp.bench.run import BenchmarkOptions, run_benchmark
 
+    if args.scenario == "e2e" or args.images or args.video:
+        return _e2e(args)
     scenarios = None if args.scenario is None else (["latency", "throughput"] if args.scenario == "both"
                                                      else [args.scenario])
     model = cli.model_source(args) if args.model else None
@@ -81,6 +93,31 @@ def main(argv: list[str] | None = None) -> int:
         written["json_copy"] = rep.write_json(report, args.json)
     print(rep.format_table(report))
     print(f"\nreport: {', '.join(str(p) for p in written.values())}")
+    return 0
+
+
+def _e2e(args: argparse.Namespace) -> int:
+    from edgecsp.bench import e2e
+    from edgecsp.bench import report as rep
+
+    if args.scenario != "e2e":
+        raise EdgeCSPError("--images and --video go with --scenario e2e")
+    if args.artifact is None:
+        raise EdgeCSPError("--scenario e2e takes --artifact DIR (compile first: python -m edgecsp.compile)")
+    if args.images is None and args.video is None:
+        raise EdgeCSPError("--scenario e2e needs --images DIR or --video FILE")
+    opts = e2e.E2EOptions(artifact=args.artifact, images=args.images, video=args.video,
+                          duration_s=args.duration if args.duration is not None else 10.0,
+                          warmup_s=args.warmup if args.warmup is not None else 1.0, max_frames=args.max_frames,
+                          workers=args.workers, batch=args.batch, libraries=args.library)
+    progress = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    report = e2e.run_e2e(opts, progress=progress)
+    out = args.out or Path("runs") / "benchmark" / f"{report['artifact']['name']}-e2e-{time.strftime('%Y%m%d-%H%M%S')}"
+    written = [rep.write_json(report, Path(out) / "benchmark-e2e.json")]
+    if args.json:
+        written.append(rep.write_json(report, args.json))
+    print(e2e.format_table(report))
+    print(f"\nreport: {', '.join(str(p) for p in written)}")
     return 0
 
 

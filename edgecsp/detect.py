@@ -1,18 +1,32 @@
-"""python -m edgecsp.detect [--model CKPT] IMAGE... --out DIR
+"""python -m edgecsp.detect [--model CKPT | --artifact A] IMAGE... --out DIR
+       python -m edgecsp.detect [--model CKPT | --artifact A] --source FILE.mp4|DIR|/dev/video0 [--out OUT]
 
-Writes each image with its boxes, class names and scores drawn, plus detections.json."""
+Images: each written with its boxes, class names and scores drawn to --out DIR, plus
+detections.json. A video, camera or folder (--source): frames go through detector.stream
+(decoding, preprocessing and inference overlapped) with the frame rate shown live on stderr;
+--out annotated.mp4 (or .avi) writes the video with the boxes drawn, --out DIR for a folder of
+images writes drawn images and detections.json. --artifact runs a compiled artifact (any backend);
+--model the PyTorch model (default: the demo detector)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from edgecsp import cli
 from edgecsp import options as opt
+from edgecsp.errors import EdgeCSPError
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+# How often the live frame rate line is rewritten (seconds).
+RATE_EVERY_S = 0.5
 
 
 def draw(image, det, class_names):
@@ -34,39 +48,194 @@ def draw(image, det, class_names):
 def build_parser() -> argparse.ArgumentParser:
     parser = opt.Parser(prog="python -m edgecsp.detect", description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images", nargs="+", type=opt.existing_file(), metavar="IMAGE")
+    parser.add_argument("images", nargs="*", type=opt.existing_file(), metavar="IMAGE")
+    parser.add_argument("--source", type=opt.existing_path(),
+                        help="a video file, a folder of images, or a camera (/dev/video0)")
     cli.add_model_options(parser)
-    parser.add_argument("--out", type=opt.OutPath(), required=True, help="folder for the drawn images")
+    parser.add_argument("--artifact", type=opt.existing_path(), help="a compiled artifact (directory or .tar.gz) "
+                                                                      "instead of --model")
+    parser.add_argument("--out", type=opt.OutPath(), help="folder for the drawn images, or with a video --source "
+                                                          "an annotated .mp4/.avi")
     parser.add_argument("--score", type=opt.probability(), default=0.3, help="minimum score to keep (default 0.3)")
     parser.add_argument("--iou", type=opt.probability(), default=0.5, help="NMS IoU threshold (default 0.5)")
+    parser.add_argument("--max-frames", type=opt.positive_int(opt.MAX_IMAGES), help="--source: stop after N frames")
     return parser
+
+
+class _FunctionRunner:
+    """A PyTorch model's predict function as an edgecsp Runner (dynamic batch)."""
+
+    def __init__(self, predict: Any):
+        self.run = predict
+
+    def close(self) -> None:
+        pass
+
+
+def open_detector(args: argparse.Namespace) -> Any:
+    """A Predictor over the artifact, or over the PyTorch model (same pre/postprocessing)."""
+    from edgecsp.predictor import Predictor
+
+    if args.artifact is not None:
+        import edgecsp
+
+        return edgecsp.load(args.artifact)
+    from edgecsp.evaluation import torch_predict_fn
+    from edgecsp.models.checkpoint import resize_of, resolve_model
+
+    model, description = resolve_model(cli.model_source(args))
+    size = int(model.config.input_size)
+    manifest = {"model": {"input_size": [size, size], "class_names": list(description["class_names"])},
+                "preprocessing": {"resize": resize_of(model)}, "inputs": [{"shape": ["N", 3, size, size]}]}
+    return Predictor(Path("."), manifest, _FunctionRunner(torch_predict_fn(model)))  # type: ignore[arg-type]
+
+
+def _record(path: Any, det: Any, names: list[str]) -> dict:
+    return {"image": str(path), "detections": [
+        {"box_xyxy": [round(float(v), 2) for v in b], "score": round(float(s), 4), "class": names[int(c)]}
+        for b, s, c in zip(det.boxes, det.scores, det.labels)]}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if bool(args.images) == bool(args.source):
+        raise EdgeCSPError("pass images (IMAGE...) or --source FILE.mp4|DIR|/dev/video0, not both or neither")
+    if args.artifact is not None and (args.model != "demo" or args.weights or args.names):
+        raise EdgeCSPError("--artifact runs a compiled model; drop --model/--weights/--names")
+    if args.source:
+        return _source(args)
+    if args.out is None:
+        raise EdgeCSPError("--out DIR is needed for the drawn images")
+    from edgecsp.data.preprocess import load_image_rgb
 
-    from edgecsp.data.preprocess import letterbox, load_image_rgb, to_tensor_batch
-    from edgecsp.evaluation import torch_predict_fn
-    from edgecsp.models.checkpoint import resize_of, resolve_model
-    from edgecsp.postprocess import postprocess
-
-    model, description = resolve_model(cli.model_source(args))
-    names = description["class_names"]
-    predict = torch_predict_fn(model)
-    images = [(path, load_image_rgb(path)) for path in args.images]  # fail on a bad path before writing
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = []
-    for path, image in images:
-        lb, info = letterbox(image, model.config.input_size, mode=resize_of(model))
-        det = postprocess(predict(to_tensor_batch([lb]))[0], info, args.score, args.iou)
-        draw(image, det, names).save(args.out / f"{path.stem}.png")
-        report.append({"image": str(path), "detections": [
-            {"box_xyxy": [round(float(v), 2) for v in b], "score": round(float(s), 4), "class": names[int(c)]}
-            for b, s, c in zip(det.boxes, det.scores, det.labels)]})
-        print(f"{path}: {len(det)} detections")
+    images = [(path, load_image_rgb(path)) for path in args.images]  # fail on a bad image before writing
+    with open_detector(args) as detector:
+        dets = list(detector.stream([image for _, image in images], args.score, args.iou))
+        args.out.mkdir(parents=True, exist_ok=True)
+        report = []
+        for (path, image), det in zip(images, dets):
+            draw(image, det, detector.class_names).save(args.out / f"{path.stem}.png")
+            report.append(_record(path, det, detector.class_names))
+            print(f"{path}: {len(det)} detections")
     (args.out / "detections.json").write_text(json.dumps(report, indent=1))
     print(f"wrote {len(report)} images and detections.json to {args.out}")
     return 0
+
+
+class _Rate:
+    """The live frame rate on stderr: one line rewritten in place (a new line each time off a terminal)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.frames = 0
+        self.tty = sys.stderr.isatty()
+
+    def tick(self, detections: int) -> None:
+        self.frames += 1
+        now = time.perf_counter()
+        if now - self.last >= RATE_EVERY_S:
+            self.last = now
+            line = f"frame {self.frames}: {self.fps():.1f} FPS, {detections} detections"
+            print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def fps(self) -> float:
+        wall = time.perf_counter() - self.start
+        return self.frames / wall if wall > 0 else 0.0
+
+
+def _source(args: argparse.Namespace) -> int:
+    from edgecsp import video
+
+    source = Path(args.source)
+    folder = not video.is_camera(args.source) and source.is_dir()
+    if not folder and not video.is_camera(args.source) and not source.is_file():
+        raise EdgeCSPError(f"--source {args.source} not found; pass a video file, a folder of images or /dev/videoN")
+    if folder:
+        from edgecsp.bench.e2e import image_files
+
+        items: Any = image_files(source)[: args.max_frames]
+        fps_in, size = 0.0, None
+        if args.out is not None and args.out.suffix.lower() in video.VIDEO_SUFFIXES:
+            raise EdgeCSPError("--out for a folder of images is a folder (drawn images + detections.json)")
+    else:
+        vs = video.VideoSource(args.source)  # opened first: a bad video fails before the model loads
+        fps_in, size = vs.fps, (vs.width, vs.height)
+        items = _limited(vs, args.max_frames)
+        if args.out is not None and args.out.suffix.lower() not in (".mp4", ".avi"):
+            raise EdgeCSPError(f"--out {args.out}: an annotated video is written as .mp4 or .avi")
+    report = []
+    writer = None
+    try:
+        with open_detector(args) as detector:
+            names = detector.class_names
+            rate = _Rate()  # from the first frame on, not the model's loading
+            frames: Any = items
+            if not folder and args.out is not None:
+                frames = _Keep(items)  # the decoded frames, kept for drawing beside their detections
+            for i, det in enumerate(detector.stream(frames, args.score, args.iou)):
+                rate.tick(len(det))
+                if args.out is None:
+                    continue
+                if folder:
+                    from edgecsp.data.preprocess import load_image_rgb
+
+                    path = items[i]
+                    args.out.mkdir(parents=True, exist_ok=True)
+                    draw(load_image_rgb(path), det, names).save(args.out / f"{path.stem}.png")
+                    report.append(_record(path, det, names))
+                else:
+                    frame = frames.pop()
+                    if writer is None:
+                        writer = video.VideoWriter(args.out, fps_in, frame.shape[1], frame.shape[0])
+                    writer.write(np.asarray(draw(frame, det, names)))
+    except KeyboardInterrupt:  # a camera runs until stopped: what was written stays valid
+        print(file=sys.stderr)
+        if "rate" not in locals():
+            return 130
+    finally:
+        if writer is not None:
+            writer.close()
+        if not folder:
+            vs.close()
+    if rate.tty:
+        print(file=sys.stderr)
+    if folder and args.out is not None:
+        (args.out / "detections.json").write_text(json.dumps(report, indent=1))
+    where = f", wrote {args.out}" if args.out is not None else ""
+    print(f"{rate.frames} frames, {rate.fps():.1f} FPS{where}")
+    return 0
+
+
+def _limited(vs: Any, limit: int | None) -> Any:
+    for i, frame in enumerate(vs):
+        if limit is not None and i >= limit:
+            return
+        yield frame
+
+
+class _Keep:
+    """Passes frames through, remembering them (in order) until the caller pops each one back."""
+
+    def __init__(self, frames: Any):
+        import collections
+        import threading
+
+        self.frames = iter(frames)
+        self.kept: collections.deque[np.ndarray] = collections.deque()
+        self.lock = threading.Lock()
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        frame = next(self.frames)
+        with self.lock:
+            self.kept.append(frame)
+        return frame
+
+    def pop(self) -> np.ndarray:
+        with self.lock:
+            return self.kept.popleft()
 
 
 if __name__ == "__main__":

@@ -535,13 +535,14 @@ class OpenVINOBackend(Backend):
 
     def open_runner(self, engine_path: Path, manifest: dict, mode: str | None = None, threads: int | None = None,
                     precision_hint: str | None = None, device: str | None = None,
-                    libraries: list[str | Path] | None = None, **options: Any) -> OpenVINORunner:
+                    libraries: list[str | Path] | None = None, u8_input: bool = False,
+                    **options: Any) -> OpenVINORunner:
         from edgecsp.backends.libraries import user_libraries
 
         ov = _import_openvino()
         if options:
             raise EdgeCSPError(f"unknown OpenVINO runner option(s) {', '.join(sorted(options))}; "
-                               "known: mode, threads, precision_hint, device, libraries")
+                               "known: mode, threads, precision_hint, device, libraries, u8_input")
         extensions = user_libraries(libraries, "OpenVINO extension")
         info = _manifest_info(manifest)
         mode = (mode or info.get("performance_hint") or "latency").lower()
@@ -572,16 +573,20 @@ class OpenVINOBackend(Backend):
             raise EdgeCSPError(f"unknown OpenVINO inference precision {hint!r}; use f32, f16 or bf16")
         meter = MemoryMeter()
         with meter.measure():
-            compiled = self._compile(core, engine_path, device, self._config(ov, hint, mode, threads))
-        return OpenVINORunner(compiled, core, device, mode, meter)
+            compiled = self._compile(core, engine_path, device, self._config(ov, hint, mode, threads), u8_input)
+        return OpenVINORunner(compiled, core, device, mode, meter, "nhwc-u8" if u8_input else "nchw-f32")
 
     @staticmethod
-    def _compile(core: Any, engine_path: Path, device: str, config: dict) -> Any:
+    def _compile(core: Any, engine_path: Path, device: str, config: dict, u8_input: bool = False) -> Any:
         try:
             model = core.read_model(str(engine_path))
         except RuntimeError as err:
             raise EdgeCSPError(f"OpenVINO cannot read {engine_path} ({_ov_message(err)}); the file is damaged: "
                                "rebuild the artifact with python -m edgecsp.compile") from None
+        if u8_input:
+            from edgecsp.backends.openvino_preprocess import with_u8_input
+
+            model = with_u8_input(model)
         try:
             return core.compile_model(model, device, config)
         except RuntimeError as err:
@@ -610,8 +615,12 @@ class OpenVINORunner(Runner):
     (edgecsp.backends.base.MemoryMeter).
     """
 
-    def __init__(self, compiled_model: Any, core: Any, device: str, mode: str, meter: MemoryMeter | None = None):
+    def __init__(self, compiled_model: Any, core: Any, device: str, mode: str, meter: MemoryMeter | None = None,
+                 input_layout: str = "nchw-f32"):
         self.compiled_model = compiled_model
+        # "nhwc-u8": letterboxed uint8 frames, normalised inside the model (openvino_preprocess)
+        self.input_layout = input_layout
+        self._dtype = np.uint8 if input_layout == "nhwc-u8" else np.float32
         self._core, self._device, self._mode = core, device, mode
         self._meter = meter or MemoryMeter()
         self._request = compiled_model.create_infer_request()
@@ -620,7 +629,7 @@ class OpenVINORunner(Runner):
         self._static_batch = _static_batch(compiled_model)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, dtype=np.float32)
+        batch = np.asarray(batch, dtype=self._dtype)
         expected = self.input_shape[1:]
         if batch.ndim != 4 or any(e != -1 and e != s for e, s in zip(expected, batch.shape[1:])):
             raise EdgeCSPError(f"OpenVINO engine expects batches shaped (N, {', '.join(map(str, expected))}), "
@@ -696,6 +705,7 @@ class OpenVINORunner(Runner):
             "streams": int(streams.num if hasattr(streams, "num") else streams or 0),
             "threads": int(prop("INFERENCE_NUM_THREADS") or 0),
             "optimal_requests": int(prop("OPTIMAL_NUMBER_OF_INFER_REQUESTS") or 1),
+            "input_layout": self.input_layout,
         }
 
     def close(self) -> None:

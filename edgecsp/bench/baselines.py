@@ -37,11 +37,20 @@ def parse_compare(spec: str | list[str] | None) -> list[str]:
 
 
 class TorchRunner(Runner):
-    """``Detector.predict`` in eager mode under ``torch.inference_mode`` (FP32, torch's threads)."""
+    """``Detector.predict`` in eager mode under ``torch.inference_mode`` (FP32).
 
-    def __init__(self, model: Any, input_shape: tuple[int, ...]):
+    ``threads``: torch's intra-op threads while the runner is open (restored on close), set to the
+    engine's so the comparison is core for core; torch's default (every core, spin-waiting OpenMP
+    threads) stalls for seconds when another process holds a core."""
+
+    def __init__(self, model: Any, input_shape: tuple[int, ...], threads: int | None = None):
+        import torch
+
         self.model = model.eval()
         self.input_shape = input_shape
+        self._threads_before = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(int(threads))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -54,6 +63,11 @@ class TorchRunner(Runner):
 
         return {"backend": "pytorch", "torch": torch.__version__, "mode": "eager", "precision": "fp32",
                 "threads": torch.get_num_threads()}
+
+    def close(self) -> None:
+        import torch
+
+        torch.set_num_threads(self._threads_before)
 
 
 class OrtRunner(Runner):
@@ -134,10 +148,12 @@ def prepare_baseline(name: str, model: Any, input_size: int, batch: int | str,
     return None
 
 
-def open_baseline(name: str, model: Any, input_size: int, batch: int | str, prepared: Path | None = None) -> Runner:
+def open_baseline(name: str, model: Any, input_size: int, batch: int | str, prepared: Path | None = None,
+                  threads: int | None = None) -> Runner:
+    """``threads``: the PyTorch baseline's intra-op threads (the engine's; None: torch's default)."""
     shape = (batch if isinstance(batch, int) else -1, 3, input_size, input_size)
     if name == "torch":
-        return TorchRunner(model, shape)
+        return TorchRunner(model, shape, threads)
     if name == "onnxruntime-fp32":
         if prepared is None:
             raise EdgeCSPError("the ONNX Runtime baseline needs its FP32 ONNX; call prepare_baseline first")

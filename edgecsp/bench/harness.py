@@ -89,6 +89,26 @@ class Measurement:
                 "min": float(ms.min()), "mean": float(ms.mean())}
 
 
+# A query taking this many times the median is a stall (the process was descheduled, or threads
+# spin-waited for a core another process held): reported, not averaged away.
+STALL_FACTOR = 5.0
+
+
+def stall_stats(latencies_ns: np.ndarray) -> dict[str, Any]:
+    """Stalls of one measurement: queries over STALL_FACTOR x the median, their share of the wall
+    time, and the p99/p50 ratio (near 1 on a quiet machine)."""
+    lat = np.asarray(latencies_ns, dtype=np.float64)
+    if not len(lat):
+        return {"count": 0, "fraction_of_time": 0.0, "p99_over_p50": None, "worst_over_median": None}
+    med = float(np.median(lat))
+    slow = lat > STALL_FACTOR * med
+    p99 = float(np.percentile(lat, 99))
+    return {"count": int(slow.sum()), "factor": STALL_FACTOR,
+            "fraction_of_time": round(float(lat[slow].sum() / lat.sum()), 4),
+            "p99_over_p50": round(p99 / med, 3) if med else None,
+            "worst_over_median": round(float(lat.max()) / med, 2) if med else None}
+
+
 def first_inference_ms(runner: Runner, batch: np.ndarray) -> float:
     """The first call after loading, timed alone (lazy initialisation, allocation, JIT)."""
     t0 = time.perf_counter_ns()

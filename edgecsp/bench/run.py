@@ -143,6 +143,8 @@ MODE_BACKENDS = ("openvino", "onnxruntime")
 
 def _runner_options(backend: str, scenario: str, libraries: list[Path] | None = None) -> dict[str, Any]:
     options: dict[str, Any] = {"mode": scenario} if backend in MODE_BACKENDS else {}
+    if backend == "openvino":
+        options["u8_input"] = False  # the harness times the engine on float NCHW tensors
     if libraries:
         options["libraries"] = list(libraries)
     return options
@@ -173,6 +175,7 @@ class _Run:
     model: Any = None  # the FP32 PyTorch model (baselines)
     model_note: Any = None
     engine_weights: dict[int, tuple[int, str] | None] = field(default_factory=dict)
+    engine_threads: int | None = None  # the artifact's threads: the PyTorch baseline gets as many
 
     @property
     def name(self) -> str:
@@ -182,13 +185,20 @@ class _Run:
 def run_benchmark(opts: BenchmarkOptions, progress: Progress = print) -> dict[str, Any]:
     run = _prepare(opts, progress)
     prepared = {b: _prepare_baseline(run, b) for b in run.compare}  # exports, untimed, before any measurement
+    from edgecsp.bench.load import LoadMonitor, warning
+
     results = []
-    for kind, subject in [("artifact", run.name)] + [("baseline", b) for b in run.compare]:
-        for scenario in run.scenarios:
-            results.append(_measure_subject(run, kind, subject, scenario, prepared.get(subject), progress))
+    with LoadMonitor() as load_monitor:  # before and during: a busy machine is said, not hidden
+        for kind, subject in [("artifact", run.name)] + [("baseline", b) for b in run.compare]:
+            for scenario in run.scenarios:
+                results.append(_measure_subject(run, kind, subject, scenario, prepared.get(subject), progress))
+    load = load_monitor.result()
+    busy = warning(load)
+    if busy:
+        progress(busy)
     add_ratios(results)
     accuracy = _accuracy(run, progress) if opts.accuracy else None
-    return _report(run, results, accuracy)
+    return _report(run, results, accuracy, load)
 
 
 def _prepare(opts: BenchmarkOptions, progress: Progress) -> _Run:
@@ -281,7 +291,7 @@ def _measure_subject(run: _Run, kind: str, subject: str, scenario: str, prepared
             options = _runner_options(run.manifest.backend_name, scenario, run.opts.libraries)
             runner = edgecsp.load(run.root, **options).runner
         else:
-            runner = bl.open_baseline(subject, run.model, run.size, run.batch, prepared)
+            runner = bl.open_baseline(subject, run.model, run.size, run.batch, prepared, threads=run.engine_threads)
         load_s = time.perf_counter() - t0
         try:
             first = first_inference_ms(runner, run.inputs[0])
@@ -289,6 +299,8 @@ def _measure_subject(run: _Run, kind: str, subject: str, scenario: str, prepared
             m = measure(runner, run.inputs, Settings(scenario=scenario, **s), on_start=counters.start,
                         on_end=counters.stop)
             desc = runner.describe()
+            if kind == "artifact":
+                run.engine_threads = run.engine_threads or _threads_of(desc)
             sample = _Sample(kind, label, subject, scenario, m, mem, desc, backend_memory(runner), first, load_s,
                              counters.result, *_cost(run, kind, subject, runner, desc))
         finally:
@@ -296,7 +308,20 @@ def _measure_subject(run: _Run, kind: str, subject: str, scenario: str, prepared
     entry = _entry(run, sample)
     progress(f"  {entry['fps']:.1f} FPS, p50 {entry['latency_ms']['p50']:.2f} ms, "
              f"p99 {entry['latency_ms']['p99']:.2f} ms, {m.queries} queries, peak RSS {entry['peak_rss_mb']} MB")
+    st = entry["stalls"]
+    if st["count"]:
+        progress(f"  {st['count']} stalls (> {st['factor']:g}x the median), {st['fraction_of_time']:.0%} of the "
+                 f"time, worst {st['worst_over_median']}x the median")
     return entry
+
+
+def _threads_of(desc: dict[str, Any]) -> int | None:
+    """The threads an engine computes with, as its runner describes them (None: unknown)."""
+    for key in ("threads", "intra_op_threads"):
+        value = desc.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _cost(run: _Run, kind: str, subject: str, runner: Any, desc: dict[str, Any]) -> tuple[Any, int | None, str, str]:
@@ -346,6 +371,7 @@ class _Sample:
 def _entry(run: _Run, x: _Sample) -> dict[str, Any]:
     """One row of the report's results."""
     from edgecsp.bench import traffic
+    from edgecsp.bench.harness import stall_stats
 
     m, mem, desc, bmem, kind = x.m, x.mem, x.desc, x.bmem, x.kind
     bw, compute = traffic.bandwidth_figures(x.cost, m.fps, run.batch, run.peak, x.counters, x.arithmetic)
@@ -359,6 +385,7 @@ def _entry(run: _Run, x: _Sample) -> dict[str, Any]:
         "latency_quantiles_ms": [round(float(v), 4) for v in np.percentile(m.latencies_ns / 1e6, np.arange(101))],
         "first_inference_ms": round(x.first, 3), "load_s": round(x.load_s, 4),
         "queries": m.queries, "frames": m.frames, "wall_s": round(m.wall_s, 4),
+        "stalls": stall_stats(m.latencies_ns),
         "warmup_queries": m.warmup_queries, "streams": m.streams, "mode": m.mode,
         "peak_rss_mb": mem.as_dict()["peak_rss_mb"],
         "memory": {**mem.as_dict(), "backend_mb": bmem["mb"], "backend_reason": bmem["reason"],
@@ -386,7 +413,8 @@ def _accuracy(run: _Run, progress: Progress) -> dict[str, Any]:
     return gate.to_report()
 
 
-def _report(run: _Run, results: list[dict[str, Any]], accuracy: dict[str, Any] | None) -> dict[str, Any]:
+def _report(run: _Run, results: list[dict[str, Any]], accuracy: dict[str, Any] | None,
+            load: dict[str, Any]) -> dict[str, Any]:
     from edgecsp import __version__
     from edgecsp.bench.memory import artifact_bytes
     from edgecsp.bench.report import SCHEMA
@@ -397,6 +425,7 @@ def _report(run: _Run, results: list[dict[str, Any]], accuracy: dict[str, Any] |
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "edgecsp_version": __version__,
         "machine": run.machine,
+        "load": load,
         "platform_peak": run.peak,
         "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
                      "scenarios": run.scenarios, **run.settings, "batch": run.batch, "compare": run.compare,

@@ -21,6 +21,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps
 
+from edgecsp.data.fastimage import decode_jpeg, jpeg_reduction, resample
 from edgecsp.errors import EdgeCSPError
 
 PAD_VALUE = 114
@@ -118,24 +119,42 @@ def letterbox(image: np.ndarray, size: SizeLike, pad_value: int = PAD_VALUE,
     ``mode="stretch"`` each axis is scaled to the input size instead (no padding).
     """
     image = _check_image(image)
+    return letterbox_decoded(image, 1, image.shape[1], image.shape[0], size, pad_value, mode)
+
+
+def letterbox_file(path: PathLike, size: SizeLike, pad_value: int = PAD_VALUE,
+                   mode: str = "letterbox") -> tuple[np.ndarray, LetterboxInfo]:
+    """``letterbox(load_image_rgb(path), ...)``, faster: a JPEG at least twice the input size is
+    decoded at 1/2, 1/4 or 1/8 size by the decoder itself; boxes map back to the full image."""
+    out_hw = _hw(size)
+    if mode not in RESIZE_MODES:
+        raise EdgeCSPError(f"unknown resize mode {mode!r}; use one of {', '.join(RESIZE_MODES)}")
+    image, reduction, (w, h) = decode_image(path, out_hw, mode)
+    return letterbox_decoded(image, reduction, w, h, out_hw, pad_value, mode)
+
+
+def letterbox_decoded(image: np.ndarray, reduction: int, src_w: int, src_h: int, size: SizeLike,
+                      pad_value: int = PAD_VALUE, mode: str = "letterbox") -> tuple[np.ndarray, LetterboxInfo]:
+    """Letterbox (or stretch) an image of src_w x src_h pixels, given as ``image`` at 1/``reduction``
+    of that size (``decode_image``): the geometry is the full image's, the sampling scale the
+    reduced one's."""
     out_h, out_w = _hw(size)
-    src_h, src_w = image.shape[:2]
     if mode == "stretch":
-        if (src_h, src_w) == (out_h, out_w):
+        if (src_h, src_w) == (out_h, out_w) and reduction == 1:
             return image, LetterboxInfo(1.0, 0.0, 0.0, int(src_w), int(src_h), 1.0)
-        resized = np.asarray(Image.fromarray(image).resize((out_w, out_h), Image.Resampling.BILINEAR))
-        return resized, LetterboxInfo(out_w / src_w, 0.0, 0.0, int(src_w), int(src_h), out_h / src_h)
+        sx, sy = out_w / src_w, out_h / src_h
+        resized = resample(image, sx * reduction, sy * reduction, out_w, out_h)
+        return resized, LetterboxInfo(sx, 0.0, 0.0, int(src_w), int(src_h), sy)
     if mode != "letterbox":
         raise EdgeCSPError(f"unknown resize mode {mode!r}; use one of {', '.join(RESIZE_MODES)}")
     scale = min(out_h / src_h, out_w / src_w)
     # floor (with slack for float error) so the sampled source region never exceeds the image
     new_w = max(1, min(out_w, math.floor(src_w * scale + 1e-6)))
     new_h = max(1, min(out_h, math.floor(src_h * scale + 1e-6)))
-    if (new_w, new_h) == (src_w, src_h):
+    if (new_w, new_h) == (src_w, src_h) and reduction == 1:
         resized = image
     else:
-        box = (0.0, 0.0, min(src_w, new_w / scale), min(src_h, new_h / scale))
-        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR, box=box))
+        resized = resample(image, scale * reduction, scale * reduction, new_w, new_h)
     pad_x = (out_w - new_w) // 2
     pad_y = (out_h - new_h) // 2
     canvas = np.full((out_h, out_w, 3), pad_value, dtype=np.uint8)
@@ -254,22 +273,53 @@ def load_image_rgb(path: PathLike) -> np.ndarray:
     Greyscale, palette, CMYK and 16-bit images are converted; transparency is composited onto
     the padding grey (114). Images over MAX_IMAGE_PIXELS are refused before they are decoded.
     """
+    return decode_image(path)[0]
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(_EXIF_ORIENTATION_TAG, 1))
+    except (*_EXIF_ERRORS, OverflowError):  # a broken EXIF block: treat as upright, as exif_transpose would fail
+        return 1
+
+
+def decode_image(path: PathLike, size: SizeLike | None = None,
+                 mode: str = "letterbox") -> tuple[np.ndarray, int, tuple[int, int]]:
+    """(RGB array, reduction, full (width, height)): decoded at 1/reduction size where ``size``
+    (the network input, resized to by ``mode``) allows it for an upright JPEG, else at full size
+    (reduction 1)."""
     p = Path(path)
+    out_hw = None if size is None else _hw(size)
     with _opened(p) as img:
+        w, h = img.size
+        upright = _orientation(img) in (0, 1)
+        reduction = 1
+        if out_hw is not None and upright and img.format == "JPEG":
+            # letterbox scales both axes alike; stretch scales each, and the larger scale decides
+            axis = (out_hw[0] / h, out_hw[1] / w)
+            reduction = jpeg_reduction(w, h, max(axis) if mode == "stretch" else min(axis))
+        if upright and img.format == "JPEG" and img.mode in ("RGB", "L"):
+            fast = decode_jpeg(p, w, h, reduction)  # OpenCV: decoded into one array, no copies
+            if fast is not None:
+                return fast, reduction, (w, h)
+        if reduction > 1:  # Pillow's draft mode: the same DCT-domain reduction
+            img.draft("RGB", (w // reduction, h // reduction))
+            reduction = max(1, round(w / img.size[0]))
         try:
             img.load()
         except Exception as err:  # noqa: BLE001 - decoders raise arbitrary types for corrupt data
             raise _unreadable(p, err) from None
-        try:
-            upright = ImageOps.exif_transpose(img)
-        except _EXIF_ERRORS:  # a broken EXIF block should not make an otherwise fine image unusable
-            upright = None
-        img = upright or img
+        if not upright:
+            try:
+                img = ImageOps.exif_transpose(img) or img  # only here: without rotation it would copy
+            except _EXIF_ERRORS:  # a broken EXIF block should not make an otherwise fine image unusable
+                pass
+            w, h = img.size
         try:
             rgb = _to_rgb(img)
         except ValueError as err:  # a pixel format Pillow cannot convert to RGB
             raise _unreadable(p, err) from None
-        return np.asarray(rgb).copy()
+        return np.array(rgb), reduction, (w, h)  # one copy out of Pillow's buffer, writable
 
 
 def image_size(path: PathLike) -> tuple[int, int]:
