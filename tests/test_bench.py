@@ -360,7 +360,7 @@ def test_real_runners_declare_what_they_can_do(tiny_artifact):
     from edgecsp.backends import get_backend
 
     x = np.random.default_rng(2).random((1, 3, 64, 64)).astype(np.float32)
-    ov_runner = edgecsp.load(tiny_artifact["artifact"], mode="throughput").runner
+    ov_runner = edgecsp.load(tiny_artifact["artifact"], mode="throughput", u8_input=False).runner
     ort_runner = get_backend("onnxruntime").open_runner(tiny_artifact["root"] / "tiny.onnx", {}, mode="throughput")
     ov_caps, ort_caps = ov_runner.capabilities, ort_runner.capabilities
     assert (ov_caps.parallel_kind, ov_caps.thread_safe, ov_caps.async_queue) == ("infer-requests", False, True)
@@ -383,7 +383,7 @@ def test_real_runners_report_their_memory(tiny_artifact):
     import edgecsp
     from edgecsp.backends import get_backend
 
-    ov_runner = edgecsp.load(tiny_artifact["artifact"]).runner
+    ov_runner = edgecsp.load(tiny_artifact["artifact"], u8_input=False).runner
     ort_runner = get_backend("onnxruntime").open_runner(tiny_artifact["root"] / "tiny.onnx", {}, threads=1)
     x = np.zeros((1, 3, 64, 64), np.float32)
     for runner in (ov_runner, ort_runner):

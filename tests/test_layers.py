@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "faults")),
     ("domain", ("models", "darknet", "data", "training", "postprocess", "complexity", "cocoap", "onnx_graph")),
     ("engines", ("onnx_export", "calibration", "backends", "jetson", "targets", "artifact", "manifest", "signing",
-                 "binding", "evaluation", "verifyset", "predictor")),
+                 "binding", "evaluation", "verifyset", "predictor", "streaming", "video")),
     ("pipeline", ("pipeline",)),
     ("bench", ("bench",)),
     ("fleet", ("fleet",)),
