@@ -707,21 +707,16 @@ class _Staged:
         return self
 
     def write(self, data: bytes) -> None:
+        from edgecsp.fsutil import atomic_write
+
         assert self.tmp is not None, "write() outside the with block"
         try:
-            with open(self.tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600; the export is an ordinary file
-            os.replace(self.tmp, self.path)
+            atomic_write(self.path, data)
         except OSError as err:
             raise EdgeCSPError(f"cannot write {self.path} ({err.strerror or err}); check the disk space and "
                                "permissions") from None
-        self.tmp = None
-        self.made_dirs = []
+        self.made_dirs = []  # they hold the export now
+        self._cleanup()  # the reservation
 
     def _cleanup(self) -> None:
         if self.tmp is not None:

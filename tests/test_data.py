@@ -68,6 +68,17 @@ def _edit_json(path: Path, fn) -> None:
     path.write_text(json.dumps(data))
 
 
+def test_write_coco_does_not_use_a_fixed_temporary_name(tmp_path):
+    # A fixed "<name>.tmp" is shared by every writer of the same file: two concurrent writers race,
+    # and one left behind (here a folder) breaks every later write. The temporary is private.
+    (tmp_path / "annotations.json.tmp").mkdir()
+    (tmp_path / "annotations.json.tmp" / "keep").write_text("someone else's")
+    root, images, _, _ = _coco_dir(tmp_path)
+    assert len(resolve_dataset(root)) == len(images)
+    assert (tmp_path / "annotations.json.tmp" / "keep").read_text() == "someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotations.json", "annotations.json.tmp", "images"]
+
+
 # ---------------------------------------------------------------- COCO reader
 
 

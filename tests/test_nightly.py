@@ -238,6 +238,19 @@ def test_isolated_job_crash_or_timeout_is_that_jobs_failure(tmp_path):
     assert time.monotonic() - t0 < 30
 
 
+def test_a_job_result_is_not_written_through_a_fixed_temporary_name(tmp_path, monkeypatch):
+    # "<result>.tmp" left by another writer (here a folder) must neither break the job's result nor be touched.
+    import json
+
+    monkeypatch.setattr(nightly_mod, "run_job", lambda job, suite, job_dir: planted(42.0, 0.8))
+    result = tmp_path / "result.json"
+    (tmp_path / "result.json.tmp").mkdir()
+    nightly_mod._child(Job("demo", "intel-cpu", "int8"), None, str(tmp_path), str(result))
+    assert json.loads(result.read_text())["report"]["results"][0]["fps"] == 42.0
+    assert (tmp_path / "result.json.tmp").is_dir() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "result.json", "result.json.tmp"]
+
+
 # -- bad input ----------------------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from edgecsp.bench.history import History, Record
 from edgecsp.bench.regression import Finding, compare
 from edgecsp.bench.suite import Job, Suite, skip_reason
 from edgecsp.errors import EdgeCSPError
+from edgecsp.fsutil import atomic_write
 
 Progress = Callable[[str], None]
 Executor = Callable[[Job, Suite, Path], dict]
@@ -72,10 +73,7 @@ def _child(job: Job, suite: Suite, job_dir: str, result_path: str) -> None:
         user = isinstance(err, EdgeCSPError)
         out = {"ok": False, "error": f"{'' if user else type(err).__name__ + ': '}{err}",
                "traceback": "" if user else traceback.format_exc()}
-    tmp = result_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, default=str)
-    os.replace(tmp, result_path)
+    atomic_write(Path(result_path), json.dumps(out, default=str))
 
 
 class JobFailed(Exception):

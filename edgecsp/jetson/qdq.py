@@ -18,7 +18,6 @@ defaults cannot silently produce a model TensorRT runs differently.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,16 +59,9 @@ def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
 
 
 def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; artifacts get copied to devices
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from edgecsp.fsutil import atomic_write
+
+    atomic_write(path, model.SerializeToString())
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -82,21 +80,13 @@ def describe(model: Detector, class_names: list[str], training: dict | None = No
 def save_checkpoint(path: str | Path, model: Detector, description: dict[str, Any],
                     extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write atomically: a crash mid-write never leaves a half checkpoint at ``path``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from edgecsp.fsutil import atomic_write
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors.update({k: v.detach().contiguous().cpu() for k, v in (extra_tensors or {}).items()})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"edgecsp": json.dumps(description)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(Path(path), save(tensors, metadata={"edgecsp": json.dumps(description)}))
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
