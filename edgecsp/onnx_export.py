@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker reads it
 
 import numpy as np
 
-from edgecsp.errors import EdgeCSPError
+from edgecsp.errors import EdgeCSPError, first_line
 
 CONTRACT_VERSION = "1"
 INPUT_NAME = "images"
@@ -352,7 +352,7 @@ def _torch_export(net, size: tuple[int, int], opset: int, batch: int | str):
     except EdgeCSPError:
         raise
     except Exception as err:  # noqa: BLE001 - the exporter raises UnsupportedOperatorError, RuntimeError...
-        raise EdgeCSPError(f"export failed: {_first_line(err)}; the model uses something ONNX opset {opset} "
+        raise EdgeCSPError(f"export failed: {first_line(err)}; the model uses something ONNX opset {opset} "
                            "cannot express (try another --opset or replace that op)") from None
 
 
@@ -362,7 +362,7 @@ def _check(proto, what: str) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as err:  # noqa: BLE001 - ValidationError, InferenceError
-        raise EdgeCSPError(f"export failed: {what} does not pass onnx.checker ({_first_line(err)}); "
+        raise EdgeCSPError(f"export failed: {what} does not pass onnx.checker ({first_line(err)}); "
                            "report this with the model") from None
 
 
@@ -376,7 +376,7 @@ def _session(proto):
     try:
         return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types
-        raise EdgeCSPError(f"export failed: ONNX Runtime cannot load the exported graph ({_first_line(err)})") from None
+        raise EdgeCSPError(f"export failed: ONNX Runtime cannot load the exported graph ({first_line(err)})") from None
 
 
 def _ort_run(proto, feeds: list[np.ndarray], outputs: list[str] | None = None) -> list[list[np.ndarray]]:
@@ -388,7 +388,7 @@ def _ort_run(proto, feeds: list[np.ndarray], outputs: list[str] | None = None) -
             results.append(session.run(outputs, {INPUT_NAME: x}))
         except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types
             raise EdgeCSPError(f"export failed: ONNX Runtime cannot run the exported graph on a batch of {len(x)} "
-                               f"({_first_line(err)})") from None
+                               f"({first_line(err)})") from None
     return results
 
 
@@ -431,7 +431,7 @@ def _simplify(proto, feeds, outs):
         _check(slim, "the onnxslim graph")
         slim_outs = [r[0] for r in _ort_run(slim, feeds)]
     except Exception as err:  # noqa: BLE001 - onnxslim failing is no export failure: keep the original
-        return proto, False, f"onnxslim failed: {_first_line(err)}", outs
+        return proto, False, f"onnxslim failed: {first_line(err)}", outs
     if any(a.shape != b.shape for a, b in zip(slim_outs, outs)):
         return proto, False, "onnxslim changed the output shape", outs
     box, score = _diffs(slim_outs, outs)
@@ -730,9 +730,3 @@ class _Staged:
 
     def __exit__(self, *exc) -> None:
         self._cleanup()  # no-op after a successful write
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    line = text.splitlines()[0] if text else type(err).__name__
-    return line if len(line) <= 300 else line[:297] + "..."

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from edgecsp import cli
-from edgecsp.errors import EdgeCSPError
+from edgecsp.errors import EdgeCSPError, first_line
 from edgecsp.models.backbone import Backbone
 from edgecsp.models.detector import Detector
 
@@ -116,8 +116,7 @@ def summarize(model: str, input_size: int | None = None, width: float | None = N
     try:
         result = profile(plan.module, (h, w), plan.in_channels)
     except RuntimeError as err:  # shapes that do not fit the architecture (odd sizes, too small)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise EdgeCSPError(f"{model} cannot run at {h}x{w} ({first}); try a larger multiple of 32") from None
+        raise EdgeCSPError(f"{model} cannot run at {h}x{w} ({first_line(err)}); try a larger multiple of 32") from None
     finally:
         for handle in handles:
             handle.remove()

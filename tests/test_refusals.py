@@ -158,3 +158,12 @@ def test_a_set_with_some_valid_boxes_is_still_evaluated(tmp_path, shapes_small):
         dataset = resolve_dataset(root)
     check_evaluable(dataset)
     assert sum(len(dataset.targets(i)[0]) for i in range(len(dataset))) > 0
+
+
+def test_first_line_of_a_library_error_is_one_bounded_line():
+    from edgecsp.errors import first_line
+
+    assert first_line(RuntimeError("  bad graph\n  node 1\n  node 2")) == "bad graph"
+    assert first_line(ValueError("")) == "ValueError" and first_line(KeyError()) == "KeyError"
+    long = first_line(RuntimeError("x" * 1000), limit=200)
+    assert len(long) == 200 and long.endswith("...")

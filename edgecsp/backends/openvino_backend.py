@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecsp.backends.base import Backend, BuildRequest, BuildResult, PredictFn, Runner, import_library, run_in_static_batches
+from edgecsp.backends.base import Backend, BuildRequest, BuildResult, PredictFn, Runner, import_library, run_in_static_batches, static_batch
 from edgecsp.errors import EdgeCSPError
 
 INSTALL_HINT = "pip install 'edgecsp[host]'"
@@ -70,21 +70,15 @@ def _type_name(value: Any) -> str:
     return value.to_string() if hasattr(value, "to_string") else str(value)
 
 
-def _static_batch(model_or_compiled: Any) -> int:
-    """The input's static batch size, or 0 when the batch dimension is dynamic."""
-    dim = model_or_compiled.input(0).get_partial_shape()[0]
-    return dim.get_length() if dim.is_static else 0
-
-
 def _request_predict(compiled_model: Any) -> PredictFn:
     request = compiled_model.create_infer_request()
-    static_batch = _static_batch(compiled_model)
+    fixed = static_batch(compiled_model)
 
     def infer(chunk: np.ndarray) -> np.ndarray:
         request.infer({0: np.ascontiguousarray(chunk, dtype=np.float32)})
         return request.get_output_tensor(0).data.copy()  # the request reuses its output buffer
 
-    return lambda batch: run_in_static_batches(infer, batch, static_batch)
+    return lambda batch: run_in_static_batches(infer, batch, fixed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,7 +298,7 @@ class OpenVINOBackend(Backend):
         options = request.options
         advanced, ranges = _nncf_settings(recipe)
 
-        batch = _static_batch(model) or 1
+        batch = static_batch(model) or 1
         images = np.asarray(calib.images, dtype=np.float32)
         if len(images) < batch:  # a static batch larger than the set: repeat images to fill one
             images = np.concatenate([images] * (batch // len(images) + 1))[:batch]
@@ -390,7 +384,7 @@ class OpenVINOBackend(Backend):
                   record: list | None = None, limit: int = 0) -> float:
         """AP50 of an in-memory model at f32; optionally keep the first ``limit`` input chunks."""
         predict = _request_predict(core.compile_model(model, device, {"INFERENCE_PRECISION_HINT": "f32"}))
-        batch = _static_batch(model) or 1
+        batch = static_batch(model) or 1
         if record is None:
             return float(validate(predict))
 
@@ -416,7 +410,7 @@ class OpenVINOBackend(Backend):
 
         def validation_fn(compiled_model: Any, data: Iterable[Any]) -> tuple[float, list[list[np.ndarray]]]:
             predict = _request_predict(compiled_model)
-            batch = _static_batch(compiled_model) or 1
+            batch = static_batch(compiled_model) or 1
             seen: list[tuple[np.ndarray, np.ndarray]] = []
 
             def recording(x: np.ndarray) -> np.ndarray:
@@ -538,7 +532,7 @@ class OpenVINORunner(Runner):
         self._request = compiled_model.create_infer_request()
         shape = compiled_model.input(0).get_partial_shape()
         self.input_shape = tuple(d.get_length() if d.is_static else -1 for d in shape)
-        self._static_batch = _static_batch(compiled_model)
+        self._static_batch = static_batch(compiled_model)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.float32)

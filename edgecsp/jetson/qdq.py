@@ -27,7 +27,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecsp.errors import EdgeCSPError
+from edgecsp.backends.base import static_batch
+from edgecsp.errors import EdgeCSPError, first_line
 from edgecsp.jetson.calibcache import (  # noqa: F401 - their home was here; the device imports calibcache
     CACHE_ALGORITHM,
     format_calibration_cache,
@@ -86,11 +87,6 @@ class _Reader:
         self._i = 0
 
 
-def _static_batch(model: onnx.ModelProto) -> int:
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else 0
-
-
 def quantize_for_tensorrt(fp32: str | Path, out: str | Path, images: np.ndarray, method: str = "minmax",
                           percentile: float = 99.999, keep_head_float: bool = True) -> QdqReport:
     """Write the TensorRT-rules Q/DQ model of ``fp32`` to ``out`` (atomically); return its facts.
@@ -119,8 +115,8 @@ def quantize_for_tensorrt(fp32: str | Path, out: str | Path, images: np.ndarray,
     }
     if method == "percentile":
         extra["CalibPercentile"] = percentile
-    batch = _static_batch(model) or 8  # a static-batch model takes batches of its own size only
-    if _static_batch(model) and len(images) >= batch:
+    batch = static_batch(model) or 8  # a static-batch model takes batches of its own size only
+    if static_batch(model) and len(images) >= batch:
         images = images[: len(images) - len(images) % batch]
     reader = _Reader(model.graph.input[0].name, images, batch)
     with tempfile.TemporaryDirectory(prefix="edgecsp-qdq-") as tmp:
@@ -131,8 +127,7 @@ def quantize_for_tensorrt(fp32: str | Path, out: str | Path, images: np.ndarray,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=exclude, calibrate_method=methods[method], extra_options=extra)
         except Exception as err:  # ORT raises many types (ValueError, RuntimeError, its own Fail)
-            line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            raise EdgeCSPError(f"INT8 calibration ({method}) failed in ONNX Runtime: {line}; "
+            raise EdgeCSPError(f"INT8 calibration ({method}) failed in ONNX Runtime: {first_line(err, 200)}; "
                                "try --calibration default (min-max)") from None
         qdq = onnx.load(str(raw))
     qdq = _float_outside_fusions(qdq, set(exclude))
