@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     from edgecsp.evaluation import check_classes, evaluate, torch_predict_fn
     from edgecsp.models.checkpoint import resize_of, resolve_model
 
-    if args.data is None and args.annotations is None:
-        from edgecsp.paths import default_val_dir
-        args.data = default_val_dir()
+    if args.annotations is None:
+        from edgecsp.paths import validation_data
+
+        args.data = validation_data(args.data)
     dataset = resolve_dataset(args.data, args.annotations, args.images)
     if args.artifact is not None:
         import edgecsp

@@ -258,7 +258,7 @@ def _parity_inputs(images: Sequence[np.ndarray] | None, size: tuple[int, int]) -
         from edgecsp import paths
         from edgecsp.data.coco import resolve_dataset
 
-        dataset = resolve_dataset(paths.default_val_dir())
+        dataset = resolve_dataset(paths.validation_data())
         images = [dataset[i][0] for i in range(min(PARITY_IMAGES, len(dataset)))]
     if len(images) == 0:
         raise EdgeCSPError("parity_images is empty; pass at least one RGB image, or None for the default set")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 # The default validation set: the shapes task's val split, fixed seed, generated on first use.
@@ -22,6 +23,16 @@ def default_val_dir() -> Path:
     from edgecsp.data.shapes import ensure_shapes_val
 
     return ensure_shapes_val(cache_dir(), n=DEFAULT_VAL_IMAGES, seed=DEFAULT_VAL_SEED)
+
+
+def validation_data(data: str | Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
+    """The validation set to use: ``data`` when given, else the default one (the shapes task's val
+    split, generated on first use and cached), the one fallback of every command and check."""
+    if data is not None:
+        return Path(data)
+    if progress is not None:
+        progress("preparing the default validation set (shapes task, generated once and cached)")
+    return default_val_dir()
 
 
 def data_dir(name: str) -> Path:

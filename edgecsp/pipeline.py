@@ -115,12 +115,9 @@ def _compile(opts: CompileOptions, progress: Progress) -> tuple[Path, dict[str, 
 
     from edgecsp.data.coco import resolve_dataset
     from edgecsp.models.checkpoint import is_darknet, resize_of, resolve_model
+    from edgecsp.paths import validation_data
 
-    if opts.data is None:
-        from edgecsp.paths import default_val_dir
-
-        progress("preparing the default validation set (shapes task, generated once and cached)")
-        opts.data = default_val_dir()
+    opts.data = validation_data(opts.data, progress)
     dataset = resolve_dataset(opts.data)
     # An untrained Darknet cfg takes the data's class count; any trained model must match it.
     model, description = resolve_model(opts.model, num_classes=dataset.num_classes)

@@ -438,3 +438,13 @@ def test_cli(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert data_main(["info", str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_every_command_falls_back_to_one_default_validation_set(tmp_path, monkeypatch):
+    from edgecsp import paths
+
+    heard = []
+    monkeypatch.setattr(paths, "default_val_dir", lambda: tmp_path / "default")
+    assert paths.validation_data(str(tmp_path / "mine"), heard.append) == tmp_path / "mine" and heard == []
+    assert paths.validation_data(None, heard.append) == tmp_path / "default" and len(heard) == 1
+    assert paths.validation_data() == tmp_path / "default"
