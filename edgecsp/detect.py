@@ -1,6 +1,7 @@
 """python -m edgecsp.detect [--model CKPT] IMAGE... --out DIR
 
-Writes each image with its boxes, class names and scores drawn, plus detections.json."""
+Writes each image with its boxes, class names and scores drawn, plus detections.json. Progress
+goes to stderr; stdout gets what was written (with --json: the detections, as in detections.json)."""
 
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", type=opt.existing_file(), metavar="IMAGE")
     cli.add_model_options(parser)
     parser.add_argument("--out", type=opt.OutPath(), required=True, help="folder for the drawn images")
-    parser.add_argument("--score", type=opt.probability(), default=0.3, help="minimum score to keep (default 0.3)")
-    parser.add_argument("--iou", type=opt.probability(), default=0.5, help="NMS IoU threshold (default 0.5)")
+    cli.add_threshold_options(parser)
+    cli.add_json_option(parser, "the detections")
     return parser
 
 
@@ -63,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         report.append({"image": str(path), "detections": [
             {"box_xyxy": [round(float(v), 2) for v in b], "score": round(float(s), 4), "class": names[int(c)]}
             for b, s, c in zip(det.boxes, det.scores, det.labels)]})
-        print(f"{path}: {len(det)} detections")
+        cli.say(f"{path}: {len(det)} detections")
     (args.out / "detections.json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {len(report)} images and detections.json to {args.out}")
+    print(json.dumps(report) if args.json else f"wrote {len(report)} images and detections.json to {args.out}")
     return 0
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker reads it
 import numpy as np
 
 from edgecsp.errors import EdgeCSPError, first_line
+from edgecsp.postprocess import DEFAULT_IOU, DEFAULT_SCORE
 
 CONTRACT_VERSION = "1"
 INPUT_NAME = "images"
@@ -51,8 +52,8 @@ NMS_TIE = 1e-6  # scores this close are a tie: either box may be the one kept
 
 @dataclass(frozen=True)
 class NMSOptions:
-    iou: float = 0.5  # suppress a box whose IoU with a kept box of its class is above this
-    score: float = 0.25  # keep scores (objectness x class probability) above this
+    iou: float = DEFAULT_IOU  # suppress a box whose IoU with a kept box of its class is above this
+    score: float = DEFAULT_SCORE  # keep scores (objectness x class probability) above this
     max_det: int = 100  # detections per image (the output's fixed second dimension)
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ from edgecsp.artifact import open_artifact
 from edgecsp.backends import Runner, get_backend
 from edgecsp.backends.base import run_in_static_batches
 from edgecsp.data.preprocess import letterbox, load_image_rgb, resize_mode, to_tensor_batch
-from edgecsp.postprocess import Detections, postprocess
+from edgecsp.postprocess import DEFAULT_IOU, DEFAULT_SCORE, Detections, postprocess
 
 
 class Predictor:
@@ -33,7 +33,7 @@ class Predictor:
         return run_in_static_batches(self.runner.run, batch, self.batch)
 
     def __call__(self, images: Sequence[np.ndarray | str | Path] | np.ndarray | str | Path,
-                 score_threshold: float = 0.25, iou_threshold: float = 0.5) -> list[Detections]:
+                 score_threshold: float = DEFAULT_SCORE, iou_threshold: float = DEFAULT_IOU) -> list[Detections]:
         """RGB uint8 images (or paths) -> detections in each image's own pixel coordinates."""
         if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3):
             images = [images]

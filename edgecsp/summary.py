@@ -429,15 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="*", metavar="MODEL",
                         help="zoo backbone or detector name, or a Darknet .cfg path (several with --markdown)")
-    parser.add_argument("--model", dest="model_option", action="append", default=[], metavar="MODEL",
-                        help="the same, as in the other commands (repeatable)")
-    parser.add_argument("--weights", type=opt.existing_file(),
-                        help="accepted for symmetry with the other commands: complexity does not depend on the weights")
+    # The model options of every command; complexity depends on neither --weights nor --names.
+    cli.add_model_options(parser, default=None, repeatable=True, help="the same, as in the other commands")
     parser.add_argument("--input-size", type=opt.InputSize(), default=None, help="square input size in pixels")
     parser.add_argument("--width", type=opt.FloatRange(0.0, 2.0, open_lo=True), default=None, help="channel multiplier (zoo models)")
     parser.add_argument("--depth", type=opt.FloatRange(0.0, 2.0, open_lo=True), default=None, help="block-count multiplier (zoo models)")
     out = parser.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="print one JSON object")
+    cli.add_json_option(out, "the model's summary")
     out.add_argument("--markdown", action="store_true", help="print a markdown table of the models")
     parser.add_argument("--pairs", action="store_true", help="with --markdown: compare the models two by two")
     return parser

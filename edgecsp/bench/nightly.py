@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -44,7 +45,7 @@ def run_job(job: Job, suite: Suite, job_dir: Path) -> dict[str, Any]:
     from edgecsp.bench.run import BenchmarkOptions, run_benchmark
 
     def say(line: str) -> None:
-        print(f"  [{job.name}] {line}", flush=True)
+        print(f"  [{job.name}] {line}", file=sys.stderr, flush=True)
 
     root, _, built = ensure_artifact(job.model, job.target, job.precision, suite.artifacts_dir, suite.batch,
                                      rebuild=suite.rebuild, verify_images=suite.eval_images, data=suite.data,

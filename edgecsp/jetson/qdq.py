@@ -36,6 +36,7 @@ from edgecsp.jetson.calibcache import (  # noqa: F401 - their home was here; the
     retag_calibration_cache,
     trt_version_code,
 )
+from edgecsp.postprocess import DEFAULT_IOU, DEFAULT_SCORE
 
 # Ops TensorRT runs in INT8 from Q/DQ at their inputs (the detectors here only have Conv).
 QUANTIZED_OPS = ("Conv",)
@@ -328,8 +329,8 @@ def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def add_efficient_nms(model: onnx.ModelProto | str | Path, num_classes: int, score_threshold: float = 0.25,
-                      iou_threshold: float = 0.5, max_detections: int = 100) -> onnx.ModelProto:
+def add_efficient_nms(model: onnx.ModelProto | str | Path, num_classes: int, score_threshold: float = DEFAULT_SCORE,
+                      iou_threshold: float = DEFAULT_IOU, max_detections: int = 100) -> onnx.ModelProto:
     """Append TensorRT's EfficientNMS_TRT plugin after ``predictions`` (N, K, 5 + C).
 
     Scores are objectness x class probability (as edgecsp.postprocess); boxes x1,y1,x2,y2 in input
