@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         _print_result(out, manifest, args.json)
         return 0
 
+    from edgecsp.models.checkpoint import check_model_source
     from edgecsp.pipeline import CompileOptions, compile_artifact
 
+    check_model_source(cli.model_source(args))  # a missing checkpoint is refused before any work (step lines)
     opts = CompileOptions(target=args.target, model=cli.model_source(args), precision=args.precision, calibration=args.calibration,
                           data=args.data, out=args.out, allow_accuracy_drop=args.allow_accuracy_drop, batch=args.batch,
                           verify_images=args.verify_images, nms=args.nms, verify=not args.no_verify,
