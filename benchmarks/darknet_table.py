@@ -157,7 +157,7 @@ def step_compile(path: Path, size: int, target: str, args, work: Path) -> dict:
     seconds = time.perf_counter() - start
     if run.returncode != 0:
         return {"ok": False, "seconds": seconds, "error": (run.stderr.strip().splitlines() or ["?"])[-1][:300]}
-    manifest = json.loads(run.stdout[run.stdout.index("{"):])
+    manifest = json.loads(run.stdout)  # stdout holds only the result; the steps go to stderr
     return {"ok": True, "seconds": seconds, "precision": manifest.get("precision"),
             "backend": manifest["backend"]["name"], "export_diff": manifest.get("export", {}).get("max_abs_diff")}
 

@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             get_backend(profile.backend).version()
             profile.check_precision(precision)
             if profile.backend == "tensorrt":  # without TensorRT and a GPU it writes a bundle, no engine
-                from edgecsp.backends.tensorrt_backend import can_build_here
+                from edgecsp.backends.tensorrt.backend import can_build_here
 
                 ok, why = can_build_here()
                 if not ok:

@@ -47,10 +47,6 @@ class CalibrationSet:
     data_hash: str
     sources: list[str]  # file names used, for the manifest
 
-    def batches(self, batch_size: int = 1):
-        for i in range(0, len(self.images), batch_size):
-            yield self.images[i:i + batch_size]
-
 
 def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))

@@ -6,7 +6,8 @@ detections.json. A video, camera or folder (--source): frames go through detecto
 (decoding, preprocessing and inference overlapped) with the frame rate shown live on stderr;
 --out annotated.mp4 (or .avi) writes the video with the boxes drawn, --out DIR for a folder of
 images writes drawn images and detections.json. --artifact runs a compiled artifact (any backend);
---model the PyTorch model (default: the demo detector)."""
+--model the PyTorch model (default: the demo detector). Progress goes to stderr; stdout gets what
+was written (with --json: the detections, as in detections.json)."""
 
 from __future__ import annotations
 
@@ -56,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       "instead of --model")
     parser.add_argument("--out", type=opt.OutPath(), help="folder for the drawn images, or with a video --source "
                                                           "an annotated .mp4/.avi")
-    parser.add_argument("--score", type=opt.probability(), default=0.3, help="minimum score to keep (default 0.3)")
-    parser.add_argument("--iou", type=opt.probability(), default=0.5, help="NMS IoU threshold (default 0.5)")
+    cli.add_threshold_options(parser)
+    cli.add_json_option(parser, "the detections")
     parser.add_argument("--max-frames", type=opt.positive_int(opt.MAX_IMAGES), help="--source: stop after N frames")
     return parser
 
@@ -116,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         for (path, image), det in zip(images, dets):
             draw(image, det, detector.class_names).save(args.out / f"{path.stem}.png")
             report.append(_record(path, det, detector.class_names))
-            print(f"{path}: {len(det)} detections")
+            cli.say(f"{path}: {len(det)} detections")
     (args.out / "detections.json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {len(report)} images and detections.json to {args.out}")
+    print(json.dumps(report) if args.json else f"wrote {len(report)} images and detections.json to {args.out}")
     return 0
 
 
@@ -202,7 +203,11 @@ def _source(args: argparse.Namespace) -> int:
     if folder and args.out is not None:
         (args.out / "detections.json").write_text(json.dumps(report, indent=1))
     where = f", wrote {args.out}" if args.out is not None else ""
-    print(f"{rate.frames} frames, {rate.fps():.1f} FPS{where}")
+    if args.json:
+        print(json.dumps({"frames": rate.frames, "fps": round(rate.fps(), 3), "out": str(args.out or ""),
+                          "detections": report if folder else None}))
+    else:
+        print(f"{rate.frames} frames, {rate.fps():.1f} FPS{where}")
     return 0
 
 

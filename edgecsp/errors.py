@@ -14,3 +14,11 @@ def shown(text: object) -> str:
     (a file name may), so the message stays one line."""
     text = str(text)
     return text if text.isprintable() else repr(text)[1:-1]
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first line of a library's exception, for a one-line message (its type name when it says
+    nothing); at most ``limit`` characters: ONNX Runtime and OpenVINO put whole graphs in theirs."""
+    lines = str(err).strip().splitlines()
+    line = lines[0] if lines else type(err).__name__
+    return line if len(line) <= limit else line[:limit - 3] + "..."

@@ -24,9 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--annotations", type=opt.existing_file(), help="COCO annotations JSON (overrides --data's)")
     parser.add_argument("--images", type=opt.existing_dir(), help="image folder (overrides --data's)")
     parser.add_argument("--input-size", type=opt.InputSize(), help="override the model's input size")
-    parser.add_argument("--batch", type=opt.positive_int(opt.MAX_BATCH), default=8, help="images per forward pass")
+    cli.add_batch_option(parser, default=8, help="images per forward pass (default 8)")
     cli.add_library_option(parser)
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    cli.add_json_option(parser, "the metrics")
     return parser
 
 
@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     from edgecsp.evaluation import check_classes, evaluate, torch_predict_fn
     from edgecsp.models.checkpoint import resize_of, resolve_model
 
-    if args.data is None and args.annotations is None:
-        from edgecsp.data.shapes import default_val_dir
-        args.data = default_val_dir()
+    if args.annotations is None:
+        from edgecsp.data.shapes import validation_data
+
+        args.data = validation_data(args.data)
     dataset = resolve_dataset(args.data, args.annotations, args.images)
     if args.artifact is not None:
         import edgecsp

@@ -21,9 +21,11 @@ from pathlib import Path
 from edgecsp import cli
 from edgecsp import options as opt
 from edgecsp.errors import EdgeCSPError
+from edgecsp.postprocess import DEFAULT_IOU, DEFAULT_SCORE
 
 # ONNX-only options and their defaults: given with --format darknet they are refused, not ignored.
-_ONNX_ONLY = {"opset": 17, "batch": 1, "nms": False, "iou": 0.5, "score": 0.25, "max_det": 100, "no_simplify": False}
+_ONNX_ONLY = {"opset": 17, "batch": 1, "nms": False, "iou": DEFAULT_IOU, "score": DEFAULT_SCORE, "max_det": 100,
+              "no_simplify": False}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,14 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output: the .onnx file (default model.onnx), or with --format darknet the folder "
                              "(default: the current folder)")
     parser.add_argument("--opset", type=opt.IntRange(11, 20), help="ONNX opset, 11 to 20 (default 17)")
-    parser.add_argument("--batch", type=opt.Batch(), help="fixed batch size or 'dynamic' (default 1)")
+    cli.add_batch_option(parser, dynamic=True, help="fixed batch size or 'dynamic' (default 1)")
     parser.add_argument("--input-size", type=opt.InputSize(), help="square input size (default: the model's own)")
     parser.add_argument("--nms", action="store_true", help="end the graph in NonMaxSuppression: fixed-size detections")
-    parser.add_argument("--iou", type=opt.probability(), help="NMS IoU threshold (default 0.5)")
-    parser.add_argument("--score", type=opt.probability(), help="NMS score threshold (default 0.25)")
+    cli.add_threshold_options(parser, "with --nms", defaults=False)
     parser.add_argument("--max-det", type=opt.positive_int(10_000), help="detections per image with --nms (default 100)")
     parser.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    cli.add_json_option(parser, "the report")
     return parser
 
 

@@ -1,4 +1,4 @@
-"""python -m edgecsp.nightly --suite benchmarks/nightly.toml [--db URL] [--report DIR] [--device NAME]
+"""python -m edgecsp.nightly --suite benchmarks/nightly.toml [--db URL] [--report DIR] [--device-name NAME]
 
 The nightly on-device job: for each (model, target, precision) of the suite's matrix that this
 machine can run (the rest are skipped with the reason), build or reuse the artifact, check its
@@ -12,6 +12,8 @@ target, and this machine, the head, writes every result into --db as it arrives.
 the night (default: suite name and UTC date): rerunning the same night runs only missing jobs.
 
 python -m edgecsp.nightly report --db URL --html DIR writes the fleet dashboard (a static site).
+
+Progress goes to stderr; stdout gets the night's outcome line.
 
 Exit status: 0 all measured and no regression; 1 a regression or a failed job (fleet: or a
 target with no live device); 2 bad input (suite, database, cluster). Scheduling from cron or CI:
@@ -34,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", help="history: SQLite file path or SQLAlchemy URL "
                                      "(default: <cache>/nightly/history.sqlite)")
     parser.add_argument("--report", type=opt.OutPath(), help="report folder (default: runs/nightly/<time>)")
-    parser.add_argument("--device", help="name this device in the history (default: host name + hardware hash)")
+    parser.add_argument("--device-name", metavar="NAME",
+                        help="this device's name in the history (default: host name + hardware hash)")
+    # Its name before: --device is a torch device elsewhere (train).
+    parser.add_argument("--device", dest="device_name", action=cli.Renamed, new="--device-name")
     parser.add_argument("--no-isolate", action="store_true", help="run jobs in this process (debugging)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild every artifact instead of reusing it")
     parser.add_argument("--cluster", metavar="HOST:PORT", help="run across the fleet's Ray cluster (docs/fleet.md)")
@@ -63,17 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         from edgecsp.fleet.dispatch import run_fleet
 
         fleet = run_fleet(suite, args.cluster, db=args.db, night=args.night, report_dir=args.report,
-                          progress=lambda line: print(line, flush=True))
-        print(f"\n{fleet.status.upper()}: night {fleet.night}, {len(fleet.outcomes)} result(s) written, "
+                          progress=cli.say)
+        print(f"{fleet.status.upper()}: night {fleet.night}, {len(fleet.outcomes)} result(s) written, "
               f"{fleet.already_done} job(s) already done, {len(fleet.regressions)} regression(s), "
               f"{len(fleet.failures)} failed"
               + (f"; no live device for {', '.join(fleet.no_device_targets)}" if fleet.no_device_targets else ""))
         return fleet.exit_code
     if args.night:
         raise EdgeCSPError("--night names a fleet night; it needs --cluster")
-    result = run_suite(suite, db=args.db, report_dir=args.report, device=args.device,
-                       progress=lambda line: print(line, flush=True))
-    print(f"\n{result.status.upper()}: {len(result.regressions)} regression(s), {len(result.failures)} failed "
+    result = run_suite(suite, db=args.db, report_dir=args.report, device=args.device_name, progress=cli.say)
+    print(f"{result.status.upper()}: {len(result.regressions)} regression(s), {len(result.failures)} failed "
           f"job result(s); report {result.files.get('markdown')}, JUnit {result.files.get('junit')}")
     return result.exit_code
 

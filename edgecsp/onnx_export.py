@@ -29,8 +29,9 @@ if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker reads it
 
 import numpy as np
 
-from edgecsp.errors import EdgeCSPError
+from edgecsp.errors import EdgeCSPError, first_line
 from edgecsp.models.parity import BOX_TOLERANCE_PX, SCORE_TOLERANCE
+from edgecsp.postprocess import DEFAULT_IOU, DEFAULT_SCORE
 
 CONTRACT_VERSION = "1"
 INPUT_NAME = "images"
@@ -48,8 +49,8 @@ NMS_TIE = 1e-6  # scores this close are a tie: either box may be the one kept
 
 @dataclass(frozen=True)
 class NMSOptions:
-    iou: float = 0.5  # suppress a box whose IoU with a kept box of its class is above this
-    score: float = 0.25  # keep scores (objectness x class probability) above this
+    iou: float = DEFAULT_IOU  # suppress a box whose IoU with a kept box of its class is above this
+    score: float = DEFAULT_SCORE  # keep scores (objectness x class probability) above this
     max_det: int = 100  # detections per image (the output's fixed second dimension)
 
     def __post_init__(self) -> None:
@@ -255,7 +256,7 @@ def _parity_inputs(images: Sequence[np.ndarray] | None, size: tuple[int, int]) -
         from edgecsp.data import shapes
         from edgecsp.data.coco import resolve_dataset
 
-        dataset = resolve_dataset(shapes.default_val_dir())
+        dataset = resolve_dataset(shapes.validation_data())
         images = [dataset[i][0] for i in range(min(PARITY_IMAGES, len(dataset)))]
     if len(images) == 0:
         raise EdgeCSPError("parity_images is empty; pass at least one RGB image, or None for the default set")
@@ -349,7 +350,7 @@ def _torch_export(net, size: tuple[int, int], opset: int, batch: int | str):
     except EdgeCSPError:
         raise
     except Exception as err:  # noqa: BLE001 - the exporter raises UnsupportedOperatorError, RuntimeError...
-        raise EdgeCSPError(f"export failed: {_first_line(err)}; the model uses something ONNX opset {opset} "
+        raise EdgeCSPError(f"export failed: {first_line(err)}; the model uses something ONNX opset {opset} "
                            "cannot express (try another --opset or replace that op)") from None
 
 
@@ -359,7 +360,7 @@ def _check(proto, what: str) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as err:  # noqa: BLE001 - ValidationError, InferenceError
-        raise EdgeCSPError(f"export failed: {what} does not pass onnx.checker ({_first_line(err)}); "
+        raise EdgeCSPError(f"export failed: {what} does not pass onnx.checker ({first_line(err)}); "
                            "report this with the model") from None
 
 
@@ -373,7 +374,7 @@ def _session(proto):
     try:
         return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types
-        raise EdgeCSPError(f"export failed: ONNX Runtime cannot load the exported graph ({_first_line(err)})") from None
+        raise EdgeCSPError(f"export failed: ONNX Runtime cannot load the exported graph ({first_line(err)})") from None
 
 
 def _ort_run(proto, feeds: list[np.ndarray], outputs: list[str] | None = None) -> list[list[np.ndarray]]:
@@ -385,7 +386,7 @@ def _ort_run(proto, feeds: list[np.ndarray], outputs: list[str] | None = None) -
             results.append(session.run(outputs, {INPUT_NAME: x}))
         except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types
             raise EdgeCSPError(f"export failed: ONNX Runtime cannot run the exported graph on a batch of {len(x)} "
-                               f"({_first_line(err)})") from None
+                               f"({first_line(err)})") from None
     return results
 
 
@@ -428,7 +429,7 @@ def _simplify(proto, feeds, outs):
         _check(slim, "the onnxslim graph")
         slim_outs = [r[0] for r in _ort_run(slim, feeds)]
     except Exception as err:  # noqa: BLE001 - onnxslim failing is no export failure: keep the original
-        return proto, False, f"onnxslim failed: {_first_line(err)}", outs
+        return proto, False, f"onnxslim failed: {first_line(err)}", outs
     if any(a.shape != b.shape for a, b in zip(slim_outs, outs)):
         return proto, False, "onnxslim changed the output shape", outs
     box, score = _diffs(slim_outs, outs)
@@ -743,21 +744,16 @@ class _Staged:
         return self
 
     def write(self, data: bytes) -> None:
+        from edgecsp.fsutil import atomic_write
+
         assert self.tmp is not None, "write() outside the with block"
         try:
-            with open(self.tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600; the export is an ordinary file
-            os.replace(self.tmp, self.path)
+            atomic_write(self.path, data)
         except OSError as err:
             raise EdgeCSPError(f"cannot write {self.path} ({err.strerror or err}); check the disk space and "
                                "permissions") from None
-        self.tmp = None
-        self.made_dirs = []
+        self.made_dirs = []  # they hold the export now
+        self._cleanup()  # the reservation
 
     def _cleanup(self) -> None:
         if self.tmp is not None:
@@ -771,9 +767,3 @@ class _Staged:
 
     def __exit__(self, *exc) -> None:
         self._cleanup()  # no-op after a successful write
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    line = text.splitlines()[0] if text else type(err).__name__
-    return line if len(line) <= 300 else line[:297] + "..."

@@ -34,7 +34,3 @@ def head_nodes(model: onnx.ModelProto | str | Path) -> list[str]:
             continue  # a prediction conv: stop here, the backbone/neck is before it
         stack.extend(node.input)
     return [name for name in head if name]
-
-
-def conv_nodes(model: onnx.ModelProto) -> list[str]:
-    return [n.name for n in model.graph.node if n.op_type == "Conv"]

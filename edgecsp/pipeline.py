@@ -206,12 +206,11 @@ def prepare(opts: CompileOptions, progress: Progress) -> Plan:
 def _data_and_model(opts: CompileOptions, progress: Progress) -> tuple[Any, Any, dict[str, Any]]:
     """The validation set and the model, checked against each other."""
     from edgecsp.data.coco import resolve_dataset
-    from edgecsp.data.shapes import default_val_dir
+    from edgecsp.data.shapes import validation_data
     from edgecsp.evaluation import check_classes, check_evaluable
     from edgecsp.models.checkpoint import is_darknet, resolve_model
 
-    if opts.data is None:
-        opts.data = default_val_dir(progress)
+    opts.data = validation_data(opts.data, progress)
     dataset = resolve_dataset(opts.data)
     # An untrained Darknet cfg takes the data's class count; any trained model must match it.
     model, description = resolve_model(opts.model, num_classes=dataset.num_classes)

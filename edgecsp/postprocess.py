@@ -10,6 +10,12 @@ import numpy as np
 
 from edgecsp.data.preprocess import LetterboxInfo
 
+# The thresholds of deployed detections, the same wherever detections are kept: python -m
+# edgecsp.detect, a loaded artifact's predict(), the NMS an export or a TensorRT engine ends in.
+# (Accuracy evaluation keeps nearly every box instead: see postprocess's own defaults.)
+DEFAULT_SCORE = 0.25  # keep scores (objectness x class probability) above this
+DEFAULT_IOU = 0.5  # suppress a box whose IoU with a kept box of its class is above this
+
 
 @dataclass
 class Detections:

@@ -17,7 +17,7 @@ from edgecsp.artifact import open_manifest
 from edgecsp.backends import Runner, get_backend
 from edgecsp.backends.base import run_in_static_batches
 from edgecsp.data.preprocess import LetterboxInfo, letterbox, letterbox_file, resize_mode
-from edgecsp.postprocess import Detections, postprocess
+from edgecsp.postprocess import DEFAULT_IOU, DEFAULT_SCORE, Detections, postprocess
 
 Frame = Union[np.ndarray, str, Path]
 # Frames being prepared or waiting for the engine, per engine batch: enough for the decode and
@@ -62,7 +62,7 @@ class Predictor:
         return run_in_static_batches(self.runner.run, x, self.batch)
 
     def __call__(self, images: Sequence[Frame] | np.ndarray | str | Path,
-                 score_threshold: float = 0.25, iou_threshold: float = 0.5) -> list[Detections]:
+                 score_threshold: float = DEFAULT_SCORE, iou_threshold: float = DEFAULT_IOU) -> list[Detections]:
         """RGB uint8 images (or paths) -> detections in each image's own pixel coordinates.
 
         A list goes to the engine in its batches: one call per static batch (or one call for a
@@ -80,7 +80,7 @@ class Predictor:
 
     predict = __call__
 
-    def stream(self, frames: Iterable[Frame], score_threshold: float = 0.25, iou_threshold: float = 0.5,
+    def stream(self, frames: Iterable[Frame], score_threshold: float = DEFAULT_SCORE, iou_threshold: float = DEFAULT_IOU,
                batch: int | None = None, workers: int = 2) -> Iterator[Detections]:
         """Detections for each frame of ``frames`` (paths, RGB arrays, video frames), in order.
 

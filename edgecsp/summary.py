@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from edgecsp import cli
-from edgecsp.errors import EdgeCSPError
+from edgecsp.errors import EdgeCSPError, first_line
 from edgecsp.models.backbone import Backbone
 from edgecsp.models.detector import Detector
 
@@ -116,8 +116,7 @@ def summarize(model: str, input_size: int | None = None, width: float | None = N
     try:
         result = profile(plan.module, (h, w), plan.in_channels)
     except RuntimeError as err:  # shapes that do not fit the architecture (odd sizes, too small)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise EdgeCSPError(f"{model} cannot run at {h}x{w} ({first}); try a larger multiple of 32") from None
+        raise EdgeCSPError(f"{model} cannot run at {h}x{w} ({first_line(err)}); try a larger multiple of 32") from None
     finally:
         for handle in handles:
             handle.remove()
@@ -430,15 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="*", metavar="MODEL",
                         help="zoo backbone or detector name, or a Darknet .cfg path (several with --markdown)")
-    parser.add_argument("--model", dest="model_option", action="append", default=[], metavar="MODEL",
-                        help="the same, as in the other commands (repeatable)")
-    parser.add_argument("--weights", type=opt.existing_file(),
-                        help="accepted for symmetry with the other commands: complexity does not depend on the weights")
+    # The model options of every command; complexity depends on neither --weights nor --names.
+    cli.add_model_options(parser, default=None, repeatable=True, help="the same, as in the other commands")
     parser.add_argument("--input-size", type=opt.InputSize(), default=None, help="square input size in pixels")
     parser.add_argument("--width", type=opt.FloatRange(0.0, 2.0, open_lo=True), default=None, help="channel multiplier (zoo models)")
     parser.add_argument("--depth", type=opt.FloatRange(0.0, 2.0, open_lo=True), default=None, help="block-count multiplier (zoo models)")
     out = parser.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="print one JSON object")
+    cli.add_json_option(out, "the model's summary")
     out.add_argument("--markdown", action="store_true", help="print a markdown table of the models")
     parser.add_argument("--pairs", action="store_true", help="with --markdown: compare the models two by two")
     return parser

@@ -18,15 +18,13 @@ from edgecsp import options as opt
 
 def build_parser() -> argparse.ArgumentParser:
     parser = opt.Parser(prog="python -m edgecsp.train", description=__doc__)
-    parser.add_argument("--model", default="csp-tiny-efm",
-                        help="zoo detector name (default: csp-tiny-efm) or a Darknet .cfg (with --weights to fine-tune)")
-    parser.add_argument("--weights", type=opt.existing_file(), help="with a .cfg --model: start from these Darknet .weights")
-    parser.add_argument("--names", type=opt.existing_file(), help="with a .cfg --model: class names (default: the data set's)")
+    cli.add_model_options(parser, default="csp-tiny-efm",
+                          help="zoo detector name (default: csp-tiny-efm) or a Darknet .cfg (with --weights to fine-tune)")
     parser.add_argument("--darknet-cfg", type=opt.existing_file(), help="fine-tune from a Darknet detector cfg (CSP PANet-SPP family)")
     parser.add_argument("--darknet-weights", type=opt.existing_file(), help="its .weights (default: train the cfg from scratch)")
     parser.add_argument("--data", required=True, type=opt.existing_path(), help="COCO-format training set directory")
     parser.add_argument("--epochs", type=opt.positive_int(100_000), default=30)
-    parser.add_argument("--batch", type=opt.positive_int(opt.MAX_BATCH), default=32)
+    cli.add_batch_option(parser, default=32, help="images per training step (default 32)")
     parser.add_argument("--lr", type=opt.FloatRange(0.0, 10.0, open_lo=True), default=2e-3)
     parser.add_argument("--input-size", type=opt.InputSize(), default=None)
     parser.add_argument("--seed", type=opt.IntRange(0, 2**32 - 1), default=0)
@@ -59,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.input_size:
             model.config = model.config.with_overrides(input_size=args.input_size)
         args.model, fit = twin, False  # the cfg's anchors go with its weights
-        print(f"{args.darknet_cfg.name} is the zoo's {twin}; fine-tuning it on {dataset.num_classes} classes")
+        cli.say(f"{args.darknet_cfg.name} is the zoo's {twin}; fine-tuning it on {dataset.num_classes} classes")
     elif args.darknet_weights is not None:
         parser.error("--darknet-weights needs --darknet-cfg")
     elif _is_cfg(args.model):
@@ -70,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         class_names = description["class_names"] if args.names else list(dataset.class_names)
         fit = fit and args.weights is None  # trained weights go with their cfg's anchors
         start = f"its weights from {args.weights.name}" if args.weights else "random weights"
-        print(f"training {Path(args.model).name} ({model.config.input_size}x{model.config.input_size}, "
-              f"{dataset.num_classes} classes) from {start}")
+        cli.say(f"training {Path(args.model).name} ({model.config.input_size}x{model.config.input_size}, "
+                f"{dataset.num_classes} classes) from {start}")
         args.model = Path(args.model).stem
     elif args.weights is not None or args.names is not None:
         parser.error("--weights and --names go with a Darknet .cfg --model")

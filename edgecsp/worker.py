@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from edgecsp import cli
+from edgecsp import options as opt
 from edgecsp.errors import EdgeCSPError
 
 
@@ -69,14 +70,9 @@ def start_command(head: str, info: dict, node_ip: str | None = None, num_cpus: i
     return argv, env
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
-    parser = argparse.ArgumentParser(prog="python -m edgecsp.worker", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = opt.Parser(prog="python -m edgecsp.worker", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--head", required=True, help="the head's Ray address, HOST:PORT (ray start --head --port)")
     parser.add_argument("--name", help="this device's name in the history (default: host name + hardware hash)")
     parser.add_argument("--target", action="append", default=None,
@@ -90,10 +86,19 @@ def main(argv: list[str] | None = None) -> int:
                        help="build artifacts and bundles here (default: where PyTorch is installed, not on a Jetson)")
     build.add_argument("--no-build", dest="builder", action="store_false")
     parser.add_argument("--node-ip-address", help="this node's address as the head sees it")
-    parser.add_argument("--num-cpus", type=int, help="CPUs Ray may use here")
+    parser.add_argument("--num-cpus", type=opt.IntRange(0, 4096), help="CPUs Ray may use here")
     parser.add_argument("--block", action="store_true", help="stay in the foreground (systemd)")
     parser.add_argument("--dry-run", action="store_true", help="print the command, do not run it")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    args = build_parser().parse_args(argv)
 
     from edgecsp.fleet import device
     from edgecsp.targets import load_target

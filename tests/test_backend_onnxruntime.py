@@ -278,3 +278,25 @@ def test_missing_onnxruntime(backend, fp32_onnx, tmp_path, monkeypatch):
                  lambda: backend.build(_request(fp32_onnx, tmp_path))):
         with pytest.raises(EdgeCSPError, match=r"pip install 'edgecsp\[host\]'"):
             call()
+
+
+def test_static_batch_reads_each_librarys_first_dimension():
+    """One helper for the fixed batch of an input, whichever library describes it (0: dynamic)."""
+    import openvino as ov
+
+    from edgecsp.backends.base import static_batch
+
+    def onnx_model(dim0):
+        inp = onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [dim0, 3, 64, 64])
+        out = onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [dim0, 3, 64, 64])
+        graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["images"], ["out"])], "g", [inp], [out])
+        return onnx.helper.make_model(graph)
+
+    assert static_batch(onnx_model(4)) == 4 and static_batch(onnx_model("batch")) == 0
+    assert static_batch([2, 3, 64, 64]) == 2 and static_batch(["batch", 3, 64, 64]) == 0
+    assert static_batch((-1, 3, 64, 64)) == 0 and static_batch([None, 3]) == 0 and static_batch([]) == 0
+    core = ov.Core()
+    fixed = core.read_model(onnx_model(3).SerializeToString(), b"")
+    assert static_batch(fixed) == 3 and static_batch(core.compile_model(fixed, "CPU")) == 3
+    dynamic = core.read_model(onnx_model("batch").SerializeToString(), b"")
+    assert static_batch(dynamic) == 0

@@ -352,6 +352,8 @@ def test_benchmark_cli_end_to_end_with_both_baselines(tiny_artifact, tmp_path, c
         assert (out / png).read_bytes()[:8] == PNG
     assert "tiny-intel-cpu-fp32" in captured.out and "ratios (this / baseline)" in captured.out
     assert "eng MB" in captured.out
+    # "--json FILE" is the spelling before --json meant the same in every command: it still writes FILE
+    assert "warning: --json FILE is now --json-out FILE" in captured.err
 
 
 def test_real_runners_declare_what_they_can_do(tiny_artifact):
@@ -395,6 +397,21 @@ def test_real_runners_report_their_memory(tiny_artifact):
         assert after_first >= loaded and runner.memory_bytes() == after_first
         assert memory.backend_memory(runner)["mb"] == round(after_first / memory.MB, 2) > 0
         runner.close()
+
+
+def test_benchmark_cli_json_is_the_report_on_stdout(tiny_artifact, tmp_path, capsys):
+    from edgecsp import cli
+    from edgecsp.benchmark import main
+
+    out = tmp_path / "report"
+    code = cli.run(main, ["--artifact", str(tiny_artifact["artifact"]), "--duration", "0.05", "--warmup", "0",
+                          "--min-queries", "2", "--data", str(tiny_artifact["val"]), "--no-plots", "--out", str(out),
+                          "--json", "--json-out", str(tmp_path / "copy.json")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rep = json.loads(captured.out)  # stdout holds the report and nothing else
+    assert rep == json.loads((out / "benchmark.json").read_text()) == json.loads((tmp_path / "copy.json").read_text())
+    assert rep["results"][0]["queries"] >= 2 and "report: " in captured.err
 
 
 def test_artifact_whose_checksums_fail_is_refused(tiny_artifact, tmp_path, capsys):

@@ -115,6 +115,21 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "edgecsp.compile", *args], capture_output=True, text=True)
 
 
+def test_compile_cli_steps_on_stderr_and_the_artifact_on_stdout(tmp_path, shapes_small, capsys):
+    import json
+
+    from edgecsp import cli
+    from edgecsp.compile import main
+
+    common = ["--target", "onnxruntime", "--precision", "fp32", "--data", str(shapes_small["val"]), "--verify-images", "4"]
+    assert cli.run(main, [*common, "--out", str(tmp_path / "a")]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path / "a") and "[1/4] export" in err and "[4/4] verify" in err
+    assert cli.run(main, [*common, "--out", str(tmp_path / "b"), "--json"]) == 0  # the build comes from the cache
+    out, err = capsys.readouterr()
+    assert json.loads(out) == json.loads((tmp_path / "b" / "manifest.json").read_text()) and "[3/4]" in err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--target", "no-such-device"], "unknown target"),
     (["--target", "onnxruntime", "--precision", "fp16"], "does not support precision"),

@@ -68,6 +68,17 @@ def _edit_json(path: Path, fn) -> None:
     path.write_text(json.dumps(data))
 
 
+def test_write_coco_does_not_use_a_fixed_temporary_name(tmp_path):
+    # A fixed "<name>.tmp" is shared by every writer of the same file: two concurrent writers race,
+    # and one left behind (here a folder) breaks every later write. The temporary is private.
+    (tmp_path / "annotations.json.tmp").mkdir()
+    (tmp_path / "annotations.json.tmp" / "keep").write_text("someone else's")
+    root, images, _, _ = _coco_dir(tmp_path)
+    assert len(resolve_dataset(root)) == len(images)
+    assert (tmp_path / "annotations.json.tmp" / "keep").read_text() == "someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotations.json", "annotations.json.tmp", "images"]
+
+
 # ---------------------------------------------------------------- COCO reader
 
 
@@ -427,3 +438,21 @@ def test_cli(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert data_main(["info", str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_every_command_falls_back_to_one_default_validation_set(tmp_path, monkeypatch):
+    from edgecsp.data import shapes
+
+    heard, asked = [], []
+
+    def default(progress=None):  # the default set, with the progress it was given
+        asked.append(progress)
+        if progress is not None:
+            progress("generating")
+        return tmp_path / "default"
+
+    monkeypatch.setattr(shapes, "default_val_dir", default)
+    assert shapes.validation_data(str(tmp_path / "mine"), heard.append) == tmp_path / "mine"
+    assert heard == [] and asked == []  # a given set is used as it is: nothing generated, nothing said
+    assert shapes.validation_data(None, heard.append) == tmp_path / "default" and heard == ["generating"]
+    assert shapes.validation_data() == tmp_path / "default" and asked[-1] is None

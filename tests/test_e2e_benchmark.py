@@ -55,7 +55,7 @@ def test_e2e_cli_on_a_video_and_its_errors(ort_artifact, shapes_small, tmp_path)
     out = tmp_path / "e2e.json"
     base = [sys.executable, "-m", "edgecsp.benchmark", "--artifact", str(ort_artifact)]
     r = subprocess.run(base + ["--scenario", "e2e", "--video", str(video), "--duration", "0.01", "--warmup", "0",
-                               "--json", str(out), "--out", str(tmp_path / "rep")], capture_output=True, text=True,
+                               "--json-out", str(out), "--out", str(tmp_path / "rep")], capture_output=True, text=True,
                        check=False)
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())

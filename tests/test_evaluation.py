@@ -88,3 +88,32 @@ def test_detect_cli_writes_drawn_images_and_json(shapes_small, tmp_path):
     assert all((tmp_path / "det" / f"{p.stem}.png").is_file() for p in images)
     r = _run("edgecsp.detect", str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "det2"))
     assert r.returncode == 2 and not (tmp_path / "det2").exists()
+
+
+def test_detect_cli_json_is_the_result_on_stdout_and_progress_on_stderr(shapes_small, tmp_path):
+    images = sorted((shapes_small["val"] / "images").iterdir())[:2]
+    r = _run("edgecsp.detect", *map(str, images), "--out", str(tmp_path / "det"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == json.loads((tmp_path / "det" / "detections.json").read_text())
+    assert [line.split(": ")[0] for line in r.stderr.splitlines()] == [str(p) for p in images]
+
+
+def test_one_default_score_and_iou_threshold_for_every_command():
+    """detect, a loaded artifact, the NMS an export or a TensorRT engine ends in: the same thresholds."""
+    import inspect
+
+    from edgecsp import export
+    from edgecsp.detect import build_parser
+    from edgecsp.backends.tensorrt.qdq import add_efficient_nms
+    from edgecsp.onnx_export import NMSOptions
+    from edgecsp.postprocess import DEFAULT_IOU, DEFAULT_SCORE
+    from edgecsp.predictor import Predictor
+
+    detect = build_parser().parse_args([__file__, "--out", "x"])
+    loaded = inspect.signature(Predictor.__call__).parameters
+    nms = inspect.signature(add_efficient_nms).parameters
+    assert (detect.score, detect.iou) == (DEFAULT_SCORE, DEFAULT_IOU)
+    assert (loaded["score_threshold"].default, loaded["iou_threshold"].default) == (DEFAULT_SCORE, DEFAULT_IOU)
+    assert (NMSOptions().score, NMSOptions().iou) == (DEFAULT_SCORE, DEFAULT_IOU)
+    assert (export._ONNX_ONLY["score"], export._ONNX_ONLY["iou"]) == (DEFAULT_SCORE, DEFAULT_IOU)
+    assert (nms["score_threshold"].default, nms["iou_threshold"].default) == (DEFAULT_SCORE, DEFAULT_IOU)

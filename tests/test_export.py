@@ -140,7 +140,7 @@ def test_head_nodes_find_prediction_convs_and_nms(dynamic_export, nms_export):
 
 
 def test_fixed_batch_default_parity_images(demo, val_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(shapes, "default_val_dir", lambda: val_dir)
+    monkeypatch.setattr(shapes, "default_val_dir", lambda progress=None: val_dir)
     model, _ = demo
     r = export_onnx(model, tmp_path / "sub" / "fixed.onnx", opset=13, simplify=False)
     assert r.parity_images == 4 and r.parity_batches == [1, 1, 1, 1]
@@ -332,7 +332,7 @@ def test_cli_prints_report(val_dir, tmp_path, monkeypatch, capsys):
     from edgecsp import cli
     from edgecsp.export import main
 
-    monkeypatch.setattr(shapes, "default_val_dir", lambda: val_dir)
+    monkeypatch.setattr(shapes, "default_val_dir", lambda progress=None: val_dir)
     out = tmp_path / "cli.onnx"
     assert cli.run(main, ["--out", str(out), "--no-simplify", "--batch", "dynamic", "--nms", "--max-det", "20"]) == 0
     text = capsys.readouterr().out

@@ -201,7 +201,7 @@ def test_a_read_only_output_location_fails_at_once_with_one_line(env):
         assert r.returncode == 2
         line = _one_error_line(r.stderr)
         assert str(ro) in line and ("Read-only" in line or "Permission denied" in line)
-        assert "[1/4]" not in r.stdout  # refused before any work
+        assert "[1/4]" not in r.stdout + r.stderr  # refused before any work (steps go to stderr)
     finally:
         if os.geteuid() == 0:
             subprocess.run(["umount", str(ro)], check=False)

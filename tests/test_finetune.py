@@ -74,6 +74,7 @@ def test_train_cli_fine_tunes_from_cfg_and_weights(darknet_and_weights, shapes_s
                         str(weights), "--data", str(shapes_small["train"]), "--epochs", "1", "--batch", "24",
                         "--input-size", "96", "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == f"saved {out}" and "is the zoo's cspdarknet53" in r.stderr  # the result; progress
     from edgecsp.models.checkpoint import load_checkpoint
 
     model, desc = load_checkpoint(out)

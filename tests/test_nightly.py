@@ -197,6 +197,27 @@ def test_jobs_this_machine_cannot_run_are_skipped_with_the_reason(tmp_path, monk
     assert ET.parse(tmp_path / "r" / "junit.xml").getroot().find(".//skipped").get("message")
 
 
+def test_nightly_cli_progress_on_stderr_the_outcome_on_stdout_and_the_device_name(tmp_path, capsys):
+    """Jobs this machine cannot run are skipped for real (fp16 on ONNX Runtime's CPU target), so the
+    night runs end to end in a moment."""
+    from edgecsp import cli
+
+    suite = write_suite(tmp_path, targets=("onnxruntime",), precisions=("fp16",))
+    db = tmp_path / "h.sqlite"
+    assert cli.run(nightly_main, ["--suite", str(suite), "--db", str(db), "--report", str(tmp_path / "r"),
+                                  "--device-name", "lab-1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("OK: 0 regression(s)") and len(out.strip().splitlines()) == 1, out
+    assert "skip demo/onnxruntime/fp16" in err and "on lab-1" in err
+    # --device, its name before (a torch device in edgecsp.train), still works and says what it is called now
+    assert cli.run(nightly_main, ["--suite", str(suite), "--db", str(db), "--report", str(tmp_path / "r2"),
+                                  "--device", "lab-2"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: --device is now --device-name") and "on lab-2" in err
+    with sqlite3.connect(db) as con:
+        assert sorted(d for (d,) in con.execute("SELECT DISTINCT device FROM edgecsp_runs")) == ["lab-1", "lab-2"]
+
+
 def test_real_skip_reasons_on_this_machine():
     from edgecsp.bench.suite import skip_reason
 
@@ -236,6 +257,19 @@ def test_isolated_job_crash_or_timeout_is_that_jobs_failure(tmp_path):
     with pytest.raises(JobFailed, match="timed out after 3 s"):
         isolated_executor(_child_hangs)(job, suite, tmp_path)
     assert time.monotonic() - t0 < 30
+
+
+def test_a_job_result_is_not_written_through_a_fixed_temporary_name(tmp_path, monkeypatch):
+    # "<result>.tmp" left by another writer (here a folder) must neither break the job's result nor be touched.
+    import json
+
+    monkeypatch.setattr(nightly_mod, "run_job", lambda job, suite, job_dir: planted(42.0, 0.8))
+    result = tmp_path / "result.json"
+    (tmp_path / "result.json.tmp").mkdir()
+    nightly_mod._child(Job("demo", "intel-cpu", "int8"), None, str(tmp_path), str(result))
+    assert json.loads(result.read_text())["report"]["results"][0]["fps"] == 42.0
+    assert (tmp_path / "result.json.tmp").is_dir() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "result.json", "result.json.tmp"]
 
 
 # -- bad input ----------------------------------------------------------------------------------------

@@ -158,3 +158,35 @@ def test_a_set_with_some_valid_boxes_is_still_evaluated(tmp_path, shapes_small):
         dataset = resolve_dataset(root)
     check_evaluable(dataset)
     assert sum(len(dataset.targets(i)[0]) for i in range(len(dataset))) > 0
+
+
+def test_first_line_of_a_library_error_is_one_bounded_line():
+    from edgecsp.errors import first_line
+
+    assert first_line(RuntimeError("  bad graph\n  node 1\n  node 2")) == "bad graph"
+    assert first_line(ValueError("")) == "ValueError" and first_line(KeyError()) == "KeyError"
+    long = first_line(RuntimeError("x" * 1000), limit=200)
+    assert len(long) == 200 and long.endswith("...")
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("compile", ["--target", "intel-cpu", "--batch", "two"]),
+    ("export", ["--batch", "two"]),
+    ("evaluate", ["--batch", "two"]),
+    ("benchmark", ["--target", "intel-cpu", "--batch", "two"]),
+    ("train", ["--data", ".", "--batch", "two"]),
+    ("worker", ["--head", "127.0.0.1:6379", "--num-cpus", "two"]),
+    ("nightly", ["report", "--html", "site", "--nights", "two"]),
+])
+def test_every_commands_numbers_are_refused_in_one_line(module, argv, capsys):
+    """A number that is not one is one line and exit code 2 in every command (argparse's own error
+    prints the usage first), before any work."""
+    import importlib
+
+    from edgecsp import cli
+
+    main = importlib.import_module(f"edgecsp.{module}").main
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(main, argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and "'two'" in err[0], err

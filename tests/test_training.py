@@ -92,6 +92,20 @@ def test_checkpoint_round_trip_and_description(tmp_path):
     assert desc["preprocessing"]["resize"] == "letterbox"
 
 
+def test_a_checkpoint_is_on_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    # fsync before the rename: after a power cut the path holds the old checkpoint or the whole new one.
+    import os
+
+    synced, renamed = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(len(renamed)), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (renamed.append(str(b)), real_replace(a, b))[1])
+    model = build_detector("csp-tiny-efm", num_classes=2, input_size=64)
+    path = save_checkpoint(tmp_path / "m.safetensors", model, describe(model, ["a", "b"], {}, name="x"))
+    assert renamed == [str(path)] and synced == [0]
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
 def test_corrupt_and_mismatched_checkpoints_are_clear_errors(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 20)

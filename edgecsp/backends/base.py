@@ -37,6 +37,23 @@ def import_library(module: str, what: str, install_hint: str | None = None):
         raise EdgeCSPError(f"{what} is not installed ({err}); install it with {install_hint}") from None
 
 
+def static_batch(model_or_shape: Any) -> int:
+    """The input's fixed batch size, or 0 when the batch dimension is dynamic (symbolic, -1, unset).
+
+    Takes the first input as each library gives it: an ONNX ``ModelProto``, an OpenVINO model or
+    compiled model, or a shape (ONNX Runtime's, where a dynamic dimension is a name or None).
+    """
+    if hasattr(model_or_shape, "graph"):  # ONNX
+        dim = model_or_shape.graph.input[0].type.tensor_type.shape.dim[0]
+        first = dim.dim_value if dim.HasField("dim_value") else None
+    elif hasattr(model_or_shape, "input"):  # OpenVINO
+        ov_dim = model_or_shape.input(0).get_partial_shape()[0]
+        first = ov_dim.get_length() if ov_dim.is_static else None
+    else:
+        first = model_or_shape[0] if len(model_or_shape) else None
+    return first if isinstance(first, int) and first > 0 else 0
+
+
 def run_in_static_batches(infer: Callable[[np.ndarray], np.ndarray], batch: np.ndarray,
                           static_batch: int) -> np.ndarray:
     """Run any N on an engine with a static batch (0: dynamic): split, pad the last chunk, trim."""

@@ -65,6 +65,7 @@ from edgecsp.backends.base import (
     import_library,
     option,
     run_in_static_batches,
+    static_batch,
 )
 from edgecsp.errors import EdgeCSPError
 
@@ -151,12 +152,6 @@ class OnnxRuntimeBuildOptions(BuildOptions):
 
 # ------------------------------------------------------------------------------------------
 # Graph facts
-
-
-def _static_batch(shape: list[Any]) -> int:
-    """The input's fixed batch size, or 0 when the batch dimension is symbolic."""
-    first = shape[0] if shape else None
-    return first if isinstance(first, int) and first > 0 else 0
 
 
 def _input_shape(onnx_model: Any) -> tuple[int, ...]:
@@ -297,7 +292,7 @@ class _Quantizer:
                                "that int8 builds use; upgrade it with pip install -U onnxruntime")
         self.fp32_path, self.work, self.recipe, self.reduce_range = fp32_path, work, recipe, reduce_range
         self.model = onnx.load(str(fp32_path))
-        self.batch = _static_batch(list(_input_shape(self.model)))
+        self.batch = static_batch(list(_input_shape(self.model)))
         self.inputs = list(_batches(images, self.batch))
         head = _all_head(self.model)
         self.head_convs = [n.name for n in self.model.graph.node if n.op_type == "Conv" and n.name in set(head)]
@@ -565,7 +560,7 @@ def _open_session(path: Path, level: str, threads: int | None, mode: str,
 def _session_predict(path: Path, level: str) -> PredictFn:
     """A predict function over a fresh latency-mode session (for validation during the build)."""
     session, _ = _open_session(path, level, None, "latency")
-    batch = _static_batch(session.get_inputs()[0].shape)
+    batch = static_batch(session.get_inputs()[0].shape)
     return lambda x: _batched(lambda c: session.run([OUTPUT_NAME], {INPUT_NAME: c})[0], x, batch)
 
 
@@ -590,7 +585,7 @@ class OnnxRuntimeRunner(Runner):
         self._meter = meter or MemoryMeter()
         shape = session.get_inputs()[0].shape
         self.input_shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in shape)
-        self._static_batch = _static_batch(shape)
+        self._static_batch = static_batch(shape)
         self._output = next((o.name for o in session.get_outputs() if o.name == OUTPUT_NAME),
                             session.get_outputs()[0].name)
         self.streams = max(1, physical_cores() // threads) if mode == "throughput" else 1

@@ -44,6 +44,7 @@ from edgecsp.backends.base import (
     import_library,
     option,
     run_in_static_batches,
+    static_batch,
 )
 from edgecsp.errors import EdgeCSPError
 
@@ -87,21 +88,15 @@ def _type_name(value: Any) -> str:
     return value.to_string() if hasattr(value, "to_string") else str(value)
 
 
-def _static_batch(model_or_compiled: Any) -> int:
-    """The input's static batch size, or 0 when the batch dimension is dynamic."""
-    dim = model_or_compiled.input(0).get_partial_shape()[0]
-    return dim.get_length() if dim.is_static else 0
-
-
 def _request_predict(compiled_model: Any) -> PredictFn:
     request = compiled_model.create_infer_request()
-    static_batch = _static_batch(compiled_model)
+    fixed = static_batch(compiled_model)
 
     def infer(chunk: np.ndarray) -> np.ndarray:
         request.infer({0: np.ascontiguousarray(chunk, dtype=np.float32)})
         return request.get_output_tensor(0).data.copy()  # the request reuses its output buffer
 
-    return lambda batch: run_in_static_batches(infer, batch, static_batch)
+    return lambda batch: run_in_static_batches(infer, batch, fixed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,7 +262,7 @@ def _calibration_dataset(nncf: Any, model: Any, calib: Any) -> tuple[Any, int]:
     """The calibration images as an nncf.Dataset of whole batches, and how many images that is."""
     if calib is None or len(getattr(calib, "images", ())) == 0:
         raise EdgeCSPError("int8 needs calibration images; pass a calibration recipe (--calibration default)")
-    batch = _static_batch(model) or 1
+    batch = static_batch(model) or 1
     images = np.asarray(calib.images, dtype=np.float32)
     if len(images) < batch:  # a static batch larger than the set: repeat images to fill one
         images = np.concatenate([images] * (batch // len(images) + 1))[:batch]
@@ -285,7 +280,7 @@ def _nncf_run(nncf: Any, model: Any, request: BuildRequest, device: str, recipe:
         # validate=False: NNCF may fold some decode ops away; head_op_names insists on the convs.
         ignored = nncf.IgnoredScope(names=head_names, validate=False)
     target = getattr(nncf.TargetDevice, device.split(".")[0].upper(), nncf.TargetDevice.ANY)
-    batch = _static_batch(model) or 1
+    batch = static_batch(model) or 1
     params = {"preset": nncf.QuantizationPreset.MIXED, "target_device": target, "subset_size": images // batch,
               "fast_bias_correction": options.fast_bias_correction, "model_type": None, "ignored_scope": ignored}
     return _NNCFRun(nncf, options, calibration, images, advanced, ranges, head_names, params)
@@ -461,7 +456,7 @@ class OpenVINOBackend(Backend):
                   record: list | None = None, limit: int = 0) -> float:
         """AP50 of an in-memory model at f32; optionally keep the first ``limit`` input chunks."""
         predict = _request_predict(core.compile_model(model, device, {"INFERENCE_PRECISION_HINT": "f32"}))
-        batch = _static_batch(model) or 1
+        batch = static_batch(model) or 1
         if record is None:
             return float(validate(predict))
 
@@ -487,7 +482,7 @@ class OpenVINOBackend(Backend):
 
         def validation_fn(compiled_model: Any, data: Iterable[Any]) -> tuple[float, list[list[np.ndarray]]]:
             predict = _request_predict(compiled_model)
-            batch = _static_batch(compiled_model) or 1
+            batch = static_batch(compiled_model) or 1
             seen: list[tuple[np.ndarray, np.ndarray]] = []
 
             def recording(x: np.ndarray) -> np.ndarray:
@@ -626,7 +621,7 @@ class OpenVINORunner(Runner):
         self._request = compiled_model.create_infer_request()
         shape = compiled_model.input(0).get_partial_shape()
         self.input_shape = tuple(d.get_length() if d.is_static else -1 for d in shape)
-        self._static_batch = _static_batch(compiled_model)
+        self._static_batch = static_batch(compiled_model)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, dtype=self._dtype)

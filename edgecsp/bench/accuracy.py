@@ -45,10 +45,9 @@ def check_accuracy(predict_batch: Any, manifest: dict, data: Path | None = None,
     if want and model_hash != want:
         raise EdgeCSPError(f"model {spec} (hash {model_hash}) is not the one the artifact was built from "
                            f"(hash {want}); pass the artifact's checkpoint with --model")
-    if data is None:
-        from edgecsp.data.shapes import default_val_dir
+    from edgecsp.data.shapes import validation_data
 
-        data = default_val_dir()
+    data = validation_data(data)
     dataset = resolve_dataset(data)
     size = int(manifest["model"]["input_size"][0])
     if dataset.num_classes != model.config.num_classes:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # typing.Self is 3.11+; only the type checker reads it
     from typing_extensions import Self
 
-from edgecsp.errors import EdgeCSPError
+from edgecsp.errors import EdgeCSPError, first_line
 
 SCHEMA_VERSION = "1"
 METRICS = ("fps", "latency_p50_ms", "latency_p99_ms", "ap", "ap50", "peak_rss_mb", "achieved_gbs")
@@ -372,5 +372,4 @@ def aggregate(vals: list[float], metric: str, method: str = "median") -> tuple[f
 
 
 def _short(err: BaseException) -> str:
-    text = str(getattr(err, "orig", None) or err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:200]
+    return first_line(getattr(err, "orig", None) or err, 200)

@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -27,6 +28,7 @@ from edgecsp.bench.history import History, Record
 from edgecsp.bench.regression import Finding, compare
 from edgecsp.bench.suite import Job, Suite, skip_reason
 from edgecsp.errors import EdgeCSPError
+from edgecsp.fsutil import atomic_write
 
 Progress = Callable[[str], None]
 Executor = Callable[[Job, Suite, Path], dict]
@@ -43,7 +45,7 @@ def run_job(job: Job, suite: Suite, job_dir: Path) -> dict[str, Any]:
     from edgecsp.bench.run import BenchmarkOptions, run_benchmark
 
     def say(line: str) -> None:
-        print(f"  [{job.name}] {line}", flush=True)
+        print(f"  [{job.name}] {line}", file=sys.stderr, flush=True)
 
     root, _, built = ensure_artifact(job.model, job.target, job.precision, suite.artifacts_dir, suite.batch,
                                      rebuild=suite.rebuild, verify_images=suite.eval_images, data=suite.data,
@@ -72,10 +74,7 @@ def _child(job: Job, suite: Suite, job_dir: str, result_path: str) -> None:
         user = isinstance(err, EdgeCSPError)
         out = {"ok": False, "error": f"{'' if user else type(err).__name__ + ': '}{err}",
                "traceback": "" if user else traceback.format_exc()}
-    tmp = result_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, default=str)
-    os.replace(tmp, result_path)
+    atomic_write(Path(result_path), json.dumps(out, default=str))
 
 
 class JobFailed(Exception):

@@ -75,11 +75,9 @@ def input_batches(size: int, batch: int, n: int, data: Path | None) -> tuple[lis
     """``n`` preprocessed batches of real validation images (letterboxed once, outside the timing)."""
     from edgecsp.data.coco import resolve_dataset
     from edgecsp.data.preprocess import letterbox, to_tensor_batch
+    from edgecsp.data.shapes import validation_data
 
-    if data is None:
-        from edgecsp.data.shapes import default_val_dir
-
-        data = default_val_dir()
+    data = validation_data(data)
     dataset = resolve_dataset(data)
     if len(dataset) == 0:
         raise EdgeCSPError(f"{data} holds no images to benchmark with; pass --data with a validation set")

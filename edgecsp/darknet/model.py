@@ -319,11 +319,15 @@ class ShortcutLayer(nn.Module):
 
     def forward(self, x, inputs):
         for t in inputs:
-            x = _darknet_add(x, t)
+            x = darknet_add(x, t)
         return self.act(x)
 
 
-def _darknet_add(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def darknet_add(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``x + t`` by Darknet's rule for unequal shapes (pjreddie's ``shortcut_cpu``, which trained
+    the CSPNet-era cfgs): over the shared channels, ``x``'s extra ones kept; a larger ``t`` sampled
+    every k-th pixel from the top-left, a smaller one added onto every k-th pixel. The result has
+    ``x``'s shape. The one shortcut add of [shortcut] layers and of the zoo's residual blocks."""
     if x.shape == t.shape:
         return x + t
     (c2, h2, w2), (c1, h1, w1) = x.shape[1:], t.shape[1:]

@@ -211,7 +211,7 @@ def _parity_batch(images: Sequence[np.ndarray] | None, size: int, resize: str) -
         from edgecsp.data import shapes
         from edgecsp.data.coco import resolve_dataset
 
-        dataset = resolve_dataset(shapes.default_val_dir())
+        dataset = resolve_dataset(shapes.validation_data())
         images = [dataset[i][0] for i in range(min(4, len(dataset)))]
     if len(images) == 0:
         raise EdgeCSPError("no parity images; pass at least one RGB image, or None for the default set")

@@ -399,10 +399,7 @@ def write_coco(
         "annotations": out_anns,
         "categories": [{"id": cid, "name": name} for cid, name in zip(cat_ids, class_names)],
     }
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, separators=(",", ":"))
-    os.replace(tmp, p)  # never leave a half-written annotation file behind
+    from edgecsp.fsutil import atomic_write
+
+    atomic_write(Path(path), json.dumps(data, separators=(",", ":")))  # never a half-written annotation file
     return data

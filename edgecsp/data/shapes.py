@@ -520,3 +520,9 @@ def default_val_dir(progress: Callable[[str], None] | None = None) -> Path:
     if progress is not None and _read_manifest(target) != _manifest("val", DEFAULT_VAL_IMAGES, DEFAULT_VAL_SEED):
         progress("preparing the default validation set (shapes task, generated once and cached)")
     return ensure_shapes_val(root, n=DEFAULT_VAL_IMAGES, seed=DEFAULT_VAL_SEED)
+
+
+def validation_data(data: str | Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
+    """The validation set to use: ``data`` when given, else the default one (default_val_dir), the
+    one fallback of every command and check."""
+    return Path(data) if data is not None else default_val_dir(progress)

@@ -245,11 +245,13 @@ def write_site(data: dict[str, Any], out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgecsp.nightly report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from edgecsp import options as opt
+
+    parser = opt.Parser(prog="python -m edgecsp.nightly report", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", help="history: SQLite file path or SQLAlchemy URL (default: the nightly's)")
-    parser.add_argument("--html", type=Path, required=True, help="folder to write the site into")
-    parser.add_argument("--nights", type=int, default=14, help="nights in the trend charts (default 14)")
+    parser.add_argument("--html", type=opt.OutPath(), required=True, help="folder to write the site into")
+    parser.add_argument("--nights", type=opt.positive_int(3650), default=14, help="nights in the trend charts (default 14)")
     args = parser.parse_args(argv)
     with History(args.db) as h:
         data = collect(h, max(args.nights, 1))

@@ -26,7 +26,7 @@ from edgecsp.bench.history import History, Record
 from edgecsp.bench.nightly import JobOutcome, accuracy_gate, records_from
 from edgecsp.bench.regression import compare
 from edgecsp.bench.suite import Job, Suite
-from edgecsp.errors import EdgeCSPError
+from edgecsp.errors import EdgeCSPError, first_line
 from edgecsp.fleet import device as dev
 from edgecsp.fleet import import_ray
 
@@ -133,8 +133,7 @@ def _describe_failure(err: BaseException) -> tuple[str, str]:
         return str(cause), ""
     if cause is not None:
         return f"{type(cause).__name__}: {cause}", str(err)
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    first = first.split(". ")[0]  # Ray's messages go on with advice for Ray's own dashboard
+    first = first_line(err).split(". ")[0]  # Ray's messages go on with advice for Ray's own dashboard
     return f"{type(err).__name__}: {first}"[:300], str(err)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -28,7 +29,7 @@ def describe_node() -> dict[str, Any]:
 
 def _say(job: Any):
     def say(line: str) -> None:
-        print(f"  [{job.name}] {line}", flush=True)
+        print(f"  [{job.name}] {line}", file=sys.stderr, flush=True)  # progress: stderr, as every command
 
     return say
 

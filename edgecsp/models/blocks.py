@@ -11,32 +11,17 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from edgecsp.darknet.model import darknet_add
 from edgecsp.errors import EdgeCSPError
 from edgecsp.models.layers import ConvBNAct, ConvSpec, activation, conv_sequence
 
 
-def darknet_add(x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
-    """Residual add with Darknet's rule for unequal shapes.
-
-    Channels: add over the shared channels, keep ``x``'s extra ones. Size: a larger identity
-    (the input of a block whose conv has stride 2, ResNet-50's cfg) is sampled every
-    ``H_id // H_x`` pixels from the top-left, as pjreddie's ``shortcut_cpu`` (which trained
-    those cfgs) does; no projection conv.
-    """
-    h, w = x.shape[2:]
-    if identity.shape[2:] != x.shape[2:]:
-        hi, wi = identity.shape[2:]
-        if hi < h or wi < w:
-            raise EdgeCSPError(f"a shortcut cannot add a {hi}x{wi} map onto a larger {h}x{w} one")
-        identity = identity[:, :, :: max(hi // h, 1), :: max(wi // w, 1)][:, :, :h, :w]
-    if x.shape[1] == identity.shape[1]:
-        return x + identity
-    c = min(x.shape[1], identity.shape[1])
-    return torch.cat([x[:, :c] + identity[:, :c], x[:, c:]], dim=1)
-
-
 class Residual(nn.Module):
-    """convs, then add the block input, then an activation (ResNet: leaky; DarkNet: linear)."""
+    """convs, then add the block input, then an activation (ResNet: leaky; DarkNet: linear).
+
+    A block whose convs change the size or the width (ResNet-50's cfg's stride-2 blocks) adds its
+    input by Darknet's rule (darknet_add), as the cfgs were trained: no projection conv.
+    """
 
     def __init__(self, in_ch: int, convs: list[ConvSpec], post_act: str = "linear"):
         super().__init__()

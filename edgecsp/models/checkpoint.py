@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -82,33 +80,20 @@ def describe(model: Detector, class_names: list[str], training: dict | None = No
 def save_checkpoint(path: str | Path, model: Detector, description: dict[str, Any],
                     extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write atomically: a crash mid-write never leaves a half checkpoint at ``path``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from edgecsp.fsutil import atomic_write
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors.update({k: v.detach().contiguous().cpu() for k, v in (extra_tensors or {}).items()})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"edgecsp": json.dumps(description)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(Path(path), save(tensors, metadata={"edgecsp": json.dumps(description)}))
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors import safe_open
 
     path = Path(path)
-    try:
-        what = None if path.is_file() else "is a directory" if path.is_dir() else "does not exist"
-    except OSError as err:  # e.g. a name too long for the file system
-        what = f"cannot be opened ({err.strerror})"
-    if what:
-        raise EdgeCSPError(f"checkpoint {shown(path)} {what}; pass a .safetensors checkpoint, a zoo name or 'demo'")
+    _check_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -130,6 +115,15 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         found = description.get("format") if isinstance(description, dict) else type(description).__name__
         raise EdgeCSPError(f"checkpoint {shown(path)} has format {found!r:.60}, this edgecsp reads {FORMAT}")
     return tensors, description
+
+
+def _check_file(path: Path) -> None:
+    try:
+        what = None if path.is_file() else "is a directory" if path.is_dir() else "does not exist"
+    except OSError as err:  # e.g. a name too long for the file system
+        what = f"cannot be opened ({err.strerror})"
+    if what:
+        raise EdgeCSPError(f"checkpoint {shown(path)} {what}; pass a .safetensors checkpoint, a zoo name or 'demo'")
 
 
 def load_checkpoint(path: str | Path) -> tuple[Detector, dict[str, Any]]:
@@ -232,17 +226,39 @@ def resolve_model(spec: str | ModelSource | None, num_classes: int | None = None
                   names: str | Path | None = None) -> tuple[Detector, dict[str, Any]]:
     """'demo' (or None), a checkpoint path, a zoo detector name (random weights), or a Darknet
     ``.cfg`` with optional ``weights`` (.weights) and ``names`` (.names; else class0..N-1)."""
-    from edgecsp.models.detector import DETECTORS
-
     if isinstance(spec, ModelSource):
         spec, weights, names = spec.model, weights or spec.weights, names or spec.names
-
-    if spec is not None and _is_darknet_spec(spec):
+    kind = _kind(spec, weights, names)
+    if kind == "darknet":
         from edgecsp.models.darknet_detector import load_darknet_detector
 
         # An untrained cfg takes the data's class count; trained weights keep theirs (the caller
         # compares it with the data: changing it is fine-tuning, python -m edgecsp.train).
-        return load_darknet_detector(Path(spec), weights, names, num_classes if weights is None else None)
+        return load_darknet_detector(Path(str(spec)), weights, names, num_classes if weights is None else None)
+    if kind == "demo":
+        if not DEMO_CHECKPOINT.is_file():
+            raise EdgeCSPError(f"the built-in demo detector is missing ({DEMO_CHECKPOINT}); reinstall edgecsp")
+        return load_checkpoint(DEMO_CHECKPOINT)
+    if kind == "zoo":
+        model = build_detector(str(spec), num_classes=num_classes).eval()
+        return model, describe(model, [f"class{i}" for i in range(model.config.num_classes)], name=str(spec))
+    return load_checkpoint(str(spec))
+
+
+def check_model_source(source: ModelSource) -> None:
+    """Refuse, before any work, a model option that names no model: --weights or --names without a
+    .cfg, a Darknet file in --model's place, a checkpoint that is not there (resolve_model says the
+    same when it loads)."""
+    if _kind(source.model, source.weights, source.names) == "checkpoint":
+        _check_file(Path(source.model))
+
+
+def _kind(spec: str | Path | None, weights: str | Path | None, names: str | Path | None) -> str:
+    """What a model option names: 'darknet' (a .cfg), 'demo', 'zoo' or 'checkpoint'."""
+    from edgecsp.models.detector import DETECTORS
+
+    if spec is not None and _is_darknet_spec(spec):
+        return "darknet"
     if weights is not None:
         raise EdgeCSPError(f"--weights {shown(weights)} is a Darknet .weights file; it goes with a Darknet .cfg "
                            f"as --model, not with {shown(spec or 'demo')}")
@@ -250,14 +266,11 @@ def resolve_model(spec: str | ModelSource | None, num_classes: int | None = None
         raise EdgeCSPError(f"--names {shown(names)} names the classes of a Darknet .cfg model; "
                            f"{shown(spec or 'demo')} carries its own class names")
     if spec in (None, "demo"):
-        if not DEMO_CHECKPOINT.is_file():
-            raise EdgeCSPError(f"the built-in demo detector is missing ({DEMO_CHECKPOINT}); reinstall edgecsp")
-        return load_checkpoint(DEMO_CHECKPOINT)
+        return "demo"
     if spec in DETECTORS:
-        model = build_detector(spec, num_classes=num_classes).eval()
-        return model, describe(model, [f"class{i}" for i in range(model.config.num_classes)], name=spec)
+        return "zoo"
     _refuse_wrong_type(Path(spec))
-    return load_checkpoint(spec)
+    return "checkpoint"
 
 
 def _is_darknet_spec(spec: str | Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -137,7 +138,7 @@ def train(model: Detector, dataset: CocoDataset, out: Path, settings: TrainSetti
     state_path = out.with_suffix(".resume.safetensors")
     if resume and state_path.is_file():
         start_epoch, history = _restore(state_path, model, ema, optimizer)
-        tqdm.write(f"resuming from {state_path} at epoch {start_epoch + 1}")
+        tqdm.write(f"resuming from {state_path} at epoch {start_epoch + 1}", file=sys.stderr)
     names = class_names or list(dataset.class_names)
     samples = AugmentedSet(items, size, settings.seed, stretch)
     t0 = time.time()
@@ -151,7 +152,7 @@ def train(model: Detector, dataset: CocoDataset, out: Path, settings: TrainSetti
         # The EMA weights so far, as a usable checkpoint: an interrupted run still leaves a model.
         save_checkpoint(out, ema.module, describe(ema.module, names, {"history": history, "partial": True}, name=name))
         if settings.stop_after is not None and epoch + 1 >= settings.stop_after and epoch + 1 < settings.epochs:
-            tqdm.write(f"stopping after epoch {epoch + 1} as asked; continue with --resume")
+            tqdm.write(f"stopping after epoch {epoch + 1} as asked; continue with --resume", file=sys.stderr)
             return out
     minutes = (time.time() - t0) / 60
     training = {
@@ -175,7 +176,8 @@ def _with_fitted_anchors(model: Detector, items, size: int, stretch: bool, seed:
     """A fresh model of the same config with anchors fitted (k-means on IoU) to the data's boxes."""
     wh = box_sizes(items, size, stretch)
     anchors = fit_anchors(wh, k=len(model.config.anchors), seed=seed)
-    tqdm.write(f"anchors fitted to the data (mean best IoU {anchor_fitness(wh, anchors):.3f}): {anchors}")
+    tqdm.write(f"anchors fitted to the data (mean best IoU {anchor_fitness(wh, anchors):.3f}): {anchors}",
+               file=sys.stderr)
     torch.manual_seed(seed)
     return type(model)(model.config.with_overrides(anchors=tuple(anchors)))
 

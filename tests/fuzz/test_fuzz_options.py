@@ -28,12 +28,15 @@ from edgecsp.errors import EdgeCSPError
 from edgecsp.options import CheckedType
 
 REPO = Path(__file__).resolve().parents[2]
-COMMANDS = ["compile", "export", "evaluate", "detect", "benchmark", "nightly", "summary", "train", "data", "verify"]
+COMMANDS = ["compile", "export", "evaluate", "detect", "benchmark", "nightly", "summary", "train", "data", "verify",
+            "worker"]
 # Free text, checked where it is used (each with a one-line error of its own): names looked up
 # in a registry, a URL, choices with their own list.
 FREE_TEXT = {"target", "model", "precision", "calibration", "compare", "db", "device", "names", "library",
              "weights",
              "model_option",  # summary --model: a model name or cfg path, like --model elsewhere
+             "device_name",  # nightly --device-name (and its old spelling --device): the history's name for this machine
+             "head", "name", "node_ip_address",  # worker: a Ray address, a device name, an IP: checked by ray start
              "cluster",  # nightly --cluster HOST:PORT: checked when connecting (one line when nothing listens)
              "night"}  # nightly --night: an id of the caller's choosing, stored as text
 # Where each command's heavy work starts: an accepted input runs up to here, then stops.
@@ -41,7 +44,7 @@ HEAVY = ["edgecsp.pipeline.compile_artifact", "edgecsp.backends.tensorrt.bundle.
          "edgecsp.onnx_export.export_onnx", "edgecsp.evaluation.evaluate", "edgecsp.evaluation.torch_predict_fn",
          "edgecsp.bench.run.run_benchmark", "edgecsp.bench.nightly.run_suite", "edgecsp.summary.summarize",
          "edgecsp.training.trainer.train", "edgecsp.data.shapes.generate_shapes", "edgecsp.data.yolo_txt.yolo_to_coco",
-         "edgecsp.signing.generate_keypair"]
+         "edgecsp.signing.generate_keypair", "edgecsp.fleet.device.describe"]
 HOSTILE = ["nan", "NaN", "inf", "-inf", "1e309", "0", "-0", "-1", "-3", "0.5", "7", "1e9", "100000", "320000",
            "99999999999999999999", "0x10", "two", "", " ", "-", "dynamic", "/", "/dev/null", "/nonexistent/x",
            "../../../../etc/passwd", "a\nb", "ü" * 300]
@@ -73,6 +76,7 @@ def world(tmp_path_factory, shapes_small):
         "data yolo2coco": [("root", str(tmp))],
         "data info": [("data", str(shapes_small["val"]))],
         "verify": [("artifact", str(tmp)), ("--trusted", str(REPO / "README.md"))],
+        "worker": [("--head", "127.0.0.1:6379")],
     }
     return {"base": base, "tmp": tmp}
 

@@ -38,6 +38,7 @@ from edgecsp.backends.base import BuildRequest, BuildResult
 from edgecsp.errors import EdgeCSPError
 from edgecsp.gate import GateResult
 from edgecsp.manifest import Manifest
+from edgecsp.postprocess import DEFAULT_IOU, DEFAULT_SCORE
 
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8_qdq": "model.int8.qdq.onnx",
          "calibration_cache": "calibration.cache", "verify": "verify.npz", "int8_qdq_fp16": "model.int8.qdq.fp16.onnx"}
@@ -151,8 +152,8 @@ def _write_nms(out: Path, fp32: Any, files: dict[str, str], build: dict[str, Any
     for role in [r for r in ("fp32", "fp16", "int8_qdq", "int8_qdq_fp16") if r in files]:
         name = files[role].replace(".onnx", ".nms.onnx")
         nms = add_efficient_nms(out / files[role], num_classes,
-                                score_threshold=float(build.get("nms_score_threshold", 0.25)),
-                                iou_threshold=float(build.get("nms_iou_threshold", 0.5)),
+                                score_threshold=float(build.get("nms_score_threshold", DEFAULT_SCORE)),
+                                iou_threshold=float(build.get("nms_iou_threshold", DEFAULT_IOU)),
                                 max_detections=int(build.get("nms_max_detections", 100)))
         onnx.save(nms, str(out / name))
         files[role + "_nms"] = name

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecsp.backends.base import Capabilities, MemoryMeter, Runner, run_in_static_batches
-from edgecsp.errors import EdgeCSPError
+from edgecsp.backends.base import Capabilities, MemoryMeter, Runner, run_in_static_batches, static_batch
+from edgecsp.errors import EdgeCSPError, first_line
 
 
 class OnnxModelRunner(Runner):
@@ -28,8 +28,8 @@ class OnnxModelRunner(Runner):
             with self._meter.measure():
                 self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
-            line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            raise EdgeCSPError(f"ONNX Runtime cannot load {Path(path).name} ({line}); rebuild the bundle") from None
+            raise EdgeCSPError(f"ONNX Runtime cannot load {Path(path).name} ({first_line(err, 200)}); "
+                               "rebuild the bundle") from None
         inp = self._session.get_inputs()[0]
         self._input = inp.name
         self._output = self._session.get_outputs()[0].name
@@ -37,9 +37,10 @@ class OnnxModelRunner(Runner):
         self._path = Path(path)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        fixed = static_batch(self.input_shape)
         if self._meter.first_query_pending:
-            return self._meter.first_query(lambda: run_in_static_batches(self._run, batch, max(self.input_shape[0], 0)))
-        return run_in_static_batches(self._run, batch, max(self.input_shape[0], 0))
+            return self._meter.first_query(lambda: run_in_static_batches(self._run, batch, fixed))
+        return run_in_static_batches(self._run, batch, fixed)
 
     @property
     def capabilities(self) -> Capabilities:

@@ -18,7 +18,6 @@ defaults cannot silently produce a model TensorRT runs differently.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecsp.errors import EdgeCSPError
+from edgecsp.backends.base import static_batch
+from edgecsp.errors import EdgeCSPError, first_line
 from edgecsp.backends.tensorrt.calibcache import (  # noqa: F401 - their home was here; the device imports calibcache
     CACHE_ALGORITHM,
     format_calibration_cache,
@@ -36,6 +36,7 @@ from edgecsp.backends.tensorrt.calibcache import (  # noqa: F401 - their home wa
     retag_calibration_cache,
     trt_version_code,
 )
+from edgecsp.postprocess import DEFAULT_IOU, DEFAULT_SCORE
 
 # Ops TensorRT runs in INT8 from Q/DQ at their inputs (the detectors here only have Conv).
 QUANTIZED_OPS = ("Conv",)
@@ -60,16 +61,9 @@ def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
 
 
 def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; artifacts get copied to devices
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from edgecsp.fsutil import atomic_write
+
+    atomic_write(path, model.SerializeToString())
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,11 +86,6 @@ class _Reader:
 
     def rewind(self) -> None:
         self._i = 0
-
-
-def _static_batch(model: onnx.ModelProto) -> int:
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else 0
 
 
 def quantize_for_tensorrt(fp32: str | Path, out: str | Path, images: np.ndarray, method: str = "minmax",
@@ -127,8 +116,8 @@ def quantize_for_tensorrt(fp32: str | Path, out: str | Path, images: np.ndarray,
     }
     if method == "percentile":
         extra["CalibPercentile"] = percentile
-    batch = _static_batch(model) or 8  # a static-batch model takes batches of its own size only
-    if _static_batch(model) and len(images) >= batch:
+    batch = static_batch(model) or 8  # a static-batch model takes batches of its own size only
+    if static_batch(model) and len(images) >= batch:
         images = images[: len(images) - len(images) % batch]
     reader = _Reader(model.graph.input[0].name, images, batch)
     with tempfile.TemporaryDirectory(prefix="edgecsp-qdq-") as tmp:
@@ -139,8 +128,7 @@ def quantize_for_tensorrt(fp32: str | Path, out: str | Path, images: np.ndarray,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=exclude, calibrate_method=methods[method], extra_options=extra)
         except Exception as err:  # ORT raises many types (ValueError, RuntimeError, its own Fail)
-            line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            raise EdgeCSPError(f"INT8 calibration ({method}) failed in ONNX Runtime: {line}; "
+            raise EdgeCSPError(f"INT8 calibration ({method}) failed in ONNX Runtime: {first_line(err, 200)}; "
                                "try --calibration default (min-max)") from None
         qdq = onnx.load(str(raw))
     qdq = _float_outside_fusions(qdq, set(exclude))
@@ -375,8 +363,8 @@ def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def add_efficient_nms(model: onnx.ModelProto | str | Path, num_classes: int, score_threshold: float = 0.25,
-                      iou_threshold: float = 0.5, max_detections: int = 100) -> onnx.ModelProto:
+def add_efficient_nms(model: onnx.ModelProto | str | Path, num_classes: int, score_threshold: float = DEFAULT_SCORE,
+                      iou_threshold: float = DEFAULT_IOU, max_detections: int = 100) -> onnx.ModelProto:
     """Append TensorRT's EfficientNMS_TRT plugin after ``predictions`` (N, K, 5 + C).
 
     Scores are objectness x class probability (as edgecsp.postprocess); boxes x1,y1,x2,y2 in input

@@ -179,9 +179,8 @@ def gpu_facts(device: int = 0) -> dict[str, Any] | None:
             "cuda_driver": cuda.driver_version()}
 
 
-def rebuild_hint(manifest: dict) -> str:
-    return ("rebuild it on this device from the bundle: python -m edgecsp.compile --target jetson "
-            "--from-bundle <the bundle directory>")
+REBUILD_HINT = ("rebuild it on this device from the bundle: python -m edgecsp.compile --target jetson "
+                "--from-bundle <the bundle directory>")
 
 
 def check_engine_compatible(built: dict, trt_version: str, gpu: dict[str, Any]) -> None:
@@ -189,11 +188,11 @@ def check_engine_compatible(built: dict, trt_version: str, gpu: dict[str, Any]) 
     want_trt = str(built.get("tensorrt_version", ""))
     if want_trt and want_trt != trt_version:
         raise EdgeCSPError(f"engine was built by TensorRT {want_trt}, this machine has TensorRT {trt_version}; "
-                           f"engines only load in the TensorRT that built them: {rebuild_hint(built)}")
+                           f"engines only load in the TensorRT that built them: {REBUILD_HINT}")
     want_cc = str(built.get("compute_capability", ""))
     if want_cc and want_cc != gpu["compute_capability"]:
         raise EdgeCSPError(f"engine was built for {built.get('gpu', '?')} (sm_{want_cc.replace('.', '')}), this GPU is "
-                           f"{gpu['gpu']} (sm_{gpu['compute_capability'].replace('.', '')}): {rebuild_hint(built)}")
+                           f"{gpu['gpu']} (sm_{gpu['compute_capability'].replace('.', '')}): {REBUILD_HINT}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,7 +403,7 @@ class TensorRTRunner(Runner):
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise EdgeCSPError(f"TensorRT could not load {name} (built by another TensorRT version or for "
-                               f"another GPU, or corrupt): {rebuild_hint(manifest)}")
+                               f"another GPU, or corrupt): {REBUILD_HINT}")
         return engine
 
     def _input_dims(self) -> Any:
