@@ -80,7 +80,7 @@ def main() -> int:
     from edgecsp.bench import machine
 
     if args.artifact is None:
-        from edgecsp.bench.artifacts import ensure_artifact
+        from edgecsp.bench.on_demand import ensure_artifact
 
         root, manifest, _ = ensure_artifact("demo", "intel-cpu", "int8", ROOT / "artifacts")
     else:

@@ -128,7 +128,7 @@ def random_batchnorm(model) -> None:
 
 def step_export(path: Path, size: int, work: Path) -> dict:
     from edgecsp.models.darknet_detector import DarknetDetector, config_from_cfg_text
-    from edgecsp.onnx_export import export_onnx
+    from edgecsp.onnx_writer import export_onnx
 
     torch.manual_seed(0)
     config = config_from_cfg_text(path.read_text(errors="replace"), str(path), input_size=size)

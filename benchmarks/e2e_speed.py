@@ -124,7 +124,7 @@ def main() -> int:
         print(line, file=sys.stderr, flush=True)
 
     if not args.artifact.is_dir():
-        from edgecsp.bench.artifacts import ensure_artifact
+        from edgecsp.bench.on_demand import ensure_artifact
 
         args.artifact, _, _ = ensure_artifact("demo", "intel-cpu", "int8", args.artifact.parent, progress=log)
     images = args.images or make_photos(args.count)

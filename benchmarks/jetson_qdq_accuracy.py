@@ -36,13 +36,12 @@ def main() -> int:
 
     import onnx
 
-    from edgecsp.calibration import calibration_set, load_recipe
-    from edgecsp.data.coco import resolve_dataset
-    from edgecsp.data.shapes import generate_shapes
-    from edgecsp.evaluation import evaluate
     from edgecsp.backends.tensorrt.onnx_runner import OnnxModelRunner
     from edgecsp.backends.tensorrt.sensitivity import keep_costliest_float
-    from edgecsp.data.shapes import default_val_dir
+    from edgecsp.calibration import calibration_set, load_recipe
+    from edgecsp.coco_eval import evaluate
+    from edgecsp.data.coco import resolve_dataset
+    from edgecsp.data.shapes import default_val_dir, generate_shapes
     from edgecsp.paths import cache_dir
 
     tmp = Path(tempfile.mkdtemp(prefix="edgecsp-qdq-accuracy-"))

@@ -48,7 +48,7 @@ def before_profile(tmp: Path) -> Path:
 
 
 def build(target: str | Path, precision: str, batch: int) -> tuple[Path, dict]:
-    from edgecsp.bench.artifacts import ensure_artifact
+    from edgecsp.bench.on_demand import ensure_artifact
 
     root, manifest, _ = ensure_artifact("demo", str(target), precision, ROOT / "artifacts", batch=batch,
                                         progress=lambda line: print(line, file=sys.stderr, flush=True))

@@ -103,7 +103,7 @@ def bflops(model: Any, size: int) -> float:
 def export(model: Any, pair: Pair, size: int, path: Path) -> Path:
     """FP32 ONNX with edgecsp's input and output names; detectors through edgecsp's own export."""
     if pair.kind == "detector":
-        from edgecsp.onnx_export import export_onnx
+        from edgecsp.onnx_writer import export_onnx
 
         rng = np.random.default_rng(0)
         parity = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8)]
@@ -114,7 +114,7 @@ def export(model: Any, pair: Pair, size: int, path: Path) -> Path:
     import onnx
     import torch
 
-    from edgecsp.onnx_export import INPUT_NAME, OUTPUT_NAME
+    from edgecsp.onnx_writer import INPUT_NAME, OUTPUT_NAME
 
     buf = io.BytesIO()
     with torch.no_grad():

@@ -30,7 +30,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from edgecsp.bench import report as rep
-    from edgecsp.bench.artifacts import ensure_artifact
+    from edgecsp.bench.on_demand import ensure_artifact
     from edgecsp.bench.run import BenchmarkOptions, run_benchmark
     from edgecsp.errors import EdgeCSPError
 

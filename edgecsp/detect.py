@@ -81,7 +81,7 @@ def open_detector(args: argparse.Namespace) -> Any:
         import edgecsp
 
         return edgecsp.load(args.artifact)
-    from edgecsp.evaluation import torch_predict_fn
+    from edgecsp.coco_eval import torch_predict_fn
     from edgecsp.models.checkpoint import resize_of, resolve_model
 
     model, description = resolve_model(cli.model_source(args))

@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
+    from edgecsp.coco_eval import check_classes, evaluate, torch_predict_fn
     from edgecsp.data.coco import resolve_dataset
-    from edgecsp.evaluation import check_classes, evaluate, torch_predict_fn
     from edgecsp.models.checkpoint import resize_of, resolve_model
 
     if args.annotations is None:

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         darknet = export_darknet(model, description, out, input_size=args.input_size)
         lines, data = darknet.lines(), darknet.as_dict()
     else:
-        from edgecsp.onnx_export import NMSOptions, export_onnx
+        from edgecsp.onnx_writer import NMSOptions, export_onnx
 
         options = NMSOptions(iou=args.iou, score=args.score, max_det=args.max_det) if args.nms else None
         opt.check_batch_pixels(args.batch, args.input_size or model.config.input_size)

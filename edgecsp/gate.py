@@ -77,7 +77,7 @@ class GateResult:
     @classmethod
     def measure(cls, reference: dict[str, Any], candidate: dict[str, Any], tolerance_points: float,
                 dataset: object, images: int | None, layout: str = "compile", **extra: Any) -> GateResult:
-        """The verdict on two AP measurements (edgecsp.evaluation's or cocoap's dicts)."""
+        """The verdict on two AP measurements (edgecsp.coco_eval's or cocoap's dicts)."""
         ref = {k: reference[k] for k in METRICS if k in reference}
         cand = {k: candidate[k] for k in METRICS if k in candidate}
         status = verdict(ref["AP50"], _points(ref["AP50"], cand["AP50"]), tolerance_points)

@@ -2,7 +2,7 @@
 
 Each step is a function with a small typed input and result, used alike by ``compile``,
 ``compile --from-bundle`` (verify's gate and publish), ``benchmark --target`` and the nightly
-(edgecsp.bench.artifacts). Every step reports progress; any failure raises EdgeCSPError and
+(edgecsp.bench.on_demand). Every step reports progress; any failure raises EdgeCSPError and
 leaves no artifact behind (the artifact is assembled in a staging directory and renamed into
 place only when complete).
 
@@ -205,9 +205,9 @@ def prepare(opts: CompileOptions, progress: Progress) -> Plan:
 
 def _data_and_model(opts: CompileOptions, progress: Progress) -> tuple[Any, Any, dict[str, Any]]:
     """The validation set and the model, checked against each other."""
+    from edgecsp.coco_eval import check_classes, check_evaluable
     from edgecsp.data.coco import resolve_dataset
     from edgecsp.data.shapes import validation_data
-    from edgecsp.evaluation import check_classes, check_evaluable
     from edgecsp.models.checkpoint import is_darknet, resolve_model
 
     opts.data = validation_data(opts.data, progress)
@@ -234,7 +234,7 @@ def export(plan: Plan, work: Path, progress: Progress) -> Exported:
         shutil.copy2(hit[0] / "model.onnx", work / "model.onnx")
         progress(f"[1/4] export: reused (cache {key}: same model, input size, batch and data)")
         return Exported(work / "model.onnx", hit[1]["export"], hit[1].get("graph") or _graph_counts(plan), key)
-    from edgecsp.onnx_export import export_onnx
+    from edgecsp.onnx_writer import export_onnx
 
     progress(f"[1/4] export {plan.model_name} to ONNX (input {plan.size}x{plan.size}, batch {plan.batch})")
     t = time.time()
@@ -305,7 +305,7 @@ def build(plan: Plan, exported: Exported, calibrated: Calibrated | None, staging
 
 def _build_request(plan: Plan, exported: Exported, calibrated: Calibrated | None, staging: Path) -> Any:
     from edgecsp.backends import BuildRequest
-    from edgecsp.evaluation import evaluate
+    from edgecsp.coco_eval import evaluate
 
     def validate(predict) -> float:
         return evaluate(predict, plan.dataset, plan.size, progress=False, max_images=plan.opts.verify_images,
@@ -355,7 +355,7 @@ def verify(plan: Plan, built: Built, staging: Path, draft: dict[str, Any], progr
 
 
 def _measure(plan: Plan, staging: Path, draft: dict[str, Any]) -> GateResult:
-    from edgecsp.evaluation import evaluate
+    from edgecsp.coco_eval import evaluate
     from edgecsp.predictor import Predictor
 
     reference = reference_metrics(plan.model, plan.model_hash, plan.dataset, plan.size, plan.opts.verify_images)
@@ -447,7 +447,7 @@ def model_hash_of(model) -> str:
 def reference_metrics(model, model_hash: str, dataset, size: int, max_images: int | None) -> dict:
     """FP32 PyTorch AP on the validation set, cached by model + data + size."""
     from edgecsp.artifact import sha256_file
-    from edgecsp.evaluation import evaluate, torch_predict_fn
+    from edgecsp.coco_eval import evaluate, torch_predict_fn
     from edgecsp.paths import cache_dir
 
     key = f"{model_hash}-{sha256_file(dataset.annotations_path)[:16]}-{size}-{max_images or 'all'}-v2"

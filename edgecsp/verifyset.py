@@ -31,7 +31,7 @@ from edgecsp.postprocess import postprocess
 
 FILE = "verify.npz"
 DEFAULT_IMAGES = 48  # ~120 KB each at 320x320 (photo backgrounds compress little): ~6 MB
-# The evaluation's postprocessing (edgecsp.evaluation.predict_dataset uses the same).
+# The evaluation's postprocessing (edgecsp.coco_eval.predict_dataset uses the same).
 SCORE_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS = 0.001, 0.6, 100
 MAX_VERIFY_BYTES = 512 * 1024 ** 2  # refuse a verify.npz that would unpack past this
 

@@ -50,7 +50,7 @@ def dataset():
 
 @pytest.fixture(scope="module")
 def fp32_onnx(demo, dataset, tmp_path_factory) -> Path:
-    from edgecsp.onnx_export import export_onnx
+    from edgecsp.onnx_writer import export_onnx
 
     model, description = demo
     path = tmp_path_factory.mktemp("ort") / "fp32.onnx"
@@ -61,7 +61,7 @@ def fp32_onnx(demo, dataset, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def torch_metrics(demo, dataset) -> dict:
-    from edgecsp.evaluation import evaluate, torch_predict_fn
+    from edgecsp.coco_eval import evaluate, torch_predict_fn
 
     return evaluate(torch_predict_fn(demo[0]), dataset, SIZE, progress=False, max_images=EVAL_IMAGES)
 
@@ -76,7 +76,7 @@ def _request(onnx_path, out_dir, precision="fp32", recipe=None, images=None, **k
 
 
 def _metrics(backend, engine: Path, dataset, info: dict) -> dict:
-    from edgecsp.evaluation import evaluate
+    from edgecsp.coco_eval import evaluate
 
     with backend.open_runner(engine, {"backend": {"info": info}}, threads=1) as runner:
         return evaluate(runner.run, dataset, SIZE, progress=False, max_images=EVAL_IMAGES)

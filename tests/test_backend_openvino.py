@@ -50,7 +50,7 @@ def onnx_path(demo, tmp_path_factory) -> Path:
     model, description = demo
     path = tmp_path_factory.mktemp("ov-onnx") / "demo.onnx"
     try:
-        from edgecsp.onnx_export import export_onnx
+        from edgecsp.onnx_writer import export_onnx
     except ImportError:
         export_onnx = None
     if export_onnx is not None:
@@ -81,14 +81,14 @@ def dataset():
 
 
 def _ap50(predict, dataset) -> float:
-    from edgecsp.evaluation import evaluate
+    from edgecsp.coco_eval import evaluate
 
     return evaluate(predict, dataset, 320, progress=False, max_images=VAL_IMAGES)["AP50"]
 
 
 @pytest.fixture(scope="module")
 def torch_ap50(demo, dataset) -> float:
-    from edgecsp.evaluation import torch_predict_fn
+    from edgecsp.coco_eval import torch_predict_fn
 
     return _ap50(torch_predict_fn(demo[0]), dataset)
 

@@ -275,7 +275,7 @@ def tiny_artifact(tmp_path_factory, shapes_small):
     from edgecsp.artifact import finalize, staging_dir
     from edgecsp.models.checkpoint import describe, save_checkpoint
     from edgecsp.models.detector import build_detector
-    from edgecsp.onnx_export import export_onnx
+    from edgecsp.onnx_writer import export_onnx
     from edgecsp.pipeline import model_hash_of
     from edgecsp.targets import load_target
 

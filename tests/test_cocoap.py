@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from edgecsp.coco_eval import coco_metrics, predict_dataset, torch_predict_fn
 from edgecsp.cocoap import Boxes, evaluate_boxes
 from edgecsp.data.coco import resolve_dataset
-from edgecsp.evaluation import coco_metrics, predict_dataset, torch_predict_fn
 
 
 def _as_boxes(results: list[dict]) -> Boxes:

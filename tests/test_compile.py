@@ -83,12 +83,12 @@ def test_accuracy_gate_fails_the_compile_and_writes_nothing(tmp_path, shapes_sma
 
 
 def test_export_failure_leaves_no_artifact(tmp_path, tmp_path_factory, shapes_small, monkeypatch):
-    import edgecsp.onnx_export as onnx_export
+    import edgecsp.onnx_writer as onnx_writer
 
     def broken(*a, **k):
         raise EdgeCSPError("export failed: planted")
 
-    monkeypatch.setattr(onnx_export, "export_onnx", broken)
+    monkeypatch.setattr(onnx_writer, "export_onnx", broken)
     monkeypatch.setenv("EDGECSP_CACHE_DIR", str(tmp_path_factory.mktemp("cold-cache")))  # no cached export to reuse
     with pytest.raises(EdgeCSPError, match="planted"):
         _compile(tmp_path, shapes_small)

@@ -44,7 +44,7 @@ DEVICE_MODULES = (
     "edgecsp.jetson.tegrastats", "edgecsp.backends.tensorrt.calibcache",
     "edgecsp.bench", "edgecsp.bench.harness", "edgecsp.bench.memory", "edgecsp.bench.machine", "edgecsp.bench.counters",
     "edgecsp.bench.report", "edgecsp.bench.run", "edgecsp.bench.bandwidth", "edgecsp.bench.traffic",
-    "edgecsp.bench.baselines", "edgecsp.bench.artifacts", "edgecsp.bench.accuracy", "edgecsp.bench.nightly",
+    "edgecsp.bench.baselines", "edgecsp.bench.on_demand", "edgecsp.bench.accuracy", "edgecsp.bench.nightly",
     "edgecsp.bench.nightly_report", "edgecsp.bench.regression", "edgecsp.bench.suite", "edgecsp.bench.history",
     # The fleet: the worker and the jobs it runs are on the devices; the head runs on a device's
     # Python too (Ray needs one Python minor version per cluster).

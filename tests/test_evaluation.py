@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from edgecsp.coco_eval import coco_metrics, evaluate, torch_predict_fn
 from edgecsp.data.coco import resolve_dataset
-from edgecsp.evaluation import coco_metrics, evaluate, torch_predict_fn
 from edgecsp.postprocess import nms, postprocess
 
 
@@ -103,9 +103,9 @@ def test_one_default_score_and_iou_threshold_for_every_command():
     import inspect
 
     from edgecsp import export
-    from edgecsp.detect import build_parser
     from edgecsp.backends.tensorrt.qdq import add_efficient_nms
-    from edgecsp.onnx_export import NMSOptions
+    from edgecsp.detect import build_parser
+    from edgecsp.onnx_writer import NMSOptions
     from edgecsp.postprocess import DEFAULT_IOU, DEFAULT_SCORE
     from edgecsp.predictor import Predictor
 

@@ -29,7 +29,8 @@ from edgecsp.data.shapes import ensure_shapes_val
 from edgecsp.errors import EdgeCSPError
 from edgecsp.models.checkpoint import resolve_model
 from edgecsp.models.detector import Detector
-from edgecsp.onnx_export import (
+from edgecsp.onnx_graph import head_nodes
+from edgecsp.onnx_writer import (
     BOX_TOLERANCE_PX,
     SCORE_TOLERANCE,
     NMSOptions,
@@ -38,7 +39,6 @@ from edgecsp.onnx_export import (
     export_onnx,
     read_metadata,
 )
-from edgecsp.onnx_graph import head_nodes
 from edgecsp.postprocess import postprocess
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -248,7 +248,7 @@ def test_tegrastats_monitor_runs_it_in_the_background(tmp_path):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
     from edgecsp.models.checkpoint import resolve_model
-    from edgecsp.onnx_export import export_onnx
+    from edgecsp.onnx_writer import export_onnx
 
     model, description = resolve_model("demo")
     path = tmp_path_factory.mktemp("jetson-export") / "model.onnx"
@@ -372,9 +372,9 @@ def test_calibration_cache_matches_the_qdq_scales(bundle):
 
 def test_qdq_model_accuracy_in_onnxruntime_is_within_a_point_of_fp32(bundle):
     from edgecsp.backends import get_backend
+    from edgecsp.coco_eval import evaluate
     from edgecsp.data.coco import resolve_dataset
     from edgecsp.data.shapes import default_val_dir
-    from edgecsp.evaluation import evaluate
 
     dataset = resolve_dataset(default_val_dir())
     backend = get_backend("tensorrt")
@@ -592,9 +592,9 @@ def test_fp16_typed_qdq_model_keeps_the_rules_and_the_accuracy(bundle):
 
 def test_sensitivity_pass_floats_the_costliest_convs_and_records_them(bundle):
     from edgecsp import verifyset
-    from edgecsp.calibration import CalibrationRecipe, calibration_set
     from edgecsp.backends.tensorrt.qdq import check_tensorrt_qdq
     from edgecsp.backends.tensorrt.sensitivity import float_convs, keep_costliest_float, output_error, quantized_convs
+    from edgecsp.calibration import CalibrationRecipe, calibration_set
     from edgecsp.onnx_graph import head_nodes
 
     manifest = json.loads((bundle / "manifest.json").read_text())

@@ -33,8 +33,8 @@ def _no_valid_box(data: dict) -> None:
 
 
 def test_a_set_whose_every_box_is_invalid_is_refused_not_scored_zero(tmp_path, shapes_small):
+    from edgecsp.coco_eval import evaluate
     from edgecsp.data.coco import resolve_dataset
-    from edgecsp.evaluation import evaluate
 
     root = _copy_set(shapes_small["val"], tmp_path / "bad", _no_valid_box)
     with pytest.warns(UserWarning, match="dropped"):
@@ -146,8 +146,8 @@ def test_a_killed_nightly_run_is_closed_as_killed_by_the_next(tmp_path):
 
 
 def test_a_set_with_some_valid_boxes_is_still_evaluated(tmp_path, shapes_small):
+    from edgecsp.coco_eval import check_evaluable
     from edgecsp.data.coco import resolve_dataset
-    from edgecsp.evaluation import check_evaluable
 
     def spoil_half(data: dict) -> None:
         for a in data["annotations"][::2]:

@@ -397,7 +397,7 @@ class OnnxRuntimeBackend(Backend):
         level = options.graph_optimization
         onnx_path = Path(request.onnx_path)
         if not onnx_path.is_file():
-            raise EdgeCSPError(f"ONNX model {onnx_path} does not exist; export it first (edgecsp.onnx_export)")
+            raise EdgeCSPError(f"ONNX model {onnx_path} does not exist; export it first (edgecsp.onnx_writer)")
         out_dir = Path(request.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Accuracy regression: an artifact's AP/AP50 on the validation set against the FP32 PyTorch
 reference, with the tolerance from its target profile. Same evaluation code as the compile gate
-(edgecsp.evaluation + the cached reference of edgecsp.pipeline), so the numbers agree with it."""
+(edgecsp.coco_eval + the cached reference of edgecsp.pipeline), so the numbers agree with it."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def check_accuracy(predict_batch: Any, manifest: dict, data: Path | None = None,
                    model_spec: str | None = None) -> GateResult:
     """The gate of ``predict_batch`` against the FP32 reference: the compile's GateResult
     (``status`` as in edgecsp.gate: a reference that detects nothing fails too)."""
+    from edgecsp.coco_eval import evaluate
     from edgecsp.data.coco import resolve_dataset
-    from edgecsp.evaluation import evaluate
     from edgecsp.gate import check_image_count
     from edgecsp.models.checkpoint import resolve_model
     from edgecsp.pipeline import model_hash_of, reference_metrics
@@ -53,7 +53,7 @@ def check_accuracy(predict_batch: Any, manifest: dict, data: Path | None = None,
     if dataset.num_classes != model.config.num_classes:
         raise EdgeCSPError(f"validation set {data} has {dataset.num_classes} classes, the model has "
                            f"{model.config.num_classes}; pass the model's own validation data with --data")
-    from edgecsp.evaluation import check_classes
+    from edgecsp.coco_eval import check_classes
 
     check_classes(list((manifest.get("model") or {}).get("class_names") or description["class_names"]), dataset,
                   f"artifact {manifest.get('model', {}).get('name', spec)}")

@@ -112,9 +112,7 @@ def model_for(manifest: dict, model_spec: str | None = None) -> tuple[Any, str]:
     """The artifact's model with its trained weights when they can be found here, else its
     architecture with random weights (same speed; the report says which)."""
     from edgecsp.bench.traffic import model_from_manifest
-    from edgecsp.models.checkpoint import resolve_model
-
-    from edgecsp.models.checkpoint import source_of
+    from edgecsp.models.checkpoint import resolve_model, source_of
 
     spec = model_spec or source_of(manifest)
     try:
@@ -126,7 +124,7 @@ def model_for(manifest: dict, model_spec: str | None = None) -> tuple[Any, str]:
 
 def fp32_onnx(model: Any, input_size: int, batch: int | str, images: list[np.ndarray] | None = None) -> Path:
     """The model exported to FP32 ONNX (cached by weights, size and batch)."""
-    from edgecsp.onnx_export import export_onnx
+    from edgecsp.onnx_writer import export_onnx
     from edgecsp.paths import cache_dir
 
     h = hashlib.sha256(f"{input_size}|{batch}".encode())

@@ -40,7 +40,7 @@ Executor = Callable[[Job, Suite, Path], dict]
 def run_job(job: Job, suite: Suite, job_dir: Path) -> dict[str, Any]:
     """Build or reuse, evaluate, benchmark. Returns {"artifact", "built", "report"} (report: the
     benchmark JSON with ``accuracy``); raises on any failure."""
-    from edgecsp.bench.artifacts import ensure_artifact
+    from edgecsp.bench.on_demand import ensure_artifact
     from edgecsp.bench.report import write_all
     from edgecsp.bench.run import BenchmarkOptions, run_benchmark
 

@@ -238,7 +238,7 @@ def _subject(opts: BenchmarkOptions, progress: Progress) -> tuple[Path, Any, boo
     if opts.artifact is not None:
         root, manifest = open_manifest(opts.artifact)  # checksums first: a tampered engine never runs
         return root, manifest, False
-    from edgecsp.bench.artifacts import ensure_artifact
+    from edgecsp.bench.on_demand import ensure_artifact
     from edgecsp.manifest import Manifest
 
     root, raw, built = ensure_artifact(opts.model or "demo", str(opts.target), opts.precision, opts.artifacts_dir,

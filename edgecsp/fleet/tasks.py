@@ -61,7 +61,7 @@ def unpack(data: bytes, dest: Path) -> None:
 def build_artifact(job: Any, suite: Any) -> tuple[dict[str, Any], bytes]:
     """On a builder: build or reuse the artifact (a bundle for a Jetson target) in this machine's
     cache; returns (facts, packed artifact)."""
-    from edgecsp.bench.artifacts import ensure_artifact
+    from edgecsp.bench.on_demand import ensure_artifact
     from edgecsp.fleet.device import describe
     from edgecsp.paths import cache_dir
 

@@ -18,7 +18,14 @@ from tqdm import tqdm
 from edgecsp import __version__
 from edgecsp.data.coco import CocoDataset
 from edgecsp.errors import EdgeCSPError
-from edgecsp.models.checkpoint import architecture_of, describe, input_size_of, read_checkpoint, resize_of, save_checkpoint
+from edgecsp.models.checkpoint import (
+    architecture_of,
+    describe,
+    input_size_of,
+    read_checkpoint,
+    resize_of,
+    save_checkpoint,
+)
 from edgecsp.models.detector import Detector
 from edgecsp.training.anchors import anchor_fitness, fit_anchors
 from edgecsp.training.augment import augment

@@ -12,10 +12,10 @@ import datetime
 import json
 import math
 import tempfile
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from fuzz_harness import REJECTED, expect_clean
 from hypothesis import given
 from hypothesis import strategies as st

@@ -41,7 +41,7 @@ FREE_TEXT = {"target", "model", "precision", "calibration", "compare", "db", "de
              "night"}  # nightly --night: an id of the caller's choosing, stored as text
 # Where each command's heavy work starts: an accepted input runs up to here, then stops.
 HEAVY = ["edgecsp.pipeline.compile_artifact", "edgecsp.backends.tensorrt.bundle.build_from_bundle",
-         "edgecsp.onnx_export.export_onnx", "edgecsp.evaluation.evaluate", "edgecsp.evaluation.torch_predict_fn",
+         "edgecsp.onnx_writer.export_onnx", "edgecsp.coco_eval.evaluate", "edgecsp.coco_eval.torch_predict_fn",
          "edgecsp.bench.run.run_benchmark", "edgecsp.bench.nightly.run_suite", "edgecsp.summary.summarize",
          "edgecsp.training.trainer.train", "edgecsp.data.shapes.generate_shapes", "edgecsp.data.yolo_txt.yolo_to_coco",
          "edgecsp.signing.generate_keypair", "edgecsp.fleet.device.describe"]

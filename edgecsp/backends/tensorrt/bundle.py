@@ -514,8 +514,8 @@ def _verify_on_dataset(root: Path, manifest: dict, data: str | Path, images: int
     """Engine AP against the bundle's FP32 ONNX (ONNX Runtime) on the same images of ``data``
     (host extra: ONNX Runtime and pycocotools)."""
     from edgecsp.backends.tensorrt.onnx_runner import OnnxModelRunner
+    from edgecsp.coco_eval import check_classes, evaluate
     from edgecsp.data.coco import resolve_dataset
-    from edgecsp.evaluation import check_classes, evaluate
     from edgecsp.predictor import Predictor
 
     dataset = resolve_dataset(Path(data))

@@ -28,7 +28,6 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecsp.backends.base import static_batch
-from edgecsp.errors import EdgeCSPError, first_line
 from edgecsp.backends.tensorrt.calibcache import (  # noqa: F401 - their home was here; the device imports calibcache
     CACHE_ALGORITHM,
     format_calibration_cache,
@@ -36,6 +35,7 @@ from edgecsp.backends.tensorrt.calibcache import (  # noqa: F401 - their home wa
     retag_calibration_cache,
     trt_version_code,
 )
+from edgecsp.errors import EdgeCSPError, first_line
 from edgecsp.postprocess import DEFAULT_IOU, DEFAULT_SCORE
 
 # Ops TensorRT runs in INT8 from Q/DQ at their inputs (the detectors here only have Conv).
