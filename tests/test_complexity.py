@@ -12,15 +12,13 @@ that last conv (1000 values) and cannot be told apart at the table's rounding.
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
 import pytest
 import torch
+from testpaths import CFG_DIR
 from torch import nn
 
 from edgecsp.complexity import profile, stage_table
-
-CFG_DIR = Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"
 
 # model cfg -> (params in millions, Darknet BFLOPs), from csp-paper-numbers.md
 REFERENCE = {

@@ -12,15 +12,14 @@ import os
 import subprocess
 import sys
 from functools import cache
-from pathlib import Path
 
 import pytest
 import torch
+from testpaths import CFG_DIR
 
 from edgecsp.models.detector import build_detector
 from edgecsp.summary import PAPER, SOURCES, main, summarize
 
-CFG_DIR = Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"
 needs_cfgs = pytest.mark.skipif(not CFG_DIR.is_dir(), reason=f"published Darknet cfgs not found at {CFG_DIR}")
 
 # The paper's figures: params in millions, BFLOPs, input size; "conv": the reference README counts

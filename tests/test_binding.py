@@ -1,6 +1,4 @@
-"""Manifests bound to their engines (issue 13): an edited manifest is a tampered artifact, and
-even a manifest whose digest was recomputed is refused, by name, where it disagrees with the
-engine it describes."""
+"""The manifest is bound to its engine: digest beside it and in the archive, every edit refused by name."""
 
 from __future__ import annotations
 
@@ -19,32 +17,6 @@ from edgecsp.errors import EdgeCSPError
 def _copy(artifact: Path, dest: Path) -> tuple[Path, dict]:
     shutil.copytree(artifact, dest)
     return dest, json.loads((dest / "manifest.json").read_text())
-
-
-def test_the_manifest_digest_is_beside_it_and_in_the_archive(ort_artifact):
-    import hashlib
-
-    digest = (ort_artifact / "manifest.sha256").read_text().split()[0]
-    assert digest == hashlib.sha256((ort_artifact / "manifest.json").read_bytes()).hexdigest()
-    with tarfile.open(ort_artifact.with_name(ort_artifact.name + ".tar.gz")) as tar:
-        assert f"{ort_artifact.name}/manifest.sha256" in tar.getnames()
-
-
-def test_a_manifest_edited_by_one_byte_is_refused(tmp_path, ort_artifact):
-    root, _ = _copy(ort_artifact, tmp_path / "a")
-    raw = bytearray((root / "manifest.json").read_bytes())
-    at = raw.index(b'"preprocessing"') + 1
-    raw[at] = ord("P")  # one byte, still valid JSON and still valid against the schema
-    (root / "manifest.json").write_bytes(bytes(raw))
-    with pytest.raises(EdgeCSPError, match="manifest.json fails its sha256 check"):
-        edgecsp.load(root)
-
-
-def test_a_manifest_without_its_digest_is_refused(tmp_path, ort_artifact):
-    root, _ = _copy(ort_artifact, tmp_path / "a")
-    (root / "manifest.sha256").unlink()
-    with pytest.raises(EdgeCSPError, match="has no manifest.sha256"):
-        open_artifact(root)
 
 
 def _edits(manifest: dict) -> list[tuple[str, dict, str]]:
@@ -91,6 +63,32 @@ def _edits(manifest: dict) -> list[tuple[str, dict, str]]:
     ]
 
 
+def test_the_manifest_digest_is_beside_it_and_in_the_archive(ort_artifact):
+    import hashlib
+
+    digest = (ort_artifact / "manifest.sha256").read_text().split()[0]
+    assert digest == hashlib.sha256((ort_artifact / "manifest.json").read_bytes()).hexdigest()
+    with tarfile.open(ort_artifact.with_name(ort_artifact.name + ".tar.gz")) as tar:
+        assert f"{ort_artifact.name}/manifest.sha256" in tar.getnames()
+
+
+def test_a_manifest_edited_by_one_byte_is_refused(tmp_path, ort_artifact):
+    root, _ = _copy(ort_artifact, tmp_path / "a")
+    raw = bytearray((root / "manifest.json").read_bytes())
+    at = raw.index(b'"preprocessing"') + 1
+    raw[at] = ord("P")  # one byte, still valid JSON and still valid against the schema
+    (root / "manifest.json").write_bytes(bytes(raw))
+    with pytest.raises(EdgeCSPError, match="manifest.json fails its sha256 check"):
+        edgecsp.load(root)
+
+
+def test_a_manifest_without_its_digest_is_refused(tmp_path, ort_artifact):
+    root, _ = _copy(ort_artifact, tmp_path / "a")
+    (root / "manifest.sha256").unlink()
+    with pytest.raises(EdgeCSPError, match="has no manifest.sha256"):
+        open_artifact(root)
+
+
 def test_each_edit_of_the_issue_is_refused_by_name_even_with_a_recomputed_digest(tmp_path, ort_artifact):
     root, manifest = _copy(ort_artifact, tmp_path / "a")
     assert manifest["precision"] == "fp32" and manifest["inputs"][0]["shape"][0] == 1
@@ -131,37 +129,3 @@ def test_an_int8_engine_cannot_be_described_as_fp32(tmp_path, shapes_small):
                                                                      "precision": "fp32"}}})
     with pytest.raises(EdgeCSPError, match=r"precision fp32 does not match its engine, which holds int8 weights \(Q/DQ\)"):
         edgecsp.load(out)
-
-
-# -- the typed manifest (issue 14 item 3) -------------------------------------------------------
-
-
-def test_the_typed_manifest_answers_from_the_json(ort_artifact):
-    from edgecsp.artifact import open_manifest
-    from edgecsp.manifest import Manifest
-
-    root, manifest = open_manifest(ort_artifact)
-    raw = json.loads((root / "manifest.json").read_text())
-    assert manifest.raw == raw and Manifest.read(root) == manifest
-    assert manifest.engine == raw["engine"] and manifest.precision == raw["precision"] == "fp32"
-    assert manifest.backend_name == "onnxruntime" and manifest.build_info == raw["backend"]["info"]
-    assert manifest.input_size == raw["model"]["input_size"][0] and manifest.batch == raw["inputs"][0]["shape"][0]
-    assert manifest.accuracy.status == manifest.accuracy_status == "passed"
-    assert manifest.accuracy.to_manifest() == raw["accuracy"]
-    assert manifest.graph_counts == raw["model"]["graph"] and manifest.bundle is None
-    assert Manifest.of(raw).build_info == manifest.build_info and Manifest.of(None).build_info == {}
-
-
-def test_backends_read_build_information_in_one_place():
-    """OpenVINO looked in four places; the manifest says where: backend.info, nowhere else."""
-    from edgecsp.backends.openvino_backend import _manifest_info
-
-    assert _manifest_info({"backend": {"name": "openvino", "info": {"device": "CPU"}}}) == {"device": "CPU"}
-    assert _manifest_info({"backend": {"name": "openvino"}, "build_info": {"device": "GPU"}}) == {}
-
-
-def test_a_manifest_that_is_not_json_is_one_line(tmp_path):
-    from edgecsp.manifest import Manifest
-
-    with pytest.raises(EdgeCSPError, match="is corrupt"):
-        Manifest.parse(b"{not json", tmp_path / "manifest.json")

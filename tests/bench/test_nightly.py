@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from testpaths import REPO
 
 from edgecsp.bench import nightly as nightly_mod
 from edgecsp.bench.history import History, Record
@@ -338,6 +339,6 @@ def test_password_is_hidden_in_database_errors():
 
 
 def test_shipped_suite_loads():
-    suite = load_suite(Path(__file__).resolve().parents[1] / "benchmarks" / "nightly.toml")
+    suite = load_suite(REPO / "benchmarks" / "nightly.toml")
     assert suite.thresholds.throughput_drop_pct == 10 and suite.thresholds.ap50_drop_points == 0.5
     assert Job("demo", "intel-cpu", "int8") in suite.matrix()

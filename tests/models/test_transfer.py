@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from testpaths import CFG_DIR
 
 from edgecsp.errors import EdgeCSPError
 
-CFG_DIR = Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"
 CFG = CFG_DIR / "csdarknet53-panet-spp.cfg"
 pytestmark = pytest.mark.skipif(not CFG.is_file(), reason=f"published Darknet cfgs not found at {CFG_DIR}")
 

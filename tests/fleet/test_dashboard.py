@@ -10,11 +10,12 @@ from pathlib import Path
 import browser
 import pytest
 from fleetenv import need
+from testpaths import REPO
 
 from edgecsp.bench.history import History, Record
 from edgecsp.fleet.dashboard import COLUMNS, collect, write_site
 
-DOCS_SHOT = Path(__file__).resolve().parents[1] / "docs" / "fleet.png"
+DOCS_SHOT = REPO / "docs" / "fleet.png"
 
 
 def plant(db: Path) -> None:

@@ -4,16 +4,13 @@ native model's outputs, AP50 and compiled AP50."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from testpaths import CFG_DIR
 
 from edgecsp.errors import EdgeCSPError
 from edgecsp.models.checkpoint import ModelSource, resolve_model
-
-CFG_DIR = Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"
 
 VERIFY_IMAGES = 32  # of the default validation set: enough detections for AP50, small enough for CI
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from testpaths import CFG_DIR as SHARED_CFGS
 from torch import nn
 
 from edgecsp.darknet import DarknetModel, darknet_param_count, parse_cfg
 from edgecsp.errors import EdgeCSPError
 from edgecsp.models.darknet_detector import DarknetDetector, config_from_cfg_text, load_darknet_detector
 
-CFG_DIR = next((p / "shared" / "darknet-cfg" for p in Path(__file__).resolve().parents[1:4]
-                if (p / "shared" / "darknet-cfg").is_dir()), None)
+CFG_DIR = SHARED_CFGS if SHARED_CFGS.is_dir() else None
 # The two [yolo] cfgs outside what edgecsp deploys (issue 11), and the one with a typo in its anchors.
 OUT_OF_SCOPE = {"yolov3-tiny_occlusion_track.cfg": "[crnn]", "yolov4-tiny_contrastive.cfg": "[contrastive]"}
 TYPO = {"cspx-p7-mish_hp.cfg"}

@@ -15,8 +15,9 @@ from pathlib import Path
 import pgserver
 import pytest
 from fleetenv import need
+from testpaths import REPO
 
-HERE = Path(__file__).resolve().parent
+HERE = REPO / "tests"  # where fleet_cluster.py lives
 SERVES = {"x86-a": {"onnxruntime"}, "x86-b": {"onnxruntime"}, "orin-sim": {"jetson-orin-nano"}}
 
 

@@ -10,18 +10,16 @@ the cfg's masked anchors and scale_x_y, and shares no code with ``edgecsp.models
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from testpaths import CFG_DIR
 
 from edgecsp.complexity import profile
 from edgecsp.darknet import DarknetModel, load_darknet_weights_into, save_darknet_weights_from
 from edgecsp.models.detector import DETECTORS, build_detector
-
-CFG_DIR = Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"
 
 # published cfg -> the zoo detector that claims to be the same network
 PUBLISHED = {

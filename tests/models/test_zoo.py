@@ -7,15 +7,13 @@ device (shapes only, no weights, no arithmetic) so the 256x256 figures cost noth
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 import torch
+from testpaths import CFG_DIR
 
 from edgecsp.errors import EdgeCSPError
 from edgecsp.models.zoo import BACKBONES, backbone_spec, build_backbone
-
-CFG_DIR = Path(__file__).resolve().parents[2] / "shared" / "darknet-cfg"
 
 ALL = list(BACKBONES)
 

@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from testpaths import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CHECKED = ["edgecsp/backends/tensorrt/build.py", "edgecsp/backends/tensorrt/runner.py",
            "edgecsp/backends/tensorrt/backend.py", "edgecsp/backends/tensorrt/bundle.py", "edgecsp/backends/tensorrt/qdq.py",
            "edgecsp/jetson/profiles.py", "edgecsp/jetson/tegrastats.py"]

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -20,6 +19,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper
+from testpaths import REPO as ROOT
 
 from edgecsp import __version__
 from edgecsp.data import shapes
@@ -40,8 +40,6 @@ from edgecsp.onnx_writer import (
     read_metadata,
 )
 from edgecsp.postprocess import postprocess
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
