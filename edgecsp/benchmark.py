@@ -23,6 +23,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable  # typing's: subscriptable at run time on 3.8
 
 from edgecsp import cli
 from edgecsp import options as opt
@@ -91,17 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     progress = (lambda line: None) if args.quiet else cli.say
     report = run_benchmark(opts, progress=progress)
     out = args.out or Path("runs") / "benchmark" / f"{report['artifact']['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    written = rep.write_all(report, out, plots=not args.no_plots)
-    if args.json_out:
-        written["json_copy"] = rep.write_json(report, args.json_out)
-    files = f"report: {', '.join(str(p) for p in written.values())}"
-    if args.json:
-        print(json.dumps(report, default=str))
-        progress(files)
-    else:
-        print(rep.format_table(report))
-        print(f"\n{files}")
-    return 0
+    written = list(rep.write_all(report, out, plots=not args.no_plots).values())
+    return _print_report(args, report, written, rep.format_table, progress)
 
 
 def _e2e(args: argparse.Namespace) -> int:
@@ -122,6 +114,15 @@ def _e2e(args: argparse.Namespace) -> int:
     report = e2e.run_e2e(opts, progress=progress)
     out = args.out or Path("runs") / "benchmark" / f"{report['artifact']['name']}-e2e-{time.strftime('%Y%m%d-%H%M%S')}"
     written = [rep.write_json(report, Path(out) / "benchmark-e2e.json")]
+    return _print_report(args, report, written, e2e.format_table, progress)
+
+
+def _print_report(args: argparse.Namespace, report: dict, written: list[Path],
+                  table: Callable[[dict], str], progress: Callable[[str], None]) -> int:
+    """The result on stdout (the table, or with --json the report), the files written after it;
+    --json-out FILE adds a copy of the JSON report."""
+    from edgecsp.bench import report as rep
+
     if args.json_out:
         written.append(rep.write_json(report, args.json_out))
     files = f"report: {', '.join(str(p) for p in written)}"
@@ -129,7 +130,7 @@ def _e2e(args: argparse.Namespace) -> int:
         print(json.dumps(report, default=str))
         progress(files)
     else:
-        print(e2e.format_table(report))
+        print(table(report))
         print(f"\n{files}")
     return 0
 

@@ -141,11 +141,96 @@ def stage_breakdown(predictor: Any, source: _Source) -> dict[str, dict[str, floa
     return out
 
 
+class _Tally:
+    """Wall seconds, CPU seconds and frames per path, summed over the rounds."""
+
+    def __init__(self, keys: list[str]):
+        self.wall = dict.fromkeys(keys, 0.0)
+        self.cpu = dict.fromkeys(keys, 0.0)
+        self.frames = dict.fromkeys(keys, 0)
+
+    def add(self, key: str, wall: float, cpu: float, frames: int) -> None:
+        self.wall[key] += wall
+        self.cpu[key] += cpu
+        self.frames[key] += frames
+
+    def fps(self, key: str) -> float:
+        return round(self.frames[key] / self.wall[key], 3) if self.wall[key] > 0 else 0.0
+
+    def cpu_ms(self, key: str) -> float | None:
+        n = self.frames[key]
+        return round(self.cpu[key] / n * 1e3, 4) if n else None
+
+
+@dataclass
+class _Paths:
+    """What one e2e run times, on the same frames: the engine alone (the predictor's input, and
+    the float NCHW engine where that differs), one image at a time, the stream, extra paths."""
+
+    opts: E2EOptions
+    source: Any  # _Source
+    detector: Any  # edgecsp.predictor.Predictor
+    plain: Any  # the float-input Predictor, or None
+    tensors: list[np.ndarray]
+    plain_tensors: list[np.ndarray]
+    tally: _Tally
+    engine_lat: list[float] = field(default_factory=list)
+    seq_lat: list[float] = field(default_factory=list)
+    rounds: int = 0
+
+    def stream(self) -> int:
+        return sum(1 for _ in self.detector.stream(self.source.items(), workers=self.opts.workers,
+                                                   batch=self.opts.batch))
+
+    def warm_up(self) -> None:
+        warm_end = time.perf_counter() + self.opts.warmup_s
+        while time.perf_counter() < warm_end:
+            self.stream()
+            for item in self.source.items():
+                self.detector(item)
+
+    def _timed(self, key: str, body: Callable[[], int]) -> float:
+        """Run ``body`` (it returns the frames it did); adds to the tally; returns the wall seconds."""
+        w0, c0 = time.perf_counter(), time.process_time()
+        frames = body()
+        wall = time.perf_counter() - w0
+        self.tally.add(key, wall, time.process_time() - c0, frames)
+        return wall
+
+    def _each(self, run: Callable[[Any], Any], items: Any, latencies: list[float] | None) -> int:
+        n = 0
+        for item in items:
+            a = time.perf_counter()
+            run(item)
+            if latencies is not None:
+                latencies.append(time.perf_counter() - a)
+            n += 1
+        return n
+
+    def one_round(self) -> str:
+        """Every path once, in turn (so a change in the machine's load touches them alike)."""
+        t_engine = self._timed("engine", lambda: self._each(self.detector.runner.run, self.tensors, self.engine_lat))
+        t_seq = self._timed("sequential", lambda: self._each(self.detector, self.source.items(), self.seq_lat))
+        n_stream = [0]
+
+        def stream() -> int:
+            n_stream[0] = self.stream()
+            return n_stream[0]
+
+        t_stream = self._timed("stream", stream)
+        if self.plain is not None:
+            self._timed("engine_f32", lambda: self._each(self.plain.runner.run, self.plain_tensors, None))
+        for name, fn in self.opts.extra_paths.items():
+            self._timed(name, lambda fn=fn: self._each(lambda item: fn(self.detector, item), self.source.items(),
+                                                       None))
+        self.rounds += 1
+        return (f"  round {self.rounds}: engine {len(self.tensors) / t_engine:.1f} FPS, one at a time "
+                f"{self.source.count / t_seq:.1f} images/s, stream {n_stream[0] / t_stream:.1f} images/s")
+
+
 def run_e2e(opts: E2EOptions, progress: Progress = print) -> dict[str, Any]:
     import edgecsp
-    from edgecsp import __version__
     from edgecsp.artifact import open_artifact
-    from edgecsp.bench import machine
     from edgecsp.bench.load import LoadMonitor, warning
 
     root, manifest = open_artifact(opts.artifact)
@@ -159,87 +244,36 @@ def run_e2e(opts: E2EOptions, progress: Progress = print) -> dict[str, Any]:
     with edgecsp.load(root, **options) as detector, LoadMonitor() as load:
         # the engine-only inputs: the same frames, letterboxed once, outside the timing
         tensors = [detector.prepare(item)[0][None] for item in source.items()]
-        run = detector.runner.run
         # Where the predictor's engine normalises inside (OpenVINO uint8 input), the plain float
         # NCHW engine too: the figure the latency scenario reports. The ratios use the faster one.
         plain = edgecsp.load(root, **options, u8_input=False) if detector.u8_input else None
         plain_tensors = [(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0) for x in tensors] if plain else []
-        clock = time.perf_counter
-        warm_end = clock() + opts.warmup_s
-        while clock() < warm_end:
-            list(detector.stream(source.items(), workers=opts.workers, batch=opts.batch))
-            for item in source.items():
-                detector(item)
+        paths = _Paths(opts, source, detector, plain, tensors, plain_tensors,
+                       _Tally(["engine", "sequential", "stream", "engine_f32", *opts.extra_paths]))
+        paths.warm_up()
         stages = stage_breakdown(detector, source)
-        totals = {"engine": [0.0, 0], "sequential": [0.0, 0], "stream": [0.0, 0]}
-        totals.update({name: [0.0, 0] for name in opts.extra_paths})
-        totals["engine_f32"] = [0.0, 0]
-        engine_lat: list[float] = []
-        seq_lat: list[float] = []
-        rounds = 0
-        start = clock()
-        cpu = time.process_time
-        cpu_s = {key: 0.0 for key in totals}
-        while rounds < opts.min_rounds or clock() - start < opts.duration_s:
-            c0 = cpu()
-            t0 = clock()
-            for x in tensors:
-                a = clock()
-                run(x)
-                engine_lat.append(clock() - a)
-            t1, c1 = clock(), cpu()
-            for item in source.items():
-                a = clock()
-                detector(item)
-                seq_lat.append(clock() - a)
-            t2, c2 = clock(), cpu()
-            n_stream = sum(1 for _ in detector.stream(source.items(), workers=opts.workers, batch=opts.batch))
-            t3, c3 = clock(), cpu()
-            cpu_s["engine"] += c1 - c0
-            cpu_s["sequential"] += c2 - c1
-            cpu_s["stream"] += c3 - c2
-            for key, dt, n in (("engine", t1 - t0, len(tensors)), ("sequential", t2 - t1, source.count),
-                               ("stream", t3 - t2, n_stream)):
-                totals[key][0] += dt
-                totals[key][1] += n
-            if plain is not None:
-                a, ca = clock(), cpu()
-                for x in plain_tensors:
-                    plain.runner.run(x)
-                cpu_s["engine_f32"] += cpu() - ca
-                totals["engine_f32"][0] += clock() - a
-                totals["engine_f32"][1] += len(plain_tensors)
-            for name, fn in opts.extra_paths.items():
-                a, ca = clock(), cpu()
-                for item in source.items():
-                    fn(detector, item)
-                cpu_s[name] += cpu() - ca
-                totals[name][0] += clock() - a
-                totals[name][1] += source.count
-            rounds += 1
-            progress(f"  round {rounds}: engine {len(tensors) / (t1 - t0):.1f} FPS, one at a time "
-                     f"{source.count / (t2 - t1):.1f} images/s, stream {n_stream / (t3 - t2):.1f} images/s")
+        start = time.perf_counter()
+        while paths.rounds < opts.min_rounds or time.perf_counter() - start < opts.duration_s:
+            progress(paths.one_round())
         desc = detector.runner.describe()
         if plain is not None:
             plain.close()
-        batch_used = detector.batch or int(opts.batch or 1)
-        u8 = detector.u8_input
     load_result = load.result()
     line = warning(load_result)
     if line:
         progress(line)
+    return _e2e_report(paths, root, manifest, stages, desc, load_result)
 
-    def fps(key: str) -> float:
-        wall, n = totals[key]
-        return round(n / wall, 3) if wall > 0 else 0.0
 
-    engine_fps = max(fps("engine"), fps("engine_f32"))
+def _e2e_report(paths: _Paths, root: Path, manifest: dict[str, Any], stages: dict[str, Any],
+                desc: dict[str, Any], load_result: dict[str, Any]) -> dict[str, Any]:
+    from edgecsp import __version__
+    from edgecsp.bench import machine
 
-    def cpu_ms(key: str) -> float | None:
-        n = totals[key][1]
-        return round(cpu_s[key] / n * 1e3, 4) if n else None
-
-    result = {
+    t, opts, detector = paths.tally, paths.opts, paths.detector
+    engine_fps = max(t.fps("engine"), t.fps("engine_f32"))
+    u8 = detector.u8_input
+    return {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "edgecsp_version": __version__,
@@ -248,34 +282,33 @@ def run_e2e(opts: E2EOptions, progress: Progress = print) -> dict[str, Any]:
         "artifact": {"path": str(root), "name": Path(root).name, "target": (manifest.get("target") or {}).get("name"),
                      "backend": manifest["backend"]["name"], "precision": manifest.get("precision"),
                      "input_size": detector.input_size, "engine_batch": detector.batch or "dynamic"},
-        "source": source.describe,
-        "settings": {"duration_s": opts.duration_s, "warmup_s": opts.warmup_s, "rounds": rounds,
-                     "workers": opts.workers, "stream_batch": batch_used, "engine_input": "nhwc-u8" if u8 else "nchw-f32",
-                     "decoder": _decoder()},
+        "source": paths.source.describe,
+        "settings": {"duration_s": opts.duration_s, "warmup_s": opts.warmup_s, "rounds": paths.rounds,
+                     "workers": opts.workers, "stream_batch": detector.batch or int(opts.batch or 1),
+                     "engine_input": "nhwc-u8" if u8 else "nchw-f32", "decoder": _decoder()},
         "engine_only": {"fps": engine_fps, "input": "the faster of the two engine inputs below",
-                        "predictor_engine": {"fps": fps("engine"), "input": "nhwc-u8" if u8 else "nchw-f32",
-                                             "cpu_ms_per_frame": cpu_ms("engine"),
-                                             "latency_ms": _ms(engine_lat), "frames": totals["engine"][1],
-                                             "wall_s": round(totals["engine"][0], 4)},
-                        "float_nchw_engine": {"fps": fps("engine_f32"), "frames": totals["engine_f32"][1],
-                                              "cpu_ms_per_frame": cpu_ms("engine_f32")}
-                        if totals["engine_f32"][1] else None,
-                        "frames": totals["engine"][1]},
-        "sequential": {"fps": fps("sequential"), "latency_ms": _ms(seq_lat), "frames": totals["sequential"][1],
-                       "cpu_ms_per_frame": cpu_ms("sequential"),
-                       "wall_s": round(totals["sequential"][0], 4)},
-        "stream": {"fps": fps("stream"), "frames": totals["stream"][1], "wall_s": round(totals["stream"][0], 4),
-                   "cpu_ms_per_frame": cpu_ms("stream")},
+                        "predictor_engine": {"fps": t.fps("engine"), "input": "nhwc-u8" if u8 else "nchw-f32",
+                                             "cpu_ms_per_frame": t.cpu_ms("engine"),
+                                             "latency_ms": _ms(paths.engine_lat), "frames": t.frames["engine"],
+                                             "wall_s": round(t.wall["engine"], 4)},
+                        "float_nchw_engine": {"fps": t.fps("engine_f32"), "frames": t.frames["engine_f32"],
+                                              "cpu_ms_per_frame": t.cpu_ms("engine_f32")}
+                        if t.frames["engine_f32"] else None,
+                        "frames": t.frames["engine"]},
+        "sequential": {"fps": t.fps("sequential"), "latency_ms": _ms(paths.seq_lat),
+                       "frames": t.frames["sequential"], "cpu_ms_per_frame": t.cpu_ms("sequential"),
+                       "wall_s": round(t.wall["sequential"], 4)},
+        "stream": {"fps": t.fps("stream"), "frames": t.frames["stream"], "wall_s": round(t.wall["stream"], 4),
+                   "cpu_ms_per_frame": t.cpu_ms("stream")},
         "stages_ms": stages,
-        "extra_paths": {name: {"fps": fps(name), "vs_engine": _ratio(fps(name), engine_fps),
-                               "frames": totals[name][1], "cpu_ms_per_frame": cpu_ms(name)}
+        "extra_paths": {name: {"fps": t.fps(name), "vs_engine": _ratio(t.fps(name), engine_fps),
+                               "frames": t.frames[name], "cpu_ms_per_frame": t.cpu_ms(name)}
                         for name in opts.extra_paths},
-        "ratios": {"stream_vs_engine": _ratio(fps("stream"), engine_fps),
-                   "sequential_vs_engine": _ratio(fps("sequential"), engine_fps),
-                   "stream_vs_sequential": _ratio(fps("stream"), fps("sequential"))},
+        "ratios": {"stream_vs_engine": _ratio(t.fps("stream"), engine_fps),
+                   "sequential_vs_engine": _ratio(t.fps("sequential"), engine_fps),
+                   "stream_vs_sequential": _ratio(t.fps("stream"), t.fps("sequential"))},
         "description": desc,
     }
-    return result
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from darknet_files import randomize
 from testpaths import CFG_DIR as SHARED_CFGS
 from torch import nn
 
@@ -37,18 +38,6 @@ def shared(name: str) -> Path:
     if CFG_DIR is None:
         pytest.skip("shared Darknet cfgs (shared/darknet-cfg) not found beside the checkout")
     return CFG_DIR / name
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-    return model.eval()
 
 
 def write_cfg(tmp_path: Path, body: str, size: int = 16, channels: int = 3, name: str = "t.cfg") -> Path:
