@@ -228,54 +228,11 @@ def run_suite(suite: Suite, db: str | Path | None = None, report_dir: Path | Non
             progress(f"nightly run {killed} was killed before it finished; marked 'killed'")
         run_id = history.start_run(device, suite.name, {"machine": info, "suite": suite.as_dict()}, info["hostname"])
         progress(f"nightly run {run_id}: suite {suite.name} on {device}, history {history.shown}")
-        outcomes: list[JobOutcome] = []
+        night = _LocalNight(history, run_id, device, suite, progress)
         for job in suite.matrix():
-            reason = skip_reason(job)
-            if reason:
-                progress(f"skip {job.name}: {reason}")
-                for sc in suite.scenarios:
-                    rec = Record(job=job.key(sc), status="skipped", model=str(job.model), target=job.target,
-                                 precision=job.precision, scenario=sc, error=reason)
-                    history.record(run_id, device, rec)
-                    outcomes.append(JobOutcome(job, sc, "skipped", rec, reason=reason))
-                continue
-            progress(f"job {job.name}")
-            t0 = time.perf_counter()
-            try:
-                out = executor(job, suite, report_dir / "jobs" / job.name.replace("/", "-"))
-                recs = records_from(job, out)
-                if not recs:
-                    raise JobFailed("the benchmark returned no result for the artifact")
-            except Exception as err:  # noqa: BLE001 - one job's crash is that job's failure only
-                seconds = time.perf_counter() - t0
-                details = getattr(err, "details", "") or ("" if isinstance(err, (EdgeCSPError, JobFailed))
-                                                          else traceback.format_exc())
-                msg = str(err) if isinstance(err, (EdgeCSPError, JobFailed)) else f"{type(err).__name__}: {err}"
-                progress(f"  FAILED: {msg}")
-                for sc in suite.scenarios:
-                    rec = Record(job=job.key(sc), status="failed", model=str(job.model), target=job.target,
-                                 precision=job.precision, scenario=sc, error=msg[:2000],
-                                 details={"traceback": details} if details else None)
-                    history.record(run_id, device, rec)
-                    outcomes.append(JobOutcome(job, sc, "failed", rec, reason=msg, details=details, seconds=seconds))
-                continue
-            seconds = time.perf_counter() - t0
-            for sc, rec, acc in recs:
-                history.record(run_id, device, rec)  # committed before anything else can go wrong
-                current = {"fps": rec.fps, "ap50": rec.ap50, "latency_p99_ms": rec.latency_p99_ms,
-                           "peak_rss_mb": rec.peak_rss_mb}
-                findings = compare(history, device, rec.job, current, suite.thresholds, before_run=run_id)
-                for gate in (accuracy_gate(rec.job, acc),
-                             status_gate(rec.job, (out["report"].get("artifact") or {}).get("accuracy_status"))):
-                    if gate is not None:
-                        findings.append(gate)
-                o = JobOutcome(job, sc, "ok", rec, findings, seconds=seconds)
-                outcomes.append(o)
-                progress(f"  {sc}: {rec.fps:.1f} FPS, AP50 {rec.ap50 if rec.ap50 is not None else float('nan'):.4f}"
-                         + ("  REGRESSION: " + "; ".join(f.describe() for f in findings if f.regressed)
-                            if o.regressed else ""))
+            night.run(job, executor, report_dir / "jobs" / job.name.replace("/", "-"))
         finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        result = NightlyResult(run_id, device, suite, outcomes, started, finished, report_dir)
+        result = NightlyResult(run_id, device, suite, night.outcomes, started, finished, report_dir)
         history.finish_run(run_id, result.status)
         from edgecsp.bench.nightly_report import write_reports
 
@@ -283,3 +240,60 @@ def run_suite(suite: Suite, db: str | Path | None = None, report_dir: Path | Non
         return result
     finally:
         history.close()
+
+
+class _LocalNight:
+    """One nightly run on this machine: each job skipped, failed or measured, and written to the
+    history as it ends (committed before anything else can go wrong)."""
+
+    def __init__(self, history: History, run_id: int, device: str, suite: Suite, progress: Progress):
+        self.history, self.run_id, self.device, self.suite, self.progress = history, run_id, device, suite, progress
+        self.outcomes: list[JobOutcome] = []
+
+    def run(self, job: Job, executor: Executor, job_dir: Path) -> None:
+        reason = skip_reason(job)
+        if reason:
+            self.progress(f"skip {job.name}: {reason}")
+            self._every_scenario(job, "skipped", reason)
+            return
+        self.progress(f"job {job.name}")
+        t0 = time.perf_counter()
+        try:
+            out = executor(job, self.suite, job_dir)
+            recs = records_from(job, out)
+            if not recs:
+                raise JobFailed("the benchmark returned no result for the artifact")
+        except Exception as err:  # noqa: BLE001 - one job's crash is that job's failure only
+            known = isinstance(err, (EdgeCSPError, JobFailed))
+            details = getattr(err, "details", "") or ("" if known else traceback.format_exc())
+            msg = str(err) if known else f"{type(err).__name__}: {err}"
+            self.progress(f"  FAILED: {msg}")
+            self._every_scenario(job, "failed", msg, details, time.perf_counter() - t0)
+            return
+        seconds = time.perf_counter() - t0
+        status = (out["report"].get("artifact") or {}).get("accuracy_status")
+        for sc, rec, acc in recs:
+            self._measured(job, sc, rec, acc, status, seconds)
+
+    def _every_scenario(self, job: Job, status: str, msg: str, details: str = "", seconds: float = 0.0) -> None:
+        for sc in self.suite.scenarios:
+            rec = Record(job=job.key(sc), status=status, model=str(job.model), target=job.target,
+                         precision=job.precision, scenario=sc, error=msg[:2000] if status == "failed" else msg,
+                         details={"traceback": details} if details else None)
+            self.history.record(self.run_id, self.device, rec)
+            self.outcomes.append(JobOutcome(job, sc, status, rec, reason=msg, details=details, seconds=seconds))
+
+    def _measured(self, job: Job, sc: str, rec: Record, acc: Any, status: str | None, seconds: float) -> None:
+        self.history.record(self.run_id, self.device, rec)  # committed before anything else can go wrong
+        current = {"fps": rec.fps, "ap50": rec.ap50, "latency_p99_ms": rec.latency_p99_ms,
+                   "peak_rss_mb": rec.peak_rss_mb}
+        findings = compare(self.history, self.device, rec.job, current, self.suite.thresholds,
+                           before_run=self.run_id)
+        for gate in (accuracy_gate(rec.job, acc), status_gate(rec.job, status)):
+            if gate is not None:
+                findings.append(gate)
+        o = JobOutcome(job, sc, "ok", rec, findings, seconds=seconds)
+        self.outcomes.append(o)
+        self.progress(f"  {sc}: {rec.fps:.1f} FPS, AP50 {rec.ap50 if rec.ap50 is not None else float('nan'):.4f}"
+                      + ("  REGRESSION: " + "; ".join(f.describe() for f in findings if f.regressed)
+                         if o.regressed else ""))
