@@ -100,9 +100,35 @@ def summarize(model: str, input_size: int | None = None, width: float | None = N
     ``cio``, ``cio_with_pooling``, ``stages`` (rows: name, params, macs, bflops, cio, output shapes)
     and ``paper`` (the paper's figures, when it has them for this model at this size).
     """
+    plan = _plan(model, input_size, width, depth)
+    result, shapes = _profile_with_shapes(model, plan)
+    h, w = plan.input_size
+    stages = _stage_rows(plan, result, shapes)
+    summary = {
+        "name": model,
+        "kind": plan.kind,
+        "source": _source(model, plan.kind),
+        "input_size": [h, w],
+        "params": result["params"],
+        "conv_params": result["conv_params"],
+        "macs": result["macs"],
+        "bflops": result["bflops"],
+        "cio": result["cio"],
+        "cio_with_pooling": result["cio_with_pooling"],
+        "stages": stages,
+    }
+    if plan.width is not None:
+        summary["width"], summary["depth"] = plan.width, plan.depth
+    paper = _paper(model, plan)
+    if paper is not None:
+        summary["paper"] = paper
+    return summary
+
+
+def _profile_with_shapes(model: str, plan: _Plan) -> tuple[dict, dict[str, list[list[int]]]]:
+    """The complexity profile of the plan's module, and the shapes each stage's hooks saw."""
     from edgecsp.complexity import profile
 
-    plan = _plan(model, input_size, width, depth)
     shapes: dict[str, list[list[int]]] = {label: [] for label in plan.labels}
 
     def shape_hook(label: str, mode: str):
@@ -114,13 +140,16 @@ def summarize(model: str, input_size: int | None = None, width: float | None = N
     handles = [m.register_forward_hook(shape_hook(label, mode)) for label, m, mode in plan.shape_hooks]
     h, w = plan.input_size
     try:
-        result = profile(plan.module, (h, w), plan.in_channels)
+        return profile(plan.module, (h, w), plan.in_channels), shapes
     except RuntimeError as err:  # shapes that do not fit the architecture (odd sizes, too small)
         raise EdgeCSPError(f"{model} cannot run at {h}x{w} ({first_line(err)}); try a larger multiple of 32") from None
     finally:
         for handle in handles:
             handle.remove()
 
+
+def _stage_rows(plan: _Plan, result: dict, shapes: dict[str, list[list[int]]]) -> list[dict]:
+    """Params, MACs, BFLOPs (Darknet's: conv MACs only), CIO and output shapes per stage of the plan."""
     rows = {label: {"name": label, "params": 0, "macs": 0, "bflops": 0.0, "cio": 0} for label in plan.labels}
     conv_macs = dict.fromkeys(plan.labels, 0)
 
@@ -144,26 +173,7 @@ def summarize(model: str, input_size: int | None = None, width: float | None = N
         target["bflops"] = 2 * conv_macs[label] / 1e9
         target["output"] = shapes.get(label, [])
         stages.append(target)
-
-    summary = {
-        "name": model,
-        "kind": plan.kind,
-        "source": _source(model, plan.kind),
-        "input_size": [h, w],
-        "params": result["params"],
-        "conv_params": result["conv_params"],
-        "macs": result["macs"],
-        "bflops": result["bflops"],
-        "cio": result["cio"],
-        "cio_with_pooling": result["cio_with_pooling"],
-        "stages": stages,
-    }
-    if plan.width is not None:
-        summary["width"], summary["depth"] = plan.width, plan.depth
-    paper = _paper(model, plan)
-    if paper is not None:
-        summary["paper"] = paper
-    return summary
+    return stages
 
 
 def _source(model: str, kind: str) -> str:
