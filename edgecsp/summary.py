@@ -278,16 +278,9 @@ def _detector_plan(name: str, input_size: int | None, width: float | None, depth
                  config.width, config.depth)
 
 
-def _cfg_plan(path: Path, input_size: int | None) -> _Plan:
-    """Rows for a cfg: runs of layers at one stride up to the first [upsample] (the backbone), then
-    the neck; the convs feeding [yolo] layers, or everything from a global [avgpool] on, are the head."""
-    from edgecsp.darknet import DarknetModel, parse_cfg
-
-    cfg = parse_cfg(path)
-    with torch.device("meta"):
-        model = DarknetModel(cfg, input_size=input_size).eval()
-    c, h, w = model.input_shape
-    infos, types = model.layer_info, [s.type for s in cfg.layers]
+def _cfg_head(cfg, types: list[str]) -> set[int]:
+    """The layers of the head: the convs feeding [yolo] layers (and the [yolo] layers), or for a
+    classifier everything from the global [avgpool] on."""
     head: set[int] = set()
     for i, kind in enumerate(types):
         if kind == "yolo":
@@ -302,8 +295,12 @@ def _cfg_plan(path: Path, input_size: int | None) -> _Plan:
         if before is not None and before.type == "convolutional" and not before.get_int("batch_normalize", 0) \
                 and before.get_str("activation", "logistic") == "linear":
             head.add(pool - 1)
-    neck_from = next((i for i, kind in enumerate(types) if kind == "upsample"), len(types))
+    return head
 
+
+def _cfg_stage_labels(infos, head: set[int], neck_from: int, h: int) -> tuple[list[str], dict[int, str]]:
+    """Backbone runs of layers at one stride, then the neck, then the head: labels in order and
+    the label of every layer."""
     label_of: dict[int, str] = {}
     runs: list[tuple[int, int, int]] = []  # (stride, first, last) of backbone runs
     for i, info in enumerate(infos):
@@ -319,14 +316,20 @@ def _cfg_plan(path: Path, input_size: int | None) -> _Plan:
         label = f"stride {stride} [{first}-{last}]" if first != last else f"stride {stride} [{first}]"
         labels.append(label)
         label_of.update(dict.fromkeys(range(first, last + 1), label))
-    neck_layers = [i for i in range(neck_from, len(types)) if i not in head]
+    neck_layers = [i for i in range(neck_from, len(infos)) if i not in head]
     if neck_layers:
         labels.append(f"neck [{neck_layers[0]}-{neck_layers[-1]}]")
         label_of.update(dict.fromkeys(neck_layers, labels[-1]))
     if head:
         labels.append("head")
         label_of.update(dict.fromkeys(head, "head"))
+    return labels, label_of
 
+
+def _cfg_hooks(model, types: list[str], head: set[int], labels: list[str],
+               label_of: dict[int, str]) -> list[tuple[str, nn.Module, str]]:
+    """Where each row's output shapes are read: its last layer; the [yolo] maps for the head, the
+    maps the prediction convs read for the neck (as for the zoo detectors)."""
     hooks: list[tuple[str, nn.Module, str]] = []
     for label in labels:
         last = max(i for i, lab in label_of.items() if lab == label)
@@ -334,10 +337,26 @@ def _cfg_plan(path: Path, input_size: int | None) -> _Plan:
             yolo = [i for i in sorted(head) if types[i] == "yolo"]
             hooks += [("head", model.layers[i], "out") for i in yolo] or [("head", model.layers[last], "out")]
         elif label.startswith("neck") and head:
-            # The maps the prediction convs read, as for the zoo detectors.
             hooks += [(label, model.layers[i], "in") for i in sorted(head) if types[i] == "convolutional"]
         else:
             hooks.append((label, model.layers[last], "out"))
+    return hooks
+
+
+def _cfg_plan(path: Path, input_size: int | None) -> _Plan:
+    """Rows for a cfg: runs of layers at one stride up to the first [upsample] (the backbone), then
+    the neck; the convs feeding [yolo] layers, or everything from a global [avgpool] on, are the head."""
+    from edgecsp.darknet import DarknetModel, parse_cfg
+
+    cfg = parse_cfg(path)
+    with torch.device("meta"):
+        model = DarknetModel(cfg, input_size=input_size).eval()
+    c, h, w = model.input_shape
+    types = [s.type for s in cfg.layers]
+    head = _cfg_head(cfg, types)
+    neck_from = next((i for i, kind in enumerate(types) if kind == "upsample"), len(types))
+    labels, label_of = _cfg_stage_labels(model.layer_info, head, neck_from, h)
+    hooks = _cfg_hooks(model, types, head, labels, label_of)
 
     def assign(name: str) -> str:
         parts = name.split(".")
