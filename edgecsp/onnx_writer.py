@@ -225,9 +225,9 @@ def _check_batch(batch: Any) -> int | str:
 
 
 def _check_input_size(model, input_size) -> tuple[int, int]:
-    from edgecsp.data.preprocess import _hw
+    from edgecsp.data.preprocess import size_hw
 
-    h, w = _hw(model.config.input_size if input_size is None else input_size)
+    h, w = size_hw(model.config.input_size if input_size is None else input_size)
     step = max(model.config.strides)
     if h % step or w % step:
         raise EdgeCSPError(f"input size {h}x{w} is not a multiple of the model's largest stride {step}; "

@@ -111,11 +111,7 @@ def test_no_private_names_across_packages():
                 private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
                 if private and other != mine and node.module != module:
                     found.append(f"{module} imports {', '.join(private)} from {node.module}")
-    assert found == [] or found == KNOWN_PRIVATE, found
-
-
-# Helpers of data.preprocess used by the exporter; to become public with issue 15's preprocessing work.
-KNOWN_PRIVATE = ["edgecsp.onnx_writer imports _hw from edgecsp.data.preprocess"]
+    assert found == [], found
 
 
 def test_the_checker_sees_lazy_imports(tmp_path):

@@ -86,7 +86,8 @@ def _as_boxes(boxes: np.ndarray) -> np.ndarray:
     return b.copy()
 
 
-def _hw(size: SizeLike) -> tuple[int, int]:
+def size_hw(size: SizeLike) -> tuple[int, int]:
+    """(height, width) of an input size given as one int or a pair."""
     if isinstance(size, (int, np.integer)):
         h = w = int(size)
     else:
@@ -126,7 +127,7 @@ def letterbox_file(path: PathLike, size: SizeLike, pad_value: int = PAD_VALUE,
                    mode: str = "letterbox") -> tuple[np.ndarray, LetterboxInfo]:
     """``letterbox(load_image_rgb(path), ...)``, faster: a JPEG at least twice the input size is
     decoded at 1/2, 1/4 or 1/8 size by the decoder itself; boxes map back to the full image."""
-    out_hw = _hw(size)
+    out_hw = size_hw(size)
     if mode not in RESIZE_MODES:
         raise EdgeCSPError(f"unknown resize mode {mode!r}; use one of {', '.join(RESIZE_MODES)}")
     image, reduction, (w, h) = decode_image(path, out_hw, mode)
@@ -138,7 +139,7 @@ def letterbox_decoded(image: np.ndarray, reduction: int, src_w: int, src_h: int,
     """Letterbox (or stretch) an image of src_w x src_h pixels, given as ``image`` at 1/``reduction``
     of that size (``decode_image``): the geometry is the full image's, the sampling scale the
     reduced one's."""
-    out_h, out_w = _hw(size)
+    out_h, out_w = size_hw(size)
     if mode == "stretch":
         if (src_h, src_w) == (out_h, out_w) and reduction == 1:
             return image, LetterboxInfo(1.0, 0.0, 0.0, int(src_w), int(src_h), 1.0)
@@ -289,7 +290,7 @@ def decode_image(path: PathLike, size: SizeLike | None = None,
     (the network input, resized to by ``mode``) allows it for an upright JPEG, else at full size
     (reduction 1)."""
     p = Path(path)
-    out_hw = None if size is None else _hw(size)
+    out_hw = None if size is None else size_hw(size)
     with _opened(p) as img:
         w, h = img.size
         upright = _orientation(img) in (0, 1)
