@@ -416,8 +416,6 @@ class OnnxRuntimeBackend(Backend):
 
     def _build_int8(self, request: BuildRequest, onnx_path: Path, out_path: Path, level: str,
                     options: OnnxRuntimeBuildOptions) -> dict[str, Any]:
-        import onnx
-
         from edgecsp.calibration import CalibrationRecipe
 
         recipe = options.recipe or CalibrationRecipe()
@@ -426,59 +424,15 @@ class OnnxRuntimeBackend(Backend):
             raise EdgeCSPError("int8 needs calibration images; pass a calibration set (edgecsp.calibration) "
                                "or build fp32")
         images = np.asarray(calib.images, dtype=np.float32)
-        fallback = options.accuracy_fallback and request.validate is not None
         with tempfile.TemporaryDirectory(prefix="edgecsp-ort-") as tmp:
             work = Path(tmp)
             qz = _Quantizer(onnx_path, work, images, recipe, options.reduce_range, options.float_stem)
-            rungs = [_Rung("recipe", recipe.method)]
             validate = request.validate
             reference = None if validate is None else float(validate(_session_predict(onnx_path, level)))
-            ladder: list[dict[str, Any]] = []
-            best: tuple[float, _Rung, Path] | None = None
-            i = 0
-            while i < len(rungs):
-                rung = rungs[i]
-                if not rung.method:  # later rungs: the better-scoring calibration so far
-                    rung = rungs[i] = replace(rung, method=best[1].method if best else recipe.method)
-                path = qz.quantize(rung, work / f"rung{i}.onnx")
-                if validate is None or reference is None:
-                    best = (0.0, rung, path)
-                    break
-                ap50 = float(validate(_session_predict(path, level)))
-                ladder.append({"rung": rung.name, "method": rung.method, "ap50": round(ap50, 5),
-                               "ap50_drop_points": round((reference - ap50) * 100, 3)})
-                if best is None or ap50 > best[0]:
-                    best = (ap50, rung, path)
-                if reference - ap50 <= request.max_ap50_drop or not fallback:
-                    break
-                if i == 0:
-                    rungs += self._ladder(rung, qz)
-                i += 1
-            assert best is not None
-            ap50, rung, path = best
+            fallback = options.accuracy_fallback and validate is not None
+            (ap50, rung, path), ladder = self._climb(qz, recipe, request, reference, level, fallback, work)
             shutil.copyfile(path, out_path)
-        model = onnx.load(str(out_path), load_external_data=False)
-        ops = [n.op_type for n in model.graph.node]
-        excluded = list(dict.fromkeys([*qz.head, *qz.stem, *rung.extra_float]))
-        quantized = set(quantized_nodes(model))
-        info: dict[str, Any] = {
-            "format": "QDQ", "method": rung.method, "recipe": recipe.name, "per_channel": bool(recipe.per_channel),
-            "activation_type": "uint8", "activation_symmetric": False, "weight_type": "int8", "weight_symmetric": True,
-            "reduce_range": qz.reduce_range, "keep_head_float": bool(recipe.keep_head_float),
-            # Checked on the written graph, not assumed from the exclusion list.
-            "head_convs_float": not (set(qz.head_convs) & quantized),
-            "float_stem": [n for n in qz.stem if n not in quantized],
-            "op_types_quantized": ["Conv"] if rung.conv_only else "all quantizable",
-            "excluded_nodes": len(excluded), "head_nodes": len(qz.head), "quantized_nodes": len(quantized),
-            "quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
-            "calibration_images": len(images), "calibration_batch": qz.batch or 1,
-            "calibration_data_hash": getattr(request.calibration, "data_hash", None),
-            "calibration_s": qz.calibration_s, "rung": rung.name,
-        }
-        if "percentile" in {rung.method, recipe.method}:
-            info["percentile"] = float(recipe.percentile)
-        if rung.method == "entropy":
-            info["entropy_bins"] = [ENTROPY_BINS, ENTROPY_QUANTIZED_BINS]
+        info = _int8_info(out_path, qz, recipe, rung, len(images), request)
         if reference is None:
             info["accuracy_checked"] = False
         else:
@@ -486,6 +440,35 @@ class OnnxRuntimeBackend(Backend):
                         passed=(reference - ap50) <= request.max_ap50_drop,
                         max_ap50_drop_points=round(request.max_ap50_drop * 100, 3))
         return info
+
+    def _climb(self, qz: _Quantizer, recipe: Any, request: BuildRequest, reference: float | None, level: str,
+               fallback: bool, work: Path) -> tuple[tuple[float, _Rung, Path], list[dict[str, Any]]]:
+        """Quantize with the recipe; while AP50 drops past the tolerance (and the fallback is on),
+        climb the ladder of safer rungs. Returns the best (AP50, rung, model) and every rung's AP50."""
+        validate = request.validate
+        rungs = [_Rung("recipe", recipe.method)]
+        ladder: list[dict[str, Any]] = []
+        best: tuple[float, _Rung, Path] | None = None
+        i = 0
+        while i < len(rungs):
+            rung = rungs[i]
+            if not rung.method:  # later rungs: the better-scoring calibration so far
+                rung = rungs[i] = replace(rung, method=best[1].method if best else recipe.method)
+            path = qz.quantize(rung, work / f"rung{i}.onnx")
+            if validate is None or reference is None:
+                return (0.0, rung, path), ladder
+            ap50 = float(validate(_session_predict(path, level)))
+            ladder.append({"rung": rung.name, "method": rung.method, "ap50": round(ap50, 5),
+                           "ap50_drop_points": round((reference - ap50) * 100, 3)})
+            if best is None or ap50 > best[0]:
+                best = (ap50, rung, path)
+            if reference - ap50 <= request.max_ap50_drop or not fallback:
+                break
+            if i == 0:
+                rungs += self._ladder(rung, qz)
+            i += 1
+        assert best is not None
+        return best, ladder
 
     @staticmethod
     def _ladder(first: _Rung, qz: _Quantizer) -> list[_Rung]:
@@ -566,6 +549,36 @@ def _session_predict(path: Path, level: str) -> PredictFn:
 
 def _batched(infer, batch: np.ndarray, static_batch: int) -> np.ndarray:
     return run_in_static_batches(infer, np.ascontiguousarray(batch, dtype=np.float32), static_batch)
+
+
+def _int8_info(out_path: Path, qz: _Quantizer, recipe: Any, rung: _Rung, images: int,
+               request: BuildRequest) -> dict[str, Any]:
+    """The INT8 build's facts for the manifest, read from the written graph where they can be."""
+    import onnx
+
+    model = onnx.load(str(out_path), load_external_data=False)
+    ops = [n.op_type for n in model.graph.node]
+    excluded = list(dict.fromkeys([*qz.head, *qz.stem, *rung.extra_float]))
+    quantized = set(quantized_nodes(model))
+    info: dict[str, Any] = {
+        "format": "QDQ", "method": rung.method, "recipe": recipe.name, "per_channel": bool(recipe.per_channel),
+        "activation_type": "uint8", "activation_symmetric": False, "weight_type": "int8", "weight_symmetric": True,
+        "reduce_range": qz.reduce_range, "keep_head_float": bool(recipe.keep_head_float),
+        # Checked on the written graph, not assumed from the exclusion list.
+        "head_convs_float": not (set(qz.head_convs) & quantized),
+        "float_stem": [n for n in qz.stem if n not in quantized],
+        "op_types_quantized": ["Conv"] if rung.conv_only else "all quantizable",
+        "excluded_nodes": len(excluded), "head_nodes": len(qz.head), "quantized_nodes": len(quantized),
+        "quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
+        "calibration_images": images, "calibration_batch": qz.batch or 1,
+        "calibration_data_hash": getattr(request.calibration, "data_hash", None),
+        "calibration_s": qz.calibration_s, "rung": rung.name,
+    }
+    if "percentile" in {rung.method, recipe.method}:
+        info["percentile"] = float(recipe.percentile)
+    if rung.method == "entropy":
+        info["entropy_bins"] = [ENTROPY_BINS, ENTROPY_QUANTIZED_BINS]
+    return info
 
 
 class OnnxRuntimeRunner(Runner):
