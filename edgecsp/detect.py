@@ -147,68 +147,80 @@ class _Rate:
 def _source(args: argparse.Namespace) -> int:
     from edgecsp import video
 
-    source = Path(args.source)
-    folder = not video.is_camera(args.source) and source.is_dir()
-    if not folder and not video.is_camera(args.source) and not source.is_file():
-        raise EdgeCSPError(f"--source {args.source} not found; pass a video file, a folder of images or /dev/videoN")
-    if folder:
-        from edgecsp.bench.e2e import image_files
-
-        items: Any = image_files(source)[: args.max_frames]
-        fps_in, size = 0.0, None
-        if args.out is not None and args.out.suffix.lower() in video.VIDEO_SUFFIXES:
-            raise EdgeCSPError("--out for a folder of images is a folder (drawn images + detections.json)")
-    else:
-        vs = video.VideoSource(args.source)  # opened first: a bad video fails before the model loads
-        fps_in, size = vs.fps, (vs.width, vs.height)
-        items = _limited(vs, args.max_frames)
-        if args.out is not None and args.out.suffix.lower() not in (".mp4", ".avi"):
-            raise EdgeCSPError(f"--out {args.out}: an annotated video is written as .mp4 or .avi")
-    report = []
+    folder, items, fps_in, vs = _open_source(args)
+    report: list[dict] = []
     writer = None
+    rate = None
     try:
         with open_detector(args) as detector:
             names = detector.class_names
             rate = _Rate()  # from the first frame on, not the model's loading
-            frames: Any = items
-            if not folder and args.out is not None:
-                frames = _Keep(items)  # the decoded frames, kept for drawing beside their detections
+            frames: Any = _Keep(items) if not folder and args.out is not None else items
             for i, det in enumerate(detector.stream(frames, args.score, args.iou)):
                 rate.tick(len(det))
                 if args.out is None:
                     continue
                 if folder:
-                    from edgecsp.data.preprocess import load_image_rgb
-
-                    path = items[i]
-                    args.out.mkdir(parents=True, exist_ok=True)
-                    draw(load_image_rgb(path), det, names).save(args.out / f"{path.stem}.png")
-                    report.append(_record(path, det, names))
+                    _draw_image(args.out, items[i], det, names, report)
                 else:
-                    frame = frames.pop()
+                    frame = frames.pop()  # the decoded frame, kept beside its detections
                     if writer is None:
                         writer = video.VideoWriter(args.out, fps_in, frame.shape[1], frame.shape[0])
                     writer.write(np.asarray(draw(frame, det, names)))
     except KeyboardInterrupt:  # a camera runs until stopped: what was written stays valid
         print(file=sys.stderr)
-        if "rate" not in locals():
+        if rate is None:
             return 130
     finally:
         if writer is not None:
             writer.close()
-        if not folder:
+        if vs is not None:
             vs.close()
+    assert rate is not None
     if rate.tty:
         print(file=sys.stderr)
     if folder and args.out is not None:
         (args.out / "detections.json").write_text(json.dumps(report, indent=1))
-    where = f", wrote {args.out}" if args.out is not None else ""
+    _print_source_result(args, rate, report if folder else None)
+    return 0
+
+
+def _open_source(args: argparse.Namespace) -> tuple[bool, Any, float, Any]:
+    """(a folder?, the frames or image paths, the video's frame rate, the open video or None);
+    a bad source or --out fails here, before the model loads."""
+    from edgecsp import video
+
+    source = Path(args.source)
+    camera = video.is_camera(args.source)
+    if not camera and source.is_dir():
+        from edgecsp.bench.e2e import image_files
+
+        if args.out is not None and args.out.suffix.lower() in video.VIDEO_SUFFIXES:
+            raise EdgeCSPError("--out for a folder of images is a folder (drawn images + detections.json)")
+        return True, image_files(source)[: args.max_frames], 0.0, None
+    if not camera and not source.is_file():
+        raise EdgeCSPError(f"--source {args.source} not found; pass a video file, a folder of images or /dev/videoN")
+    if args.out is not None and args.out.suffix.lower() not in (".mp4", ".avi"):
+        raise EdgeCSPError(f"--out {args.out}: an annotated video is written as .mp4 or .avi")
+    vs = video.VideoSource(args.source)
+    return False, _limited(vs, args.max_frames), vs.fps, vs
+
+
+def _draw_image(out: Path, path: Path, det: Any, names: list[str], report: list[dict]) -> None:
+    from edgecsp.data.preprocess import load_image_rgb
+
+    out.mkdir(parents=True, exist_ok=True)
+    draw(load_image_rgb(path), det, names).save(out / f"{path.stem}.png")
+    report.append(_record(path, det, names))
+
+
+def _print_source_result(args: argparse.Namespace, rate: _Rate, detections: list[dict] | None) -> None:
     if args.json:
         print(json.dumps({"frames": rate.frames, "fps": round(rate.fps(), 3), "out": str(args.out or ""),
-                          "detections": report if folder else None}))
-    else:
-        print(f"{rate.frames} frames, {rate.fps():.1f} FPS{where}")
-    return 0
+                          "detections": detections}))
+        return
+    where = f", wrote {args.out}" if args.out is not None else ""
+    print(f"{rate.frames} frames, {rate.fps():.1f} FPS{where}")
 
 
 def _limited(vs: Any, limit: int | None) -> Any:
