@@ -189,13 +189,13 @@ class _Paths:
             for item in self.source.items():
                 self.detector(item)
 
-    def _timed(self, key: str, body: Callable[[], int]) -> float:
-        """Run ``body`` (it returns the frames it did); adds to the tally; returns the wall seconds."""
+    def _timed(self, key: str, body: Callable[[], int]) -> tuple[float, int]:
+        """Run ``body`` (it returns the frames it did); adds to the tally; returns (wall seconds, frames)."""
         w0, c0 = time.perf_counter(), time.process_time()
         frames = body()
         wall = time.perf_counter() - w0
         self.tally.add(key, wall, time.process_time() - c0, frames)
-        return wall
+        return wall, frames
 
     def _each(self, run: Callable[[Any], Any], items: Any, latencies: list[float] | None) -> int:
         n = 0
@@ -209,23 +209,18 @@ class _Paths:
 
     def one_round(self) -> str:
         """Every path once, in turn (so a change in the machine's load touches them alike)."""
-        t_engine = self._timed("engine", lambda: self._each(self.detector.runner.run, self.tensors, self.engine_lat))
-        t_seq = self._timed("sequential", lambda: self._each(self.detector, self.source.items(), self.seq_lat))
-        n_stream = [0]
-
-        def stream() -> int:
-            n_stream[0] = self.stream()
-            return n_stream[0]
-
-        t_stream = self._timed("stream", stream)
+        t_engine, n_engine = self._timed("engine", lambda: self._each(self.detector.runner.run, self.tensors,
+                                                                       self.engine_lat))
+        t_seq, n_seq = self._timed("sequential", lambda: self._each(self.detector, self.source.items(), self.seq_lat))
+        t_stream, n_stream = self._timed("stream", self.stream)
         if self.plain is not None:
             self._timed("engine_f32", lambda: self._each(self.plain.runner.run, self.plain_tensors, None))
         for name, fn in self.opts.extra_paths.items():
             self._timed(name, lambda fn=fn: self._each(lambda item: fn(self.detector, item), self.source.items(),
                                                        None))
         self.rounds += 1
-        return (f"  round {self.rounds}: engine {len(self.tensors) / t_engine:.1f} FPS, one at a time "
-                f"{self.source.count / t_seq:.1f} images/s, stream {n_stream[0] / t_stream:.1f} images/s")
+        return (f"  round {self.rounds}: engine {n_engine / t_engine:.1f} FPS, one at a time "
+                f"{n_seq / t_seq:.1f} images/s, stream {n_stream / t_stream:.1f} images/s")
 
 
 def run_e2e(opts: E2EOptions, progress: Progress = print) -> dict[str, Any]:
